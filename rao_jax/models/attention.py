@@ -1,0 +1,91 @@
+"""Grouped-query self-attention of Qwen3 for the training forward (dense, unpaged).
+
+Packed rows are supported through segment ids: a query attends only to earlier keys of the same
+segment, so several sequences share a row without seeing each other. The sampler's paged attention
+lives in ``rao_jax.sampling`` and is tested against this module.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from rao_jax.models.config import ModelConfig
+from rao_jax.models.layers import DType, RMSNorm, const_param, init_param, rope
+
+# A large finite negative instead of -inf, so a fully masked row (padding) gives zeros, not NaNs.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def attention_mask(segment_ids: Int[Array, "b t"]) -> Bool[Array, "b t t"]:
+    """Causal mask restricted to equal segment ids: ``mask[b, q, k]`` is True where q may see k."""
+    t = segment_ids.shape[1]
+    causal = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return causal[None] & same_segment
+
+
+def dot_product_attention(q: Float[Array, "b t hq d"], k: Float[Array, "b s hk d"],
+                          v: Float[Array, "b s hk d"], mask: Bool[Array, "b t s"],
+                          dtype: DType) -> Float[Array, "b t hq d"]:
+    """Softmax attention in float32 with query heads grouped over shared key/value heads."""
+    b, t, hq, d = q.shape
+    hk = k.shape[2]
+    q = q.reshape(b, t, hk, hq // hk, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dtype))
+    return out.reshape(b, t, hq, d)
+
+
+class Attention(nnx.Module):
+    """Qwen3 attention: q/k/v projections, per-head RMSNorm on q and k, RoPE, GQA, output projection."""
+
+    def __init__(self, cfg: ModelConfig, *, param_dtype: DType, dtype: DType, rngs: nnx.Rngs):
+        d, hq, hk, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.dtype = dtype
+        self.rope_theta = cfg.rope_theta
+        self.q_proj = init_param(rngs, (d, hq, hd), ("embed", "q_heads", "head_dim"), param_dtype)
+        self.k_proj = init_param(rngs, (d, hk, hd), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.v_proj = init_param(rngs, (d, hk, hd), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.o_proj = init_param(rngs, (hq, hd, d), ("q_heads", "head_dim", "embed"), param_dtype)
+        if cfg.attention_bias:
+            self.q_bias = const_param(0.0, (hq, hd), ("q_heads", "head_dim"), param_dtype)
+            self.k_bias = const_param(0.0, (hk, hd), ("kv_heads", "head_dim"), param_dtype)
+            self.v_bias = const_param(0.0, (hk, hd), ("kv_heads", "head_dim"), param_dtype)
+            self.o_bias = const_param(0.0, (d,), ("embed",), param_dtype)
+        else:
+            self.q_bias = self.k_bias = self.v_bias = self.o_bias = None
+        self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=param_dtype)
+
+    def project_qkv(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"]):
+        """Queries, keys and values after norms and RoPE; the sampler reuses this to fill its cache."""
+        x = x.astype(self.dtype)
+        q = self._project(x, self.q_proj, self.q_bias)
+        k = self._project(x, self.k_proj, self.k_bias)
+        v = self._project(x, self.v_proj, self.v_bias)
+        q = rope(self.q_norm(q), positions, self.rope_theta)
+        k = rope(self.k_norm(k), positions, self.rope_theta)
+        return q, k, v
+
+    def output(self, attn: Float[Array, "b t hq hd"]) -> Float[Array, "b t d"]:
+        out = jnp.einsum("bthk,hkd->btd", attn.astype(self.dtype), self.o_proj[...].astype(self.dtype))
+        if self.o_bias is not None:
+            out = out + self.o_bias[...].astype(self.dtype)
+        return out
+
+    def __call__(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"],
+                 mask: Bool[Array, "b t t"]) -> Float[Array, "b t d"]:
+        q, k, v = self.project_qkv(x, positions)
+        return self.output(dot_product_attention(q, k, v, mask, self.dtype))
+
+    def _project(self, x: Float[Array, "b t d"], w: nnx.Param, bias: nnx.Param | None):
+        y = jnp.einsum("btd,dhk->bthk", x, w[...].astype(self.dtype))
+        if bias is not None:
+            y = y + bias[...].astype(self.dtype)
+        return y

@@ -1,0 +1,70 @@
+"""Small building blocks shared by the Qwen3 decoders: RMSNorm, RoPE, SwiGLU, parameter helpers.
+
+Every parameter carries ``logical_axes`` metadata (names such as ``"embed"`` or ``"mlp"``); the
+sharding rules table of ``rao_jax.parallel`` maps those names to mesh axes. Layouts are ``[in, ...,
+out]`` so the Hugging Face conversion is a reshape and a transpose.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+DType = jnp.dtype | type
+
+
+def init_param(rngs: nnx.Rngs, shape: tuple[int, ...], logical_axes: tuple[str | None, ...],
+               dtype: DType, std: float = 0.02) -> nnx.Param:
+    """A normal(0, std) parameter, the initialiser Hugging Face uses for Qwen3 (initializer_range)."""
+    assert len(shape) == len(logical_axes), (shape, logical_axes)
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), logical_axes=logical_axes)
+
+
+def const_param(value: float, shape: tuple[int, ...], logical_axes: tuple[str | None, ...],
+                dtype: DType) -> nnx.Param:
+    return nnx.Param(jnp.full(shape, value, dtype), logical_axes=logical_axes)
+
+
+class RMSNorm(nnx.Module):
+    """``w * x / rms(x)``, computed in float32 (no ``1 + w`` offset: Qwen3 is not Gemma)."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype: DType):
+        self.eps = eps
+        self.weight = const_param(1.0, (dim,), ("norm",), param_dtype)
+
+    def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (self.weight[...].astype(jnp.float32) * normed.astype(x.dtype)).astype(x.dtype)
+
+
+def rope(x: Float[Array, "b t h d"], positions: Int[Array, "b t"], theta: float) -> Float[Array, "b t h d"]:
+    """Rotary embedding with the half-split (``rotate_half``) layout of Hugging Face Qwen3."""
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / x.shape[-1]))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, half]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., :half], x32[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class SwiGLU(nnx.Module):
+    """Dense Qwen3 MLP: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, hidden: int, intermediate: int, *, param_dtype: DType, dtype: DType,
+                 rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.gate = init_param(rngs, (hidden, intermediate), ("embed", "mlp"), param_dtype)
+        self.up = init_param(rngs, (hidden, intermediate), ("embed", "mlp"), param_dtype)
+        self.down = init_param(rngs, (intermediate, hidden), ("mlp", "embed"), param_dtype)
+
+    def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
+        x = x.astype(self.dtype)
+        h = jax.nn.silu(x @ self.gate[...].astype(self.dtype)) * (x @ self.up[...].astype(self.dtype))
+        return h @ self.down[...].astype(self.dtype)
