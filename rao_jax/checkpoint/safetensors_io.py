@@ -59,7 +59,7 @@ class SafetensorsReader:
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         try:
-            self._file = open(self.path, "rb")
+            self._file = open(self.path, "rb")  # noqa: SIM115 (closed by close())
         except OSError as e:
             raise SafetensorsError(f"cannot open {self.path}: {e.strerror}") from None
         try:
@@ -159,12 +159,12 @@ def write_file(path: str | os.PathLike, plans: Iterable[TensorPlan],
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
         for plan in plans:
-            value = np.ascontiguousarray(plan.produce())
+            value = np.asarray(plan.produce())
             if value.shape != plan.shape or value.dtype != plan.dtype:
                 raise SafetensorsError(
                     f"tensor {plan.name!r} was planned as {plan.shape} {np.dtype(plan.dtype)} but "
                     f"produced {value.shape} {value.dtype}")
-            f.write(value.tobytes())  # numpy on every platform JAX supports is little-endian
+            f.write(value.tobytes(order="C"))  # little-endian on every platform JAX supports
         f.flush()
         os.fsync(f.fileno())
     return offset
