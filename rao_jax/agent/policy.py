@@ -1,0 +1,42 @@
+"""The Policy interface: whatever chooses a node's next action (a language model or a script).
+
+The runtime calls ``await policy.act(view)`` once per node step and executes the returned text as
+one CodeAct action (``<thought>...</thought>\\n<python>...</python>``). A model-backed policy renders
+the view as tokens and samples; a scripted policy (the task families' oracles, test scripts) writes
+the action text directly. Both go through the same parser, sandbox, budget rules and records, so a
+scripted policy exercises exactly the path a trained model takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+from rao_jax.envs.base import Goal
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    action: str        # the text the policy returned
+    observation: str   # what the node saw after running it
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeView:
+    """What a policy may know about a node when choosing its next action."""
+
+    tree_id: int
+    node_id: int
+    parent_id: int | None
+    depth: int                     # root = 0
+    goal: Goal
+    budget_left: int               # steps this node may still take (its own, excluding reservations)
+    recursive: bool                # whether launch_subagent exists for this node
+    steps: Sequence[StepRecord]    # earlier steps of this node, oldest first
+
+
+class Policy(Protocol):
+    async def act(self, view: NodeView) -> str:
+        """The next action text for the node."""
+        ...
