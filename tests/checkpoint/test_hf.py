@@ -214,3 +214,35 @@ def test_bad_export_dtype(hf_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="unsupported export dtype 'int8'"):
         save_pretrained(model, cfg, tmp_path / "x", dtype="int8")
     assert not (tmp_path / "x").exists()
+
+
+def test_export_and_import_hold_one_tensor_at_a_time_in_host_memory(tmp_path):
+    """Export holds about one tensor in host memory at a time; import never holds two copies."""
+    import tracemalloc
+
+    from flax import nnx as nnx_
+
+    from rao_jax.models import Qwen3, tiny_config
+
+    cfg = tiny_config("qwen3_moe", vocab_size=64, hidden_size=64, num_hidden_layers=12, mlp_only_layers=(0, 5),
+                      num_experts=4, moe_intermediate_size=64, intermediate_size=128)
+    model = Qwen3(cfg, rngs=nnx_.Rngs(0))
+    leaves = jax.tree.leaves(nnx_.state(model, nnx_.Param))
+    total, largest = sum(x.nbytes for x in leaves), max(x.nbytes for x in leaves)
+    assert total > 40 * largest
+
+    # Warm-up pass first, so one-off costs (JAX dispatch caches, imports) are not counted.
+    load_pretrained(save_pretrained(model, cfg, tmp_path / "warm", dtype="float32"))
+    tracemalloc.start()
+    try:
+        out = save_pretrained(model, cfg, tmp_path / "out", dtype="float32")
+        _, save_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        load_pretrained(out)
+        _, load_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert save_peak < 8 * largest, (save_peak, largest, total)
+    # On the CPU backend the loaded arrays may alias the numpy buffers they came from, so the model
+    # itself can show up here once; what must not happen is a second whole copy.
+    assert load_peak < total + 8 * largest, (load_peak, largest, total)
