@@ -1,0 +1,404 @@
+"""The crafting world shared by TextCraft-Synth and the original Minecraft TextCraft (RAO_SPEC section 5).
+
+A ``RecipeBook`` maps each craftable item to one or more recipes; a recipe turns exact ingredient counts
+into ``yield_count`` units per execution. Minecraft recipes may name a tag (``tag:planks``) that any of
+several items satisfies. A ``CraftingEpisode`` holds ONE inventory shared by every node of a delegation
+tree; each node's success is judged against the inventory snapshot taken when it was forked, so a child
+only gets credit for what the tree gained while it ran (spec section 2).
+
+Invariants: counts are positive ints (bools rejected); the inventory never holds zero or negative
+entries; every mutation happens under one lock because the runtime may call tools of parallel children
+from several threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rao_jax.envs.base import ActionError, Episode, Goal, Task
+
+TAG_PREFIX = "tag:"
+_GOAL_PREFIX = "Craft the following items:"
+_GOAL_ITEM = re.compile(r"^\s*(\d+)\s*x\s+([A-Za-z0-9_:\-]+)\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One way to craft ``output``: per execution, consume ``ingredients`` and gain ``yield_count`` units."""
+
+    output: str
+    yield_count: int
+    ingredients: tuple[tuple[str, int], ...]   # (item or "tag:NAME", count per execution), recipe order
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ingredients": dict(self.ingredients), "result_count": self.yield_count}
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeBook:
+    """All recipes of a world. ``tags`` maps a tag name (without ``tag:``) to the items satisfying it."""
+
+    recipes: Mapping[str, tuple[Recipe, ...]]
+    tags: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    extra_items: frozenset[str] = frozenset()   # items that occur only in inventories (distractors)
+
+    def __post_init__(self):
+        known = set(self.recipes) | set(self.extra_items)
+        for recipes in self.recipes.values():
+            for recipe in recipes:
+                for name, _ in recipe.ingredients:
+                    if name.startswith(TAG_PREFIX):
+                        known.update(self.tags.get(name[len(TAG_PREFIX):], ()))
+                    else:
+                        known.add(name)
+        object.__setattr__(self, "_known", frozenset(known))
+        object.__setattr__(self, "_depth", {})
+
+    def is_known(self, item: str) -> bool:
+        return item in self._known  # type: ignore[attr-defined]
+
+    def can_craft(self, item: str) -> bool:
+        return bool(self.recipes.get(item))
+
+    def is_base(self, item: str) -> bool:
+        return self.is_known(item) and not self.can_craft(item)
+
+    def items_for_tag(self, tag: str) -> tuple[str, ...]:
+        return tuple(self.tags.get(tag, ()))
+
+    def satisfies(self, requirement: str, item: str) -> bool:
+        if requirement.startswith(TAG_PREFIX):
+            return item in self.tags.get(requirement[len(TAG_PREFIX):], ())
+        return requirement == item
+
+    def depth(self, item: str) -> int:
+        """Longest chain of crafts down to base items (0 for base items; cycles cut)."""
+        memo: dict[str, int] = self._depth  # type: ignore[attr-defined]
+        if item in memo:
+            return memo[item]
+        result = self._depth_of(item, frozenset())
+        memo[item] = result
+        return result
+
+    def _depth_of(self, item: str, visiting: frozenset[str]) -> int:
+        if item in visiting or not self.can_craft(item):
+            return 0
+        best = 0
+        for recipe in self.recipes[item]:
+            for name, _ in recipe.ingredients:
+                if name.startswith(TAG_PREFIX):
+                    continue  # tags are leaf-like in the official depth, keep it comparable
+                best = max(best, 1 + self._depth_of(name, visiting | {item}))
+        return best
+
+
+def format_targets(targets: Mapping[str, int]) -> str:
+    """The goal text, in the official wording: ``Craft the following items: 2x a, 1x b``."""
+    return _GOAL_PREFIX + " " + ", ".join(f"{count}x {item}" for item, count in targets.items())
+
+
+def parse_goal_text(text: str) -> dict[str, int]:
+    """Inverse of ``format_targets``; raises ValueError naming the bad part."""
+    if not text.startswith(_GOAL_PREFIX):
+        raise ValueError(f"goal text must start with {_GOAL_PREFIX!r}, got {text[:60]!r}")
+    targets: dict[str, int] = {}
+    for part in text[len(_GOAL_PREFIX):].split(","):
+        match = _GOAL_ITEM.match(part)
+        if not match:
+            raise ValueError(f"cannot read goal item {part.strip()!r}; expected 'Nx item'")
+        targets[match.group(2)] = targets.get(match.group(2), 0) + int(match.group(1))
+    return targets
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_targets(book: RecipeBook, targets: Any, what: str = "targets") -> dict[str, int]:
+    """Validate a ``{item: count}`` dict against the book; raises ActionError naming the first problem."""
+    if not isinstance(targets, Mapping) or not targets:
+        raise ActionError(f"{what} must be a non-empty dict {{item: count}}, got {type(targets).__name__}")
+    clean: dict[str, int] = {}
+    for item, count in targets.items():
+        if not isinstance(item, str):
+            raise ActionError(f"{what}: item names must be strings, got {item!r}")
+        if not book.is_known(item):
+            raise ActionError(f"{what}: unknown item {item!r}")
+        if not _is_count(count):
+            raise ActionError(f"{what}: count of {item!r} must be a positive int, got {count!r}")
+        clean[item] = count
+    return clean
+
+
+class CraftingEpisode(Episode):
+    """One delegation tree acting on one shared inventory."""
+
+    def __init__(self, book: RecipeBook, targets: Mapping[str, int], inventory: Mapping[str, int],
+                 goal_text: str | None = None):
+        self.book = book
+        self._root_targets = check_targets(book, dict(targets), "task targets")
+        self._goal_text = goal_text or format_targets(self._root_targets)
+        self._lock = threading.Lock()
+        self._inventory: dict[str, int] = {}
+        for item, count in inventory.items():
+            if not isinstance(item, str) or not _is_count(count):
+                raise ValueError(f"initial inventory entry {item!r}: {count!r} is not (str, positive int)")
+            self._inventory[item] = count
+        self._nodes: dict[int, tuple[dict[str, int], dict[str, int]]] = {}  # node -> (targets, fork inventory)
+
+    # -- contract -------------------------------------------------------------------------------------
+    def root_goal(self) -> Goal:
+        return Goal(text=self._goal_text, spec={"targets": dict(self._root_targets)})
+
+    def tool_docs(self, recursive: bool) -> str:
+        docs = [
+            "craft(ingredients: dict, target: (item, count)) -> str: craft `count` units of `item`. `count` must "
+            "be a multiple of the recipe's result_count, and `ingredients` must name exactly the recipe's "
+            "ingredients, each with its recipe count times count / result_count (a tag ingredient is satisfied "
+            "by any one item listed for it).",
+            "get_info(items: list[str]) -> list[dict]: for each item its recipes, crafting depth, whether it "
+            "can be crafted, whether it is a base material, and how many units are in the inventory.",
+            "view_inventory() -> dict: the shared inventory {item: count}.",
+            "finish(message) -> ends this agent; you succeed if every target count was gained (relative to the "
+            "inventory when you started) and the message is not empty.",
+        ]
+        if recursive:
+            docs.append(
+                "await launch_subagent(targets: dict, budget: int, context: str = '') -> result: a copy of "
+                "you crafts `targets` ({item: count}) in the same shared inventory within `budget` steps and "
+                "returns its finish message. Launching reserves budget + 1 of your steps until it returns. "
+                "Run several at once with `await asyncio.gather(...)`.")
+        return "\n".join(docs)
+
+    def open_node(self, node_id: int, parent_id: int | None, goal: Goal) -> None:
+        targets = dict(goal.spec.get("targets", {})) if parent_id is not None else dict(self._root_targets)
+        with self._lock:
+            self._nodes[node_id] = (targets, dict(self._inventory))
+
+    def tools(self, node_id: int) -> dict[str, Callable[..., Any]]:
+        return {"craft": self.craft, "get_info": self.get_info, "view_inventory": self.view_inventory}
+
+    def parse_child_goal(self, goal: Any, context: str) -> Goal:
+        if isinstance(goal, str):
+            try:
+                goal = parse_goal_text(goal)
+            except ValueError as err:
+                raise ActionError(f"launch_subagent: {err}") from None
+        targets = check_targets(self.book, goal, "launch_subagent targets")
+        return Goal(text=format_targets(targets), spec={"targets": targets}, context=str(context or ""))
+
+    def node_success(self, node_id: int, finish_message: Any | None) -> float:
+        if node_id not in self._nodes:
+            raise KeyError(f"node {node_id} was never opened")
+        if finish_message is None or (isinstance(finish_message, str) and not finish_message.strip()):
+            return 0.0
+        if not isinstance(finish_message, str) and not finish_message:
+            return 0.0
+        targets, fork = self._nodes[node_id]
+        with self._lock:
+            gained = {item: self._inventory.get(item, 0) - fork.get(item, 0) for item in targets}
+        return float(all(gained[item] >= count for item, count in targets.items()))
+
+    # -- tools ----------------------------------------------------------------------------------------
+    def view_inventory(self) -> dict[str, int]:
+        with self._lock:
+            return dict(sorted(self._inventory.items()))
+
+    def get_info(self, items: Any) -> list[dict[str, Any]]:
+        if isinstance(items, str):
+            items = [items]
+        if not isinstance(items, list | tuple) or not items or not all(isinstance(i, str) for i in items):
+            raise ActionError("get_info takes a non-empty list of item names")
+        unknown = [item for item in items if not self.book.is_known(item)]
+        if unknown:
+            raise ActionError(f"get_info: unknown item(s) {', '.join(map(repr, unknown))}")
+        with self._lock:
+            have = {item: self._inventory.get(item, 0) for item in items}
+        out = []
+        for item in items:
+            recipes = []
+            for recipe in self.book.recipes.get(item, ()):
+                entry = recipe.as_json()
+                for name in list(entry["ingredients"]):
+                    if name.startswith(TAG_PREFIX):
+                        entry["ingredients"][name] = {"count": entry["ingredients"][name],
+                                                      "use_one_of": list(self.book.items_for_tag(name[4:]))}
+                recipes.append(entry)
+            out.append({"item": item, "can_craft": self.book.can_craft(item), "is_base": self.book.is_base(item),
+                        "in_inventory": have[item], "crafting_depth": self.book.depth(item), "recipes": recipes})
+        return out
+
+    def craft(self, ingredients: Any, target: Any) -> str:
+        item, count, provided = self._check_craft_args(ingredients, target)
+        errors = []
+        with self._lock:
+            for index, recipe in enumerate(self.book.recipes[item], start=1):
+                try:
+                    use = self._match(recipe, count, provided)
+                except ActionError as err:
+                    errors.append(f"recipe {index}: {err}")
+                    continue
+                short = [f"{name}: need {n}, have {self._inventory.get(name, 0)}"
+                         for name, n in use.items() if self._inventory.get(name, 0) < n]
+                if short:
+                    errors.append(f"recipe {index}: not enough in inventory ({'; '.join(short)})")
+                    continue
+                for name, n in use.items():
+                    left = self._inventory[name] - n
+                    if left:
+                        self._inventory[name] = left
+                    else:
+                        del self._inventory[name]
+                self._inventory[item] = self._inventory.get(item, 0) + count
+                return f"Crafted {count} {item}."
+        raise ActionError(f"cannot craft {count} {item}: " + " | ".join(errors))
+
+    def _check_craft_args(self, ingredients: Any, target: Any) -> tuple[str, int, dict[str, int]]:
+        if not isinstance(target, list | tuple) or len(target) != 2:
+            raise ActionError(f"craft: target must be (item, count), got {target!r}")
+        item, count = target
+        if not isinstance(item, str):
+            raise ActionError(f"craft: target item must be a string, got {item!r}")
+        if not _is_count(count):
+            raise ActionError(f"craft: target count must be a positive int, got {count!r}")
+        if not self.book.is_known(item):
+            raise ActionError(f"craft: unknown item {item!r}")
+        if not self.book.can_craft(item):
+            raise ActionError(f"craft: {item!r} is a base material and cannot be crafted")
+        if not isinstance(ingredients, Mapping) or not ingredients:
+            raise ActionError("craft: ingredients must be a non-empty dict {item: count}")
+        provided: dict[str, int] = {}
+        for name, n in ingredients.items():
+            if not isinstance(name, str) or not self.book.is_known(name):
+                raise ActionError(f"craft: unknown ingredient {name!r}")
+            if not _is_count(n):
+                raise ActionError(f"craft: count of ingredient {name!r} must be a positive int, got {n!r}")
+            provided[name] = n
+        return item, count, provided
+
+    def _match(self, recipe: Recipe, count: int, provided: dict[str, int]) -> dict[str, int]:
+        """The exact items and counts ``provided`` must use for ``count`` units by ``recipe``."""
+        if count % recipe.yield_count:
+            raise ActionError(f"count {count} is not a multiple of the result count {recipe.yield_count}")
+        runs = count // recipe.yield_count
+        use: dict[str, int] = {}
+        for requirement, per_run in recipe.ingredients:
+            need = per_run * runs
+            options = [name for name in provided if name not in use and self.book.satisfies(requirement, name)]
+            if not options:
+                raise ActionError(f"missing ingredient {requirement} (need {need})")
+            exact = [name for name in options if provided[name] == need]
+            if not exact:
+                raise ActionError(f"wrong amount of {options[0]}: need {need}, got {provided[options[0]]}")
+            use[exact[0]] = need
+        extra = [name for name in provided if name not in use]
+        if extra:
+            raise ActionError(f"ingredients not in the recipe: {', '.join(extra)}")
+        return use
+
+
+def book_to_json(book: RecipeBook, items: list[str] | None = None) -> dict[str, Any]:
+    """JSON form of the book (or of the recipes of ``items`` only); inverse of ``book_from_json``."""
+    names = sorted(book.recipes) if items is None else sorted(set(items) & set(book.recipes))
+    tags = {}
+    for name in names:
+        for recipe in book.recipes[name]:
+            for ingredient, _ in recipe.ingredients:
+                if ingredient.startswith(TAG_PREFIX):
+                    tags[ingredient[4:]] = list(book.items_for_tag(ingredient[4:]))
+    return {
+        "recipes": {name: [{"ingredients": [list(pair) for pair in r.ingredients], "result_count": r.yield_count}
+                           for r in book.recipes[name]] for name in names},
+        "tags": dict(sorted(tags.items())),
+    }
+
+
+def book_from_json(data: Any, extra_items: frozenset[str] = frozenset()) -> RecipeBook:
+    """Rebuild a book from ``book_to_json`` output; raises ValueError naming a malformed entry."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("recipes"), Mapping):
+        raise ValueError("recipe book must be a dict with a 'recipes' dict")
+    recipes = {}
+    for item, entries in data["recipes"].items():
+        if not isinstance(entries, list) or not entries:
+            raise ValueError(f"recipes of {item!r} must be a non-empty list")
+        parsed = []
+        for entry in entries:
+            try:
+                pairs = tuple((str(name), int(n)) for name, n in entry["ingredients"])
+                yield_count = entry["result_count"]
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"malformed recipe for {item!r}: {entry!r} ({err})") from None
+            if not pairs or not _is_count(yield_count) or any(n <= 0 for _, n in pairs):
+                raise ValueError(f"malformed recipe for {item!r}: {entry!r}")
+            parsed.append(Recipe(item, yield_count, pairs))
+        recipes[item] = tuple(parsed)
+    tags = {str(tag): tuple(items) for tag, items in dict(data.get("tags") or {}).items()}
+    return RecipeBook(recipes, tags, extra_items)
+
+
+def closure(book: RecipeBook, items: list[str]) -> list[str]:
+    """Every item reachable from ``items`` through recipes (tag options included), sorted."""
+    seen: set[str] = set()
+    stack = list(items)
+    while stack:
+        item = stack.pop()
+        if item in seen:
+            continue
+        seen.add(item)
+        for recipe in book.recipes.get(item, ()):
+            for name, _ in recipe.ingredients:
+                stack.extend(book.items_for_tag(name[4:]) if name.startswith(TAG_PREFIX) else [name])
+    return sorted(seen)
+
+
+def crafting_task_spec(book: RecipeBook, targets: Mapping[str, int], inventory: Mapping[str, int],
+                       gold: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    """A self-contained, JSON-able ``Task.spec``: the recipes the task can touch travel with it."""
+    needed = closure(book, list(targets) + list(inventory))
+    spec: dict[str, Any] = {"targets": dict(targets), "initial_inventory": dict(inventory),
+                            "book": book_to_json(book, needed)}
+    if gold is not None:
+        spec["gold_plan"] = gold
+    spec.update(extra)
+    return spec
+
+
+def episode_from_task(task: Task) -> CraftingEpisode:
+    """Open a fresh episode for a crafting task; raises ValueError naming what is malformed."""
+    spec = task.spec
+    try:
+        targets, inventory, book_json = spec["targets"], spec["initial_inventory"], spec["book"]
+    except (KeyError, TypeError):
+        raise ValueError(f"task {task.task_id}: spec needs targets, initial_inventory and book") from None
+    if not isinstance(inventory, Mapping):
+        raise ValueError(f"task {task.task_id}: initial_inventory must be a dict")
+    book = book_from_json(book_json, frozenset(str(k) for k in inventory))
+    try:
+        return CraftingEpisode(book, targets, inventory, goal_text=task.goal)
+    except ActionError as err:
+        raise ValueError(f"task {task.task_id}: {err}") from None
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces) so that generated files are byte-identical."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def replay_gold_plan(task: Task) -> tuple[bool, str]:
+    """Run a task's gold plan (official format) in a fresh episode as the root node; (success, why)."""
+    episode = episode_from_task(task)
+    episode.open_node(0, None, episode.root_goal())
+    for k, step in enumerate(task.spec.get("gold_plan", [])):
+        item, _ = step["target"]
+        try:
+            episode.craft(dict(step["ingredients"]), (item, step["result_count"]))
+        except ActionError as err:
+            return False, f"gold step {k}: {err}"
+    if episode.node_success(0, "done") != 1.0:
+        return False, f"targets not reached; inventory {episode.view_inventory()}"
+    return True, "ok"
