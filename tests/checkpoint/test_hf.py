@@ -23,10 +23,10 @@ ROUND_TRIP_CASES = {
 }
 
 
-def _load_transformers(folder):
+def _load_transformers(folder, **kwargs):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder).eval()
+    return AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()
 
 
 @pytest.mark.parametrize("case", ROUND_TRIP_CASES)
@@ -61,7 +61,7 @@ def test_bfloat16_export_is_sharded_with_index_and_loads_everywhere(hf_checkpoin
         os.path.getsize(out / s) for s in shards) - sum(_header_bytes(out / s) for s in shards)
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
 
-    reloaded = _load_transformers(out)
+    reloaded = _load_transformers(out, dtype="auto")  # "auto": use config.json's dtype (4.x default is fp32)
     assert next(reloaded.parameters()).dtype == torch.bfloat16
     again, _ = load_pretrained(out, dtype=jnp.float32)
     expected = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), _params(model))
