@@ -1,0 +1,188 @@
+"""Oracle policies: scripted experts for every family, flat and recursive, behind the ``Policy`` interface.
+
+An oracle knows its task's world (recipe book, rows, knowledge base) and writes one CodeAct action per
+step, ``<thought>...</thought>\\n<python>...</python>``, that calls the env tools, ``finish(...)``,
+``await launch_subagent(...)`` and ``await asyncio.gather(...)`` exactly as a model would. It paces itself
+like the paper's agents (one env action per step; ``crafts_per_step`` relaxes this for TextCraft), so the
+flat oracle runs out of steps or context where a flat model must, and the recursive oracle is the upper
+bound of the evaluation tables and a source of warm-start demonstrations.
+
+An oracle decides each action from the node's goal and how many steps it has taken, so the same oracle
+object serves every node of a tree (children are told apart by ``view.goal``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rao_jax.agent.policy import NodeView
+from rao_jax.envs import chain_hop, labeled_rows
+from rao_jax.envs.base import Task
+from rao_jax.envs.crafting import book_from_json
+from rao_jax.envs.crafting_plan import CraftStep, delegation_plan, greedy_plan
+
+
+def action(thought: str, code: str) -> str:
+    return f"<thought>{thought}</thought>\n<python>\n{code}\n</python>"
+
+
+def _craft_call(step: CraftStep) -> str:
+    return f"print(craft({dict(step.ingredients)!r}, ({step.item!r}, {step.count})))"
+
+
+class TextCraftOracle:
+    """Crafts the greedy plan (flat) or follows ``delegation_plan`` (recursive)."""
+
+    def __init__(self, task: Task, recursive: bool, leaf_crafts: int = 8, crafts_per_step: int = 1):
+        self.book = book_from_json(task.spec["book"], frozenset(task.spec["initial_inventory"]))
+        self.inventory = dict(task.spec["initial_inventory"])
+        self.recursive, self.leaf_crafts, self.crafts_per_step = recursive, leaf_crafts, crafts_per_step
+
+    def _script(self, view: NodeView) -> list[str]:
+        targets = dict(view.goal.spec["targets"])
+        if not (self.recursive and view.recursive):
+            crafts = greedy_plan(self.book, targets, self.inventory if view.depth == 0 else {})
+            return self._crafts(crafts) + [action("All targets crafted.", "finish('crafted all targets')")]
+        plan = delegation_plan(self.book, targets, self.leaf_crafts, self.crafts_per_step)
+        script = []
+        if plan.children:
+            calls = ",\n    ".join(f"launch_subagent({dict(c.targets)!r}, {c.budget})" for c in plan.children)
+            script.append(action(f"Delegate the {len(plan.children)} crafted ingredients in parallel.",
+                                 f"results = await asyncio.gather(\n    {calls},\n)\nprint(results)"))
+        return script + self._crafts(list(plan.crafts)) + [action("Done.", "finish('crafted all targets')")]
+
+    def _crafts(self, crafts: list[CraftStep]) -> list[str]:
+        n = self.crafts_per_step
+        return [action("Craft the next items of the plan.", "\n".join(_craft_call(s) for s in crafts[i:i + n]))
+                for i in range(0, len(crafts), n)]
+
+    async def act(self, view: NodeView) -> str:
+        script = self._script(view)
+        return script[min(len(view.steps), len(script) - 1)]
+
+
+class RowsOracle:
+    """Reads every row itself (flat), or splits the rows over a tree of children that count by group."""
+
+    def __init__(self, task: Task, recursive: bool, fan_out: int = 8):
+        self.rows = task.spec["rows"]
+        self.question = task.spec["question"]
+        self.max_read = int(task.spec["max_read"])
+        self.recursive, self.fan_out = recursive, fan_out
+
+    def _reads(self, start: int, stop: int) -> list[str]:
+        return [action("Read the next rows.", f"print(read_rows({a}, {min(stop, a + self.max_read)}))")
+                for a in range(start, stop, self.max_read)]
+
+    def _ranges(self, start: int, stop: int) -> list[tuple[int, int]]:
+        chunks = math.ceil((stop - start) / self.max_read)
+        per = math.ceil(chunks / min(self.fan_out, chunks)) * self.max_read
+        return [(a, min(stop, a + per)) for a in range(start, stop, per)]
+
+    def budget(self, start: int, stop: int) -> int:
+        """Steps the recursive oracle needs to count rows start..stop-1 (descendants included)."""
+        if stop - start <= self.max_read:
+            return 2
+        children = [self.budget(a, b) for a, b in self._ranges(start, stop)]
+        return sum(children) + max(2, 1 + len(children))
+
+    def _delegate(self, start: int, stop: int, count_by: tuple[str, ...], combine: str) -> list[str]:
+        calls = ",\n    ".join(f"launch_subagent({{'rows': [{a}, {b}], 'count_by': {list(count_by)!r}}}, "
+                               f"{self.budget(a, b)})" for a, b in self._ranges(start, stop))
+        merge = ("counts = {}\nfor part in parts:\n    for key, n in part.items():\n"
+                 "        counts[key] = counts.get(key, 0) + n\n")
+        return [action("Split the rows among children.", f"parts = await asyncio.gather(\n    {calls},\n)"),
+                action("Merge the partial counts and answer.", merge + combine)]
+
+    async def act(self, view: NodeView) -> str:
+        spec = view.goal.spec
+        if "rows" in spec:  # a child: count its range
+            start, stop = spec["rows"]
+            count_by = tuple(spec["count_by"])
+            if stop - start <= self.max_read or not view.recursive:
+                truth = labeled_rows.group_counts(self.rows[start:stop], count_by)
+                script = self._reads(start, stop) + [action("Counted.", f"finish({truth!r})")]
+            else:
+                script = self._delegate(start, stop, count_by, "finish(counts)")
+        elif self.recursive and view.recursive:
+            count_by = labeled_rows.grouping_for(self.question["kind"])
+            script = self._delegate(0, len(self.rows), count_by, _combine_code(self.question))
+        else:
+            gold = labeled_rows.answer(self.rows, self.question)
+            script = self._reads(0, len(self.rows)) + [action("I have read every row.", f"finish({gold!r})")]
+        return script[min(len(view.steps), len(script) - 1)]
+
+
+def _combine_code(q: dict[str, Any]) -> str:
+    """Code that turns merged ``counts`` into the answer of question ``q``."""
+    labels = list(labeled_rows.LABELS)
+    kind, label = q["kind"], q["label"]
+    if kind == "count_label":
+        return f"finish(counts.get({label!r}, 0))"
+    if kind in ("most_frequent", "least_frequent"):
+        pick = "-1" if kind == "most_frequent" else "0"
+        return f"finish(sorted({labels!r}, key=lambda lab: (counts.get(lab, 0), lab))[{pick}])"
+    if kind == "compare":
+        return (f"a, b = counts.get({label!r}, 0), counts.get({q['other']!r}, 0)\n"
+                "finish('more' if a > b else 'less' if a < b else 'same')")
+    if kind == "users_with_label":
+        return f"finish(sorted({{k.split('|')[0] for k in counts if k.split('|')[1] == {label!r}}}))"
+    key = f"{q['user']}|{label}" if kind == "user_label" else f"{q['month']}|{label}"
+    return f"finish(counts.get({key!r}, 0))"
+
+
+class HopOracle:
+    """Searches and views each hop's document itself (flat), or launches one child per hop (recursive),
+    chaining hops through a REPL variable and running independent branches with ``asyncio.gather``."""
+
+    def __init__(self, task: Task, recursive: bool):
+        self.entities = task.spec["kb"]["entities"]
+        self.doc_of = {text.split(" is a ")[0]: d for d, text in task.spec["kb"]["docs"].items()}
+        self.chains = task.spec["chains"]
+        self.recursive = recursive
+
+    def _hop_steps(self, entity: str) -> list[str]:
+        return [action(f"Find {entity}'s document.", f"print(search({entity!r}))"),
+                action("Read it.", f"print(view({self.doc_of[entity]!r}))")]
+
+    async def act(self, view: NodeView) -> str:
+        spec = view.goal.spec
+        if "entity" in spec:  # a one-hop child
+            answer = self.entities[spec["entity"]]["relations"][spec["relation"]]
+            script = self._hop_steps(spec["entity"]) + [action("Found it.", f"finish({answer!r})")]
+        elif self.recursive and view.recursive:
+            helper = ("async def follow(name, relations):\n    for rel in relations:\n"
+                      "        name = await launch_subagent({'entity': name, 'relation': rel}, 3)\n    return name\n")
+            calls = ", ".join(f"follow({c['start']!r}, {c['relations']!r})" for c in self.chains)
+            final = "finish(answers[0])" if len(self.chains) == 1 else "finish(list(answers))"
+            script = [action("One child per hop; independent chains run in parallel.",
+                             helper + f"answers = await asyncio.gather({calls})\n{final}")]
+        else:
+            script = []
+            answers = []
+            for chain in self.chains:
+                name = chain["start"]
+                for rel in chain["relations"]:
+                    script += self._hop_steps(name)
+                    name = self.entities[name]["relations"][rel]
+                answers.append(name)
+            final = answers[0] if len(answers) == 1 else answers
+            script.append(action("Followed every hop.", f"finish({final!r})"))
+        return script[min(len(view.steps), len(script) - 1)]
+
+
+def hop_budget(task: Task) -> int:
+    """Steps the recursive HopOracle needs: one launch step, then (3 + 1) reserved per hop in a chain."""
+    return 1 + sum(4 for chain in task.spec["chains"] for _ in chain["relations"])
+
+
+def make_oracle(task: Task, recursive: bool, **knobs: Any):
+    """The oracle policy of ``task``'s family."""
+    if task.family in ("textcraft_synth", "textcraft_minecraft"):
+        return TextCraftOracle(task, recursive, **knobs)
+    if task.family == labeled_rows.FAMILY:
+        return RowsOracle(task, recursive, **knobs)
+    if task.family == chain_hop.FAMILY:
+        return HopOracle(task, recursive)
+    raise ValueError(f"no oracle for family {task.family!r}")
