@@ -97,8 +97,9 @@ class ScriptedRollout:
                 node.parallel += node.launches_this_step
             node.steps.append(StepRecord(text, observation))
         message = node.message if node.finished else None
-        self.outcomes.append(NodeOutcome(node.node_id, parent_id, depth, self.episode.node_success(node.node_id, message),
-                                         len(node.steps), message, overflow, node.parallel, node.launches))
+        success = self.episode.node_success(node.node_id, message)
+        self.outcomes.append(NodeOutcome(node.node_id, parent_id, depth, success, len(node.steps), message, overflow,
+                                         node.parallel, node.launches))
         return node
 
     def _namespace(self, node: _Node) -> dict[str, Any]:
