@@ -1,0 +1,82 @@
+"""Oracles of every family run through the in-process scripted driver under the budget rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from rao_jax.envs import chain_hop, labeled_rows
+from rao_jax.envs import textcraft_synth as ts
+from rao_jax.envs.base import ActionError
+from rao_jax.envs.families import open_episode
+from rao_jax.envs.oracles import action, make_oracle
+from rao_jax.envs.scripted_rollout import run_tree
+
+
+def _run(task, recursive, context=None, budget=None):
+    return run_tree(open_episode(task), make_oracle(task, recursive), budget or task.max_steps, recursive, context)
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_textcraft_tiny_oracles_solve_every_task(recursive):
+    for task in ts.generate_tasks(ts.SynthConfig.tiny(), "val", 6):
+        nodes = _run(task, recursive)
+        assert nodes[0].success == 1.0, task.task_id
+        assert all(n.success == 1.0 for n in nodes), task.task_id   # every child gets its own credit
+
+
+def test_textcraft_flat_oracle_runs_out_of_steps_where_recursion_fits():
+    config = ts.SynthConfig.tiny(seed=1)
+    task = max(ts.generate_tasks(config, "train", 6), key=lambda t: t.spec["num_craft_steps"])
+    crafts = task.spec["num_craft_steps"]
+    assert _run(task, False, budget=crafts + 1)[0].success == 1.0
+    assert _run(task, False, budget=crafts)[0].success == 0.0       # one step short: no finish
+    tree = _run(task, True)
+    assert tree[0].success == 1.0 and len(tree) > 1 and max(n.depth for n in tree) >= 1
+    assert sum(n.steps for n in tree) <= task.max_steps
+
+
+def test_rows_flat_overflows_the_window_recursive_does_not():
+    config = labeled_rows.RowsConfig(window_tokens=1024, context_multiple=2.0, max_read=32, max_steps=80)
+    for index in range(len(labeled_rows.QUESTIONS)):
+        task = labeled_rows.generate_task(config, "val", index)
+        flat = _run(task, False, context=1024)
+        assert flat[0].success == 0.0 and flat[0].overflow
+        tree = _run(task, True, context=1024)
+        assert tree[0].success == 1.0 and all(n.success == 1.0 for n in tree)
+        assert _run(task, False)[0].success == 1.0                 # with no window limit the flat oracle is right
+
+
+def test_rows_scoring_and_child_goal_errors():
+    assert labeled_rows.score(5, "5") == 1.0 and labeled_rows.score(5, 7) == pytest.approx(0.75 ** 2)
+    assert labeled_rows.score(["a", "b"], ["b"]) == 0.5 and labeled_rows.score("more", " More ") == 1.0
+    episode = open_episode(labeled_rows.generate_task(labeled_rows.RowsConfig(), "val", 0))
+    with pytest.raises(ActionError, match="count_by must be one of"):
+        episode.parse_child_goal({"rows": [0, 4], "count_by": ["colour"]}, "")
+    with pytest.raises(ActionError, match="goal rows"):
+        episode.parse_child_goal({"rows": [5, 2], "count_by": ["label"]}, "")
+    with pytest.raises(ActionError, match="at most"):
+        episode.read_rows(0, 200)
+
+
+@pytest.mark.parametrize("hops, branches", [(2, 1), (3, 2), (8, 1), (8, 2)])
+def test_chain_hop_oracles(hops, branches):
+    task = chain_hop.generate_task(chain_hop.HopConfig(), "val", hops * 10 + branches, hops, branches)
+    tree = _run(task, True, context=task.spec["window_tokens"])
+    assert tree[0].success == 1.0 and len(tree) == 1 + hops * branches
+    assert all(n.success == 1.0 for n in tree)
+    flat = _run(task, False, context=task.spec["window_tokens"])
+    assert flat[0].success == (1.0 if hops <= 3 else 0.0)
+
+
+def test_driver_refuses_launches_that_do_not_fit_and_reports_bad_goals():
+    task = next(ts.generate_tasks(ts.SynthConfig.tiny(), "val", 1))
+    item = next(iter(task.spec["targets"]))
+
+    class Greedy:
+        async def act(self, view):
+            code = (f"print(await launch_subagent({{{item!r}: 1}}, 50))\n"
+                    "print(await launch_subagent({'nope': 1}, 1))\nfinish('x')")
+            return action("try", code)
+
+    nodes = run_tree(open_episode(task), Greedy(), 10, recursive=True)
+    assert len(nodes) == 1 and nodes[0].finish_message == "x"
