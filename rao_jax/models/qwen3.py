@@ -8,13 +8,14 @@ also returns the final hidden states (for chunked log-prob computation that neve
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from rao_jax.models.attention import Attention, attention_mask
+from rao_jax.models.attention import Attention, attention_mask, dot_product_attention
 from rao_jax.models.config import ModelConfig
 from rao_jax.models.layers import DType, RMSNorm, SwiGLU, init_param
 from rao_jax.models.moe import MoEBlock, RouterStats, load_balancing_loss
@@ -42,7 +43,19 @@ class DecoderLayer(nnx.Module):
         self.num_experts = cfg.num_experts
 
     def __call__(self, x, positions, mask, token_mask) -> tuple[Array, RouterStats | None]:
-        x = x + self.self_attn(self.input_layernorm(x), positions, mask)
+        dtype = self.self_attn.dtype
+        return self.block(x, positions, token_mask,
+                          lambda q, k, v: dot_product_attention(q, k, v, mask, dtype))
+
+    def block(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"], token_mask: Array,
+              attend: Callable[[Array, Array, Array], Array]) -> tuple[Array, RouterStats | None]:
+        """The layer with attention supplied by ``attend(q, k, v) -> [b, t, hq, hd]``.
+
+        The training forward attends over the row itself; the sampler attends over its paged cache
+        (and writes k / v there inside ``attend``). Everything else is shared.
+        """
+        q, k, v = self.self_attn.project_qkv(self.input_layernorm(x), positions)
+        x = x + self.self_attn.output(attend(q, k, v))
         h = self.post_attention_layernorm(x)
         if self.is_moe:
             y, stats = self.mlp(h, token_mask)
@@ -95,7 +108,7 @@ class Qwen3(nnx.Module):
         if token_mask is None:
             token_mask = jnp.ones(tokens.shape, jnp.float32)
         mask = attention_mask(segment_ids)
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        x = self.embed_tokens(tokens)
         stats = None
         for layer in self.layers:
             if self.remat:
@@ -106,6 +119,9 @@ class Qwen3(nnx.Module):
                 stats = layer_stats if stats is None else stats + layer_stats
         aux = load_balancing_loss(stats) if stats is not None else jnp.zeros((), jnp.float32)
         return ForwardOutput(hidden=self.norm(x), aux_loss=aux)
+
+    def embed_tokens(self, tokens: Int[Array, "*shape"]) -> Float[Array, "*shape d"]:
+        return jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
 
     def logits(self, hidden: Float[Array, "... d"]) -> Float[Array, "... v"]:
         """Float32 logits of hidden states (the tied embedding or the separate lm_head)."""
