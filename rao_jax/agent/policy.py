@@ -17,6 +17,34 @@ from rao_jax.envs.base import Goal
 
 
 @dataclasses.dataclass(frozen=True)
+class ActionTokens:
+    """The exact tokens behind one action of a model-backed policy (recorded for training).
+
+    ``prompt`` is what the policy appended to the node's token sequence before sampling (the whole
+    prompt at the first step; the end of the previous turn, the observation turn and the assistant
+    header afterwards); ``response`` is what was sampled and ``logprobs`` its behaviour log-probs. The
+    node's full sequence is the concatenation of these segments over its steps, so every step's
+    prompt extends the previous one at the token level.
+    """
+
+    prompt: tuple[int, ...]
+    response: tuple[int, ...]
+    logprobs: tuple[float, ...]
+
+    def __post_init__(self):
+        if len(self.response) != len(self.logprobs):
+            raise ValueError(f"ActionTokens: {len(self.response)} response tokens but {len(self.logprobs)} logprobs")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyAction:
+    """An action with its tokens; ``Policy.act`` may return this instead of plain text."""
+
+    text: str
+    tokens: ActionTokens | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class StepRecord:
     action: str        # the text the policy returned
     observation: str   # what the node saw after running it
@@ -37,6 +65,6 @@ class NodeView:
 
 
 class Policy(Protocol):
-    async def act(self, view: NodeView) -> str:
-        """The next action text for the node."""
+    async def act(self, view: NodeView) -> str | PolicyAction:
+        """The next action text for the node (a ``PolicyAction`` when the policy has its tokens)."""
         ...

@@ -1,0 +1,125 @@
+"""Per-node records of a finished delegation tree (RAO_SPEC section 1).
+
+A node's record carries what the learner needs (tokens, behaviour log-probs, loss mask, own
+success, parent / depth for the tree reward) and what a user needs to see what the agent did (the
+steps, timings, finish message). Token fields are None when the node was driven by a policy that
+works on text (scripted policies, oracles); a model-backed policy fills them through
+``PolicyAction.tokens``.
+
+Token layout of one node: the concatenation, step by step, of the prompt segment the policy fed
+(whole prompt at step 0, observation turn + assistant header later) and the sampled response. The
+loss mask is 1 on response tokens only; ``logprobs`` holds the behaviour log-prob of each response
+token and 0.0 elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rao_jax.envs.base import Goal
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTrace:
+    """One step of one node: the action, what it produced, and where the time went."""
+
+    index: int                     # 0-based step index within the node
+    action: str
+    observation: str
+    parsed: bool                   # False when the action text had no usable <python> cell
+    started: float                 # wall-clock seconds (time.time()) when the policy was asked
+    policy_seconds: float          # waiting for the policy (sampler queueing included)
+    cell_seconds: float            # running the cell, awaiting subagents included
+    children: tuple[int, ...] = ()  # node ids launched by this step's cell
+    prompt_token_count: int | None = None
+    response_token_count: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRecord:
+    """Everything recorded about one node; frozen once its tree has ended."""
+
+    tree_id: int
+    node_id: int
+    parent_id: int | None
+    depth: int
+    fork_step: int | None          # index of the parent's step whose cell launched this node
+    goal: Goal
+    budget: int
+    own_steps: int                 # steps (policy calls) this node took itself
+    total_steps: int               # own steps plus all descendants' steps
+    start_time: float
+    end_time: float
+    end_reason: str                # "finished" | "budget" | "error"
+    finish_message: Any | None     # what the node passed to finish(), None if it never did
+    success: float                 # s_v from Episode.node_success
+    children: tuple[int, ...]
+    steps: tuple[StepTrace, ...]
+    tokens: tuple[int, ...] | None = None
+    loss_mask: tuple[int, ...] | None = None
+    logprobs: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.tokens is not None:
+            n = len(self.tokens)
+            if self.loss_mask is None or self.logprobs is None:
+                raise ValueError(f"node {self.node_id}: tokens given without loss_mask / logprobs")
+            if len(self.loss_mask) != n or len(self.logprobs) != n:
+                raise ValueError(f"node {self.node_id}: tokens ({n}), loss_mask ({len(self.loss_mask)}) and "
+                                 f"logprobs ({len(self.logprobs)}) differ in length")
+
+    @property
+    def prompt_token_count(self) -> int | None:
+        return None if self.loss_mask is None else len(self.loss_mask) - sum(self.loss_mask)
+
+    @property
+    def response_token_count(self) -> int | None:
+        return None if self.loss_mask is None else sum(self.loss_mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeResult:
+    """A finished tree: its nodes ordered by node id (root first) and tree-level facts."""
+
+    tree_id: int
+    task_id: str | None
+    recursive: bool
+    root_budget: int
+    nodes: tuple[NodeRecord, ...]
+    start_time: float
+    end_time: float
+
+    @property
+    def root(self) -> NodeRecord:
+        return self.nodes[0]
+
+    def node(self, node_id: int) -> NodeRecord:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise KeyError(f"tree {self.tree_id} has no node {node_id}")
+
+    @property
+    def max_depth(self) -> int:
+        return max(n.depth for n in self.nodes)
+
+    @property
+    def model_calls(self) -> int:
+        return sum(n.own_steps for n in self.nodes)
+
+    def critical_path(self) -> int:
+        """Longest chain of sequential policy calls: a node's steps plus, at each step, the longest
+        child chain launched there (children of one step run in parallel)."""
+        by_parent: dict[int, list[NodeRecord]] = {}
+        for n in self.nodes:
+            if n.parent_id is not None:
+                by_parent.setdefault(n.parent_id, []).append(n)
+
+        def length(node: NodeRecord) -> int:
+            per_step: dict[int | None, int] = {}
+            for c in by_parent.get(node.node_id, []):
+                per_step[c.fork_step] = max(per_step.get(c.fork_step, 0), length(c))
+            return node.own_steps + sum(per_step.values())
+
+        return length(self.root)
