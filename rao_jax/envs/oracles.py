@@ -20,7 +20,7 @@ from rao_jax.agent.policy import NodeView
 from rao_jax.envs import chain_hop, labeled_rows
 from rao_jax.envs.base import Task
 from rao_jax.envs.crafting import book_from_json
-from rao_jax.envs.crafting_plan import CraftStep, delegation_plan, greedy_plan
+from rao_jax.envs.crafting_plan import CraftStep, base_need, delegation_plan, greedy_plan
 
 
 def action(thought: str, code: str) -> str:
@@ -41,8 +41,11 @@ class TextCraftOracle:
 
     def _script(self, view: NodeView) -> list[str]:
         targets = dict(view.goal.spec["targets"])
-        if not (self.recursive and view.recursive):
-            crafts = greedy_plan(self.book, targets, self.inventory if view.depth == 0 else {})
+        # The root knows the starting inventory (which may hold intermediates, as in Minecraft tasks);
+        # children plan from base materials only so parallel siblings never compete for intermediates.
+        crafts = (greedy_plan(self.book, targets, self.inventory) if view.depth == 0
+                  else base_need(self.book, targets)[0])
+        if not (self.recursive and view.recursive) or len(crafts) <= self.leaf_crafts:
             return self._crafts(crafts) + [action("All targets crafted.", "finish('crafted all targets')")]
         plan = delegation_plan(self.book, targets, self.leaf_crafts, self.crafts_per_step)
         script = []
