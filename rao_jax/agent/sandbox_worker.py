@@ -1,0 +1,628 @@
+"""The sandbox worker process: runs model-written cells for many nodes, never in the trainer.
+
+Started by ``rao_jax.agent.sandbox`` as ``python -I -S sandbox_worker.py CONFIG_JSON``; standard library
+only (it must not import rao_jax, jax or anything installed). Before it reads the first cell it
+
+1. imports the modules cells may use, and a few it needs itself;
+2. isolates itself in the kernel where it can (``isolate``): an empty network namespace, ``chroot``
+   into its scratch directory, and, when started as root, the unprivileged user ``nobody``;
+3. sets rlimits: address space, lifetime CPU, no new processes or threads, file size, open files.
+
+Then it serves frames (4-byte big-endian length + UTF-8 JSON) on the pipes it was started with; its
+stdin/stdout/stderr are pointed at /dev/null so stray writes cannot corrupt the protocol.
+
+Cells are compiled with top-level await and run as asyncio tasks of the worker's event loop, so a
+cell awaiting ``launch_subagent`` (an async proxy to the host) lets the other cells of this worker
+run. Every task a cell creates (``asyncio.gather`` children included) is metered against the cell:
+CPU time (SIGPROF) and running wall time (SIGALRM) raise ``CellTimeout`` inside the cell, and a
+per-segment ``RLIMIT_CPU`` kills the whole process if C code ignores the signal.
+
+The Python-level guards (``python_guards``) are defence in depth, not the boundary: an AST check
+forbids underscore and frame attributes, builtins lack eval/exec/compile/open-anywhere, and
+``import`` returns attribute-filtered views of whitelisted modules only.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import builtins
+import ctypes
+import io
+import json
+import linecache
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+import types
+
+ALLOWED_MODULES = (
+    "array", "asyncio", "base64", "bisect", "cmath", "collections", "collections.abc", "copy", "dataclasses",
+    "datetime", "decimal", "difflib", "enum", "fractions", "functools", "hashlib", "heapq", "itertools", "json",
+    "math", "numbers", "operator", "pprint", "random", "re", "statistics", "string", "struct", "textwrap",
+    "time", "typing", "unicodedata",
+)
+# Callables that evaluate strings or reach interpreter internals although their names look harmless.
+HIDDEN_MODULE_ATTRS = {"typing": {"get_type_hints", "ForwardRef"}, "asyncio": {"run", "get_event_loop",
+                       "get_running_loop", "new_event_loop", "set_event_loop", "subprocess",
+                       "create_subprocess_exec", "create_subprocess_shell", "open_connection",
+                       "start_server", "open_unix_connection", "start_unix_server", "to_thread"}}
+BLOCKED_ATTRS = frozenset({
+    "cr_frame", "gi_frame", "ag_frame", "tb_frame", "tb_next", "f_globals", "f_locals", "f_builtins", "f_back",
+    "f_code", "cr_code", "gi_code", "ag_code", "cr_await", "gi_yieldfrom", "ag_await", "mro", "format_map",
+})
+SAFE_BUILTINS = (
+    "abs", "aiter", "all", "anext", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",
+    "classmethod", "complex", "dict", "dir", "divmod", "enumerate", "filter", "float", "format", "frozenset",
+    "hash", "hex", "id", "int", "isinstance", "issubclass", "iter", "len", "list", "map", "max", "min", "next",
+    "object", "oct", "ord", "pow", "print", "property", "range", "repr", "reversed", "round", "set", "slice",
+    "sorted", "staticmethod", "str", "sum", "super", "tuple", "type", "zip", "True", "False", "None",
+    "Ellipsis", "NotImplemented", "__build_class__",
+)
+NOBODY = 65534
+MAX_FRAME = 16 << 20
+TRACEBACK_FRAMES = 6
+
+
+class CellTimeout(BaseException):
+    """Raised inside a cell that ran out of CPU or wall time (BaseException: ``except Exception``
+    in the cell cannot swallow it)."""
+
+
+class OutputLimitExceeded(BaseException):
+    """Raised inside a cell that printed more than the hard output limit."""
+
+
+class CellFinished(BaseException):
+    """Raised after ``finish`` succeeded, to end the cell."""
+
+
+class CellExit(Exception):
+    """What SystemExit / KeyboardInterrupt raised in a cell becomes."""
+
+
+class ActionError(Exception):
+    """An environment action was wrong; the message comes from the environment."""
+
+
+class ToolError(Exception):
+    """A tool call failed for another reason (bad arguments, unserialisable values)."""
+
+
+class SandboxViolation(Exception):
+    """The cell tried something this sandbox forbids."""
+
+
+# ---- frames ------------------------------------------------------------------------------------
+
+
+class Channel:
+    """Length-prefixed JSON frames over two file descriptors, blocking writes."""
+
+    def __init__(self, fd_in: int, fd_out: int):
+        self.fd_in, self.fd_out = fd_in, fd_out
+        self.buffer = b""
+
+    def send(self, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        frame = len(data).to_bytes(4, "big") + data
+        # A timer signal must not interrupt a half-written frame: hold it until the frame is out.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGPROF})
+        try:
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(self.fd_out, view):]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def frames(self) -> list[dict]:
+        out = []
+        while len(self.buffer) >= 4:
+            n = int.from_bytes(self.buffer[:4], "big")
+            if n > MAX_FRAME:
+                raise RuntimeError(f"host frame of {n} bytes")
+            if len(self.buffer) < 4 + n:
+                break
+            out.append(json.loads(self.buffer[4:4 + n]))
+            self.buffer = self.buffer[4 + n:]
+        return out
+
+    def read_some(self) -> bool:
+        """Read what is available (blocks if nothing is); False at end of file."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGPROF})
+        try:
+            data = os.read(self.fd_in, 1 << 16)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self.buffer += data
+        return bool(data)
+
+
+# ---- output ------------------------------------------------------------------------------------
+
+
+class CellOutput:
+    """What one cell printed: the first ``keep`` characters, a count of the rest, a hard stop."""
+
+    def __init__(self, keep: int, hard: int):
+        self.keep, self.hard = keep, hard
+        self.parts: list[str] = []
+        self.kept = 0
+        self.total = 0
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        self.total += len(s)
+        if self.kept < self.keep:
+            piece = s[: self.keep - self.kept]
+            self.parts.append(piece)
+            self.kept += len(piece)
+        if self.total > self.hard:
+            raise OutputLimitExceeded(f"the cell printed more than {self.hard} characters and was stopped")
+        return len(s)
+
+    def text(self) -> str:
+        text = "".join(self.parts)
+        if self.total > self.kept:
+            text += f"\n[... {self.total - self.kept} more characters of output not kept ...]"
+        return text
+
+
+class OutputRouter(io.TextIOBase):
+    """sys.stdout / sys.stderr of the worker: sends writes to the cell that is running."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def write(self, s):
+        cell = self.worker.running
+        return cell.output.write(s) if cell is not None else len(s)
+
+    def writable(self):
+        return True
+
+
+# ---- guards ------------------------------------------------------------------------------------
+
+
+def check_source(tree: ast.AST) -> None:
+    """Reject attribute names that lead to interpreter internals (defence in depth)."""
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, ast.Name) and node.id.startswith("__"):
+            names = [node.id]
+        elif isinstance(node, ast.ImportFrom):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.MatchClass):
+            names = list(node.kwd_attrs)
+        for name in names:
+            if name.startswith("_") and name != "_" or name in BLOCKED_ATTRS:
+                raise SandboxViolation(f"line {node.lineno}: '{name}' is not accessible in this sandbox")
+
+
+def module_view(name: str, module: types.ModuleType, submodules: dict[str, types.ModuleType]) -> types.ModuleType:
+    """A copy of ``module`` with only its public, non-module attributes (and allowed submodules)."""
+    view = types.ModuleType(name, getattr(module, "__doc__", None))
+    hidden = HIDDEN_MODULE_ATTRS.get(name, set())
+    for key, value in vars(module).items():
+        if key.startswith("_") or key in hidden or isinstance(value, types.ModuleType):
+            continue
+        setattr(view, key, value)
+    for key, value in submodules.items():
+        setattr(view, key, value)
+    return view
+
+
+def _checked_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError("attribute name must be a string")
+    if name.startswith("_") or name in BLOCKED_ATTRS:
+        raise SandboxViolation(f"attribute '{name}' is not accessible in this sandbox")
+    return name
+
+
+def make_builtins(views: dict[str, types.ModuleType], open_root: str) -> dict:
+    """The restricted builtins dict of a cell namespace."""
+    table = {name: getattr(builtins, name) for name in SAFE_BUILTINS}
+    for name, value in vars(builtins).items():
+        if isinstance(value, type) and issubclass(value, BaseException) and not name.startswith("_"):
+            table[name] = value
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level:
+            raise ImportError("relative imports are not available in this sandbox")
+        if name not in views:
+            raise ImportError(f"import of '{name}' is not allowed in this sandbox; allowed modules: "
+                              + ", ".join(m for m in ALLOWED_MODULES if "." not in m))
+        return views[name] if fromlist or "." not in name else views[name.split(".")[0]]
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if not isinstance(file, str | bytes):
+            raise SandboxViolation("open() takes a path in this sandbox")
+        path = os.path.realpath(os.fsdecode(file))
+        if os.path.commonpath([path, open_root]) != open_root:
+            raise PermissionError(f"access to {os.fsdecode(file)!r} is not allowed: files live in the current "
+                                  "directory only")
+        return open(path, mode, *args, **kwargs)
+
+    table.update({
+        "__import__": guarded_import,
+        "open": guarded_open,
+        "getattr": lambda obj, name, *default: getattr(obj, _checked_name(name), *default),
+        "hasattr": lambda obj, name: hasattr(obj, _checked_name(name)),
+        "setattr": lambda obj, name, value: setattr(obj, _checked_name(name), value),
+        "delattr": lambda obj, name: delattr(obj, _checked_name(name)),
+    })
+    return table
+
+
+# ---- isolation -------------------------------------------------------------------------------
+
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def isolate(scratch: str, kernel: bool) -> dict[str, str]:
+    """Confine this process; returns what was achieved, for the host to report and check."""
+    report = {"network": "python guards only", "files": "python guards only", "user": f"uid {os.getuid()}"}
+    os.chdir(scratch)
+    if kernel:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        root = os.geteuid() == 0
+        flags = CLONE_NEWNET | CLONE_NEWNS | (0 if root else CLONE_NEWUSER)
+        if libc.unshare(flags) == 0:
+            report["network"] = "empty network namespace"
+            if root:
+                os.chown(scratch, NOBODY, NOBODY)
+            os.chroot(scratch)
+            os.chdir("/")
+            report["files"] = "chroot into scratch dir"
+        else:
+            report["unshare_error"] = os.strerror(ctypes.get_errno())
+        if root:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            report["user"] = "nobody"
+    return report
+
+
+def set_rlimits(cfg: dict) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # an oversized write fails with EFBIG instead of killing
+    lifetime = int(cfg["worker_cpu_seconds"])
+    resource.setrlimit(resource.RLIMIT_CPU, (lifetime, lifetime + 5))
+    resource.setrlimit(resource.RLIMIT_AS, (cfg["memory_bytes"], cfg["memory_bytes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["file_bytes"], cfg["file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+# ---- cells -----------------------------------------------------------------------------------
+
+
+class Cell:
+    """One running cell: its node, limits left, output and the tasks it created."""
+
+    def __init__(self, cell_id: int, node: str, cfg: dict):
+        self.cell_id, self.node = cell_id, node
+        self.cpu_left = float(cfg["cpu_seconds"])
+        self.wall_left = float(cfg["wall_seconds"])
+        self.output = CellOutput(cfg["output_chars"], cfg["max_output_chars"])
+        self.tasks: set[asyncio.Task] = set()
+        self.calls: set[int] = set()
+        self.timeout_reason = ""
+
+
+class Metered:
+    """Awaitable wrapper that runs a coroutine's segments under the owning cell's timers."""
+
+    def __init__(self, worker: Worker, cell: Cell, coro):
+        self.worker, self.cell, self.coro = worker, cell, coro
+
+    def __await__(self):
+        value, error = None, None
+        while True:
+            if self.cell.timeout_reason and error is None:
+                error = CellTimeout(self.cell.timeout_reason)
+            self.worker.arm(self.cell)
+            try:
+                yielded = self.coro.throw(error) if error is not None else self.coro.send(value)
+            except StopIteration as stop:
+                self.worker.disarm()
+                return stop.value
+            except (SystemExit, KeyboardInterrupt) as e:
+                # asyncio re-raises these out of the event loop: they would stop the worker.
+                self.worker.disarm()
+                raise CellExit(f"{type(e).__name__}({e}) cannot exit the sandbox; the cell was stopped") from None
+            except BaseException:
+                self.worker.disarm()
+                raise
+            self.worker.disarm()
+            try:
+                value, error = (yield yielded), None
+            except BaseException as e:  # cancellation and thrown-in errors go to the cell's code
+                value, error = None, e
+
+
+async def metered(worker: Worker, cell: Cell, coro):
+    return await Metered(worker, cell, coro)
+
+
+class Worker:
+    """The worker's state: config, channel, namespaces, running cells, timers."""
+
+    def __init__(self, cfg: dict, channel: Channel, views: dict[str, types.ModuleType], open_root: str):
+        self.cfg, self.channel, self.views, self.open_root = cfg, channel, views, open_root
+        self.namespaces: dict[str, dict] = {}
+        self.cells: dict[int, Cell] = {}
+        self.futures: dict[int, asyncio.Future] = {}
+        self.next_call = 0
+        self.running: Cell | None = None
+        self.armed = False
+        self.segment_start = (0.0, 0.0)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.backlog: list[dict] = []
+
+    # timers -------------------------------------------------------------------------------------
+    def arm(self, cell: Cell) -> None:
+        self.running = cell
+        cpu_now = time.process_time()
+        self.segment_start = (cpu_now, time.monotonic())
+        cpu = max(cell.cpu_left, 0.001)
+        wall = max(cell.wall_left, 0.001)
+        # The kernel backstop for C code that never returns to the interpreter: exceed the cell's CPU
+        # allowance by 2 s and the process is killed (the host reports it and starts a new worker).
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        resource.setrlimit(resource.RLIMIT_CPU, (min(int(cpu_now + cpu) + 2, hard), hard))
+        self.armed = True
+        signal.setitimer(signal.ITIMER_PROF, cpu)
+        signal.setitimer(signal.ITIMER_REAL, wall)
+
+    def disarm(self) -> None:
+        self.armed = False
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        cell = self.running
+        self.running = None
+        if cell is not None:
+            cell.cpu_left -= time.process_time() - self.segment_start[0]
+            cell.wall_left -= time.monotonic() - self.segment_start[1]
+        lifetime = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        resource.setrlimit(resource.RLIMIT_CPU, (lifetime - 5, lifetime))
+
+    def on_timer(self, signum, frame) -> None:
+        cell = self.running
+        if cell is None or not self.armed:
+            return
+        self.armed = False
+        if signum == signal.SIGPROF:
+            cell.timeout_reason = f"the cell used more than {self.cfg['cpu_seconds']:g} s of CPU time"
+        else:
+            cell.timeout_reason = f"the cell ran for more than {self.cfg['wall_seconds']:g} s"
+        raise CellTimeout(cell.timeout_reason)
+
+    # host calls -----------------------------------------------------------------------------------
+    def _call_frame(self, name: str, args: tuple, kwargs: dict) -> tuple[int, dict]:
+        cell = self.running
+        if cell is None:
+            raise ToolError(f"{name}() can only be called while a cell runs")
+        try:
+            payload = {"args": list(args), "kwargs": kwargs}
+            json.dumps(payload)
+        except (TypeError, ValueError) as e:
+            raise ToolError(f"arguments of {name}() must be JSON-like values (str, int, float, bool, None, "
+                            f"lists, dicts with str keys): {e}") from None
+        self.next_call += 1
+        cell.calls.add(self.next_call)
+        return self.next_call, {"op": "call", "cell": cell.cell_id, "call": self.next_call, "name": name, **payload}
+
+    @staticmethod
+    def _reply_value(reply: dict):
+        if reply["ok"]:
+            return reply["value"]
+        kind = {"ActionError": ActionError, "TypeError": TypeError}.get(reply.get("kind"), ToolError)
+        raise kind(reply["error"])
+
+    def sync_proxy(self, name: str, ends_cell: bool):
+        def proxy(*args, **kwargs):
+            cell = self.running
+            call_id, frame = self._call_frame(name, args, kwargs)
+            self.disarm()   # time waiting for the host is not the cell's
+            try:
+                self.channel.send(frame)
+                reply = self._wait_reply(call_id)
+            finally:
+                self.arm(cell)
+            cell.calls.discard(call_id)
+            value = self._reply_value(reply)
+            if ends_cell:
+                raise CellFinished()
+            return value
+        proxy.__name__ = proxy.__qualname__ = name
+        return proxy
+
+    def async_proxy(self, name: str):
+        async def proxy(*args, **kwargs):
+            call_id, frame = self._call_frame(name, args, kwargs)
+            future = self.loop.create_future()
+            self.futures[call_id] = future
+            self.channel.send(frame)
+            return self._reply_value(await future)
+        proxy.__name__ = proxy.__qualname__ = name
+        return proxy
+
+    def _wait_reply(self, call_id: int) -> dict:
+        while True:
+            for i, frame in enumerate(self.backlog):
+                if frame["op"] == "reply" and frame["call"] == call_id:
+                    return self.backlog.pop(i)
+            if not self.channel.read_some():
+                raise SystemExit(0)
+            self.backlog.extend(self.channel.frames())
+            if self.backlog:
+                self.loop.call_soon(self.process_backlog)
+
+    # frames from the host -------------------------------------------------------------------------
+    def on_readable(self) -> None:
+        if not self.channel.read_some():
+            self.loop.stop()
+            return
+        self.backlog.extend(self.channel.frames())
+        self.process_backlog()
+
+    def process_backlog(self) -> None:
+        while self.backlog:
+            frame = self.backlog.pop(0)
+            op = frame["op"]
+            if op == "cell":
+                self.start_cell(frame)
+            elif op == "reply":
+                future = self.futures.pop(frame["call"], None)
+                if future is not None and not future.done():
+                    future.set_result(frame)
+            elif op == "drop":
+                self.namespaces.pop(frame["node"], None)
+                for key in [k for k in linecache.cache if k.startswith(f"<cell {frame['node']}/")]:
+                    del linecache.cache[key]
+            elif op == "exit":
+                self.loop.stop()
+                return
+
+    def namespace(self, node: str) -> dict:
+        ns = self.namespaces.get(node)
+        if ns is None:
+            builtins_table = (make_builtins(self.views, self.open_root) if self.cfg["python_guards"]
+                              else dict(vars(builtins)))
+            ns = {"__builtins__": builtins_table, "__name__": "__main__", "ActionError": ActionError,
+                  "ToolError": ToolError}
+            self.namespaces[node] = ns
+        return ns
+
+    def start_cell(self, frame: dict) -> None:
+        cell = Cell(frame["cell"], frame["node"], self.cfg)
+        self.cells[cell.cell_id] = cell
+        ns = self.namespace(cell.node)
+        for name in frame["sync"]:
+            ns[name] = self.sync_proxy(name, name in frame["ends_cell"])
+        for name in frame["async"]:
+            ns[name] = self.async_proxy(name)
+        task = self.loop.create_task(metered(self, cell, self.run_code(cell, frame["code"], ns)))
+        cell.tasks.add(task)
+        task.add_done_callback(lambda t: self.end_cell(cell, t))
+
+    async def run_code(self, cell: Cell, code: str, ns: dict):
+        filename = f"<cell {cell.node}/{cell.cell_id}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        tree = ast.parse(code, filename)
+        if self.cfg["python_guards"]:
+            check_source(tree)
+        value_name = "__cell_value__"
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = tree.body[-1]
+            tree.body[-1] = ast.copy_location(
+                ast.Assign(targets=[ast.Name(value_name, ast.Store())], value=last.value), last)
+            ast.fix_missing_locations(tree)
+        compiled = compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+        result = eval(compiled, ns)
+        if result is not None and compiled.co_flags & 0x80:  # CO_COROUTINE: the cell awaits
+            await result
+        value = ns.pop(value_name, None)
+        return None if value is None else repr(value)[: self.cfg["output_chars"]]
+
+    def end_cell(self, cell: Cell, task: asyncio.Task) -> None:
+        for other in cell.tasks:
+            other.cancel()   # tasks the cell created and did not await die with it
+        for call_id in cell.calls:
+            self.futures.pop(call_id, None)
+        self.cells.pop(cell.cell_id, None)
+        value, error, finished = None, None, False
+        if task.cancelled():
+            error = "CancelledError: the cell was cancelled"
+        else:
+            exc = task.exception()
+            if exc is None:
+                value = task.result()
+            elif isinstance(exc, CellFinished):
+                finished = True
+            else:
+                error = format_error(exc)
+        self.channel.send({"op": "done", "cell": cell.cell_id, "output": cell.output.text(), "value": value,
+                           "error": error, "finished": finished})
+
+    def task_factory(self, loop, coro, **kwargs):
+        cell = self.running
+        if cell is None:
+            return asyncio.Task(coro, loop=loop, **kwargs)
+        task = asyncio.Task(metered(self, cell, coro), loop=loop, **kwargs)
+        cell.tasks.add(task)
+        return task
+
+
+def format_error(exc: BaseException) -> str:
+    """The error text of a failed cell: frames of cell code only, the exception, a hint for limits."""
+    if isinstance(exc, CellTimeout):
+        return f"TimeoutError: {exc} and was stopped (variables set before that are kept)"
+    if isinstance(exc, OutputLimitExceeded):
+        return f"OutputLimitExceeded: {exc}"
+    if isinstance(exc, SyntaxError):
+        return "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<cell ")]
+    lines = ["Traceback (most recent call last):\n"] if frames else []
+    if len(frames) > TRACEBACK_FRAMES:
+        lines.append(f"  [... {len(frames) - TRACEBACK_FRAMES} earlier frames omitted ...]\n")
+        frames = frames[-TRACEBACK_FRAMES:]
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    text = "".join(lines).rstrip()
+    if isinstance(exc, MemoryError):
+        text += "\n(the sandbox memory limit was reached)"
+    return text
+
+
+def import_views() -> dict[str, types.ModuleType]:
+    import importlib
+
+    modules = {name: importlib.import_module(name) for name in ALLOWED_MODULES}
+    views: dict[str, types.ModuleType] = {}
+    for name in sorted(modules, key=lambda n: -n.count(".")):   # submodules first
+        subs = {n.split(".")[-1]: views[n] for n in views if n.rsplit(".", 1)[0] == name}
+        views[name] = module_view(name, modules[name], subs)
+    return views
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    channel = Channel(os.dup(0), os.dup(1))
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    try:
+        views = import_views()
+        report = isolate(cfg["scratch"], cfg["isolate"])
+        open_root = os.path.realpath(os.getcwd())
+        set_rlimits(cfg)
+    except Exception as e:
+        channel.send({"op": "fatal", "error": f"{type(e).__name__}: {e}"})
+        raise SystemExit(1) from None
+    worker = Worker(cfg, channel, views, open_root)
+    sys.stdout = sys.stderr = OutputRouter(worker)
+    signal.signal(signal.SIGPROF, worker.on_timer)
+    signal.signal(signal.SIGALRM, worker.on_timer)
+    loop = asyncio.new_event_loop()
+    worker.loop = loop
+    loop.set_task_factory(worker.task_factory)
+    loop.add_reader(channel.fd_in, worker.on_readable)
+    channel.send({"op": "ready", "pid": os.getpid(), "isolation": report})
+    loop.run_forever()
+
+
+if __name__ == "__main__":
+    main()
