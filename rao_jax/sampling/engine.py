@@ -1,0 +1,550 @@
+"""The sampling engine: continuous batching of many sequences over one paged KV cache.
+
+``await engine.submit(tokens, params, seq_id=...)`` returns a ``Completion``. Requests queue up;
+an engine loop admits waiting requests into free batch rows (one ragged prefill for all of them),
+then runs decode chunks over every running row, so rows freed by finished requests are refilled at
+the next chunk boundary. A request made with a ``seq_id`` keeps its KV pages after it completes:
+a later request with the same ``seq_id`` whose tokens extend the cached ones prefills only the new
+tokens (a delegation-tree node resuming with its children's results). ``fork`` shares the full
+pages of a cached prefix (the G trees of one task share their prompt).
+
+When pages run out the engine preempts: first kept sequences that are not running (least recently
+used first; their prefix is recomputed when they are next extended), then the most recently
+admitted running requests, which go back to the queue and later resume exactly where they were.
+A request that could never fit is refused at submission with a clear error.
+
+Device work runs in one worker thread, so the asyncio loop that submits requests (and serves
+sandboxed tool calls) stays responsive while the model runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import itertools
+import threading
+from collections.abc import Hashable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rao_jax.models.qwen3 import Qwen3
+from rao_jax.sampling import sampler
+from rao_jax.sampling.kv_cache import copy_pages, init_cache
+from rao_jax.sampling.logits import NO_TOKEN, NOT_YET, SamplingParams
+from rao_jax.sampling.page_allocator import PageAllocator, PoolExhausted
+from rao_jax.sampling.paged_attention import IMPLS
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Static sizes of the engine (each distinct shape is one compilation).
+
+    Args:
+        max_rows: sequences decoded together in one batch.
+        page_size: tokens per KV page.
+        num_pages: pages in the pool, including the reserved null page.
+        max_seq_len: the longest sequence (prompt + generated); a multiple of page_size.
+        decode_steps: decode steps per device call between scheduling decisions.
+        max_prefill_tokens: the most new tokens one prefill call processes (a power of two).
+        min_prefill_bucket: the smallest flat-token bucket of prefill calls (a power of two).
+        max_top_k: static bound on top-k; top-p also considers only this many tokens.
+        max_stops / max_stop_len: stop sequences per request, and their longest length.
+        attn_impl: "reference" (pure jnp, every backend) or "pallas" (TPU kernel).
+        cache_dtype: dtype of the KV pages.
+        seed: sampling seed.
+    """
+
+    max_rows: int = 64
+    page_size: int = 16
+    num_pages: int = 2048
+    max_seq_len: int = 1024
+    decode_steps: int = 16
+    max_prefill_tokens: int = 4096
+    min_prefill_bucket: int = 64
+    max_top_k: int = 64
+    max_stops: int = 4
+    max_stop_len: int = 8
+    attn_impl: str = "reference"
+    cache_dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"EngineConfig: {message}")
+
+        need(self.attn_impl in IMPLS, f"attn_impl must be one of {IMPLS}, got {self.attn_impl!r}")
+        need(self.max_rows >= 1 and self.decode_steps >= 1, "max_rows and decode_steps must be >= 1")
+        need(self.page_size >= 1 and self.max_seq_len % self.page_size == 0,
+             f"max_seq_len ({self.max_seq_len}) must be a positive multiple of page_size ({self.page_size})")
+        need(_is_pow2(self.max_prefill_tokens) and _is_pow2(self.min_prefill_bucket),
+             "max_prefill_tokens and min_prefill_bucket must be powers of two")
+        need(self.max_prefill_tokens >= self.max_seq_len,
+             f"max_prefill_tokens ({self.max_prefill_tokens}) must be >= max_seq_len ({self.max_seq_len})")
+        need(self.num_pages - 1 >= self.pages_per_seq,
+             f"num_pages ({self.num_pages}) leaves fewer than the {self.pages_per_seq} pages one "
+             f"max_seq_len sequence needs (page 0 is reserved)")
+
+    @property
+    def pages_per_seq(self) -> int:
+        return self.max_seq_len // self.page_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    tokens: list[int]
+    logprobs: list[float]      # log pi(token) under the model (temperature 1), float32
+    finish_reason: str         # "stop" | "length" | "prefill" (max_new_tokens=0)
+    prompt_tokens: int
+    reused_tokens: int         # prompt tokens whose K/V were already cached (not recomputed)
+
+
+@dataclasses.dataclass
+class _Request:
+    seq: Hashable
+    prompt: list[int]
+    params: SamplingParams
+    keep: bool
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    generated: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    reused: int = -1           # set at first admission
+    pos: int = 0               # position of generated[-1] (not yet in the cache)
+    admitted_at: int = -1      # admission counter: larger is newer (preemption takes the newest)
+
+    @property
+    def remaining(self) -> int:
+        return self.params.max_new_tokens - len(self.generated)
+
+
+class SamplingEngine:
+    """Continuous-batching sampler over a paged KV cache for one ``Qwen3`` model.
+
+    The model's parameters are read at every device call, so a learner updating the same model
+    in place is picked up by the next prefill / decode chunk without any weight transfer.
+    """
+
+    def __init__(self, model: Qwen3, config: EngineConfig | None = None):
+        config = config or EngineConfig()
+        self.model = model
+        self.config = config
+        self.vocab_size = model.cfg.vocab_size
+        self._alloc = PageAllocator(config.num_pages, config.page_size, config.pages_per_seq)
+        self._cache = init_cache(model.cfg, config.num_pages, config.page_size, jnp.dtype(config.cache_dtype))
+        self._cached: dict[Hashable, list[int]] = {}  # tokens whose K/V are in the cache, per sequence
+        self._idle: collections.OrderedDict[Hashable, None] = collections.OrderedDict()  # kept, not running
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._rows: list[_Request | None] = [None] * config.max_rows
+        self._busy: set[Hashable] = set()  # sequences with a request queued or running
+        self._lock = threading.Lock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rao-sampler")
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._rng = jax.random.key(config.seed)
+        self._anonymous = itertools.count()
+        self._admissions = itertools.count()
+        self.stats = collections.Counter()
+
+    # ------------------------------------------------------------------------------------------
+    # Public API
+
+    async def submit(self, tokens: Sequence[int], params: SamplingParams | None = None, *,
+                     seq_id: Hashable | None = None) -> Completion:
+        """Generates a completion of ``tokens``.
+
+        Args:
+            tokens: the whole prompt; with a ``seq_id`` already cached, usually the cached tokens
+                plus an extension (only the part after the longest common prefix is prefilled).
+            params: sampling settings.
+            seq_id: keep this sequence's KV pages after completion under this id.
+        """
+        tokens = [int(t) for t in tokens]
+        params = params or SamplingParams()
+        self._validate(tokens, params)
+        loop = asyncio.get_running_loop()
+        keep = seq_id is not None
+        seq = seq_id if keep else ("_anon", next(self._anonymous))
+        with self._lock:
+            if seq in self._busy:
+                raise ValueError(f"sequence {seq_id!r} already has a request in flight")
+            self._busy.add(seq)
+            request = _Request(seq, tokens, params, keep, loop.create_future(), loop)
+            self._waiting.append(request)
+        self._ensure_loop()
+        self._wake.set()
+        return await request.future
+
+    async def fork(self, src: Hashable, dst: Hashable) -> None:
+        """Makes ``dst`` a cached copy of ``src`` that shares its full KV pages."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._fork, src, dst)
+
+    async def release(self, seq_id: Hashable) -> None:
+        """Frees a kept sequence's pages (no-op if it was already preempted)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._release, seq_id)
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64, temperature: float = 1.0,
+                 *, top_k: int = 0, top_p: float = 1.0, stop: Sequence[Sequence[int]] = ()) -> list[Completion]:
+        """Synchronous batch generation for scripts (runs its own event loop)."""
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, tuple(tuple(s) for s in stop))
+
+        async def run():
+            return await asyncio.gather(*(self.submit(p, params) for p in prompts))
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return list(asyncio.run(run()))
+        raise RuntimeError("generate() cannot run inside an event loop; await engine.submit(...) instead")
+
+    def cached_length(self, seq_id: Hashable) -> int:
+        return len(self._cached.get(seq_id, ()))
+
+    # ------------------------------------------------------------------------------------------
+    # Event-loop side
+
+    def _validate(self, tokens: list[int], params: SamplingParams) -> None:
+        cfg = self.config
+        params.validate(vocab_size=self.vocab_size, max_top_k=cfg.max_top_k, max_stops=cfg.max_stops,
+                        max_stop_len=cfg.max_stop_len)
+        if not tokens:
+            raise ValueError("the prompt is empty; at least one token is needed")
+        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt holds token ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        if len(tokens) + params.max_new_tokens > cfg.max_seq_len:
+            raise ValueError(f"prompt of {len(tokens)} tokens + max_new_tokens {params.max_new_tokens} exceeds "
+                             f"max_seq_len {cfg.max_seq_len}; shorten the prompt or raise EngineConfig.max_seq_len")
+
+    def _ensure_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._has_work():
+                self._wake.clear()
+                if not self._has_work():
+                    await self._wake.wait()
+                continue
+            try:
+                await loop.run_in_executor(self._executor, self._step)
+            except Exception as e:  # a bug or a device error: fail every request rather than hang
+                self._fail_all(e)
+
+    def _has_work(self) -> bool:
+        with self._lock:
+            return bool(self._waiting) or any(r is not None for r in self._rows)
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._lock:
+            requests = list(self._waiting) + [r for r in self._rows if r is not None]
+            self._waiting.clear()
+            self._rows = [None] * self.config.max_rows
+        for request in requests:
+            self._busy.discard(request.seq)
+            if request.seq in self._alloc:
+                self._drop(request.seq)
+            request.loop.call_soon_threadsafe(_set_exception, request.future, error)
+
+    # ------------------------------------------------------------------------------------------
+    # Device side (the executor thread)
+
+    def _step(self) -> None:
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
+        if any(r is not None and r.remaining > 0 for r in self._rows):
+            self._decode()
+
+    def _admit(self) -> list[tuple[int, _Request, int]]:
+        """Moves waiting requests into free rows; returns (row, request, first new token index)."""
+        admitted: list[tuple[int, _Request, int]] = []
+        budget = self.config.max_prefill_tokens
+        while True:
+            with self._lock:
+                if not self._waiting or None not in self._rows:
+                    break
+                request = self._waiting[0]
+            full = request.prompt + request.generated
+            start = self._prepare(request.seq, full)
+            if start is None:
+                break  # no pages yet: running requests will free some
+            if len(full) - start > budget:
+                break  # next call; the pages stay reserved
+            budget -= len(full) - start
+            if request.reused < 0:
+                request.reused = start
+            request.admitted_at = next(self._admissions)
+            with self._lock:
+                self._waiting.popleft()
+                row = self._rows.index(None)
+                self._rows[row] = request
+            self._idle.pop(request.seq, None)
+            admitted.append((row, request, start))
+        return admitted
+
+    def _prepare(self, seq: Hashable, tokens: list[int]) -> int | None:
+        """Gets ``seq``'s cache ready to take ``tokens``; returns how many are already cached.
+
+        At least the last token is always recomputed (its logits choose the next token).
+        """
+        alloc = self._alloc
+        cached = self._cached.get(seq) if seq in alloc else None
+        if cached is None:
+            if seq in alloc:
+                self._drop(seq)
+            alloc.create(seq)
+            self._cached[seq] = []
+            cached = []
+        common = min(_common_prefix(cached, tokens), len(tokens) - 1)
+        while True:
+            try:
+                if common < len(cached):
+                    self._copy(alloc.truncate(seq, common))
+                    cached = self._cached[seq] = cached[:common]
+                alloc.reserve(seq, len(tokens))
+                return common
+            except PoolExhausted:
+                if not self._preempt_idle(exclude=seq):
+                    return None
+
+    def _prefill(self, admitted: list[tuple[int, _Request, int]]) -> None:
+        cfg = self.config
+        rows = cfg.max_rows
+        flat_tokens, flat_pos, flat_row = [], [], []
+        last_index = np.zeros(rows, np.int32)
+        kv_lens = np.zeros(rows, np.int32)
+        new_tokens = np.zeros(rows, np.int32)
+        order = sorted(admitted, key=lambda item: item[0])  # the Pallas kernel wants rows in order
+        for row, request, start in order:
+            full = request.prompt + request.generated
+            flat_tokens += full[start:]
+            flat_pos += range(start, len(full))
+            flat_row += [row] * (len(full) - start)
+            last_index[row] = len(flat_tokens) - 1
+            kv_lens[row] = len(full)
+            new_tokens[row] = len(full) - start
+        cu_q_lens = np.concatenate([[0], np.cumsum(new_tokens)]).astype(np.int32)
+        n = len(flat_tokens)
+        bucket = max(cfg.min_prefill_bucket, _next_pow2(n))
+        pad = bucket - n
+        page_table = self._page_table({row: r.seq for row, r, _ in order}, int(kv_lens.max()))
+        params = [None] * rows
+        for row, request, _ in order:
+            params[row] = request.params
+        temperature, top_k, top_p, candidates = self._sampling_arrays(params)
+        self._rng, key = jax.random.split(self._rng)
+        graphdef, state = nnx.split(self.model)
+        self._cache, next_tokens, logprobs = sampler.prefill(
+            graphdef, state, self._cache,
+            jnp.asarray(np.array(flat_tokens + [0] * pad, np.int32)),
+            jnp.asarray(np.array(flat_pos + [0] * pad, np.int32)),
+            jnp.asarray(np.array(flat_row + [0] * pad, np.int32)),
+            jnp.asarray(np.arange(bucket) < n), page_table, jnp.asarray(last_index), jnp.asarray(kv_lens),
+            jnp.asarray(cu_q_lens), jnp.asarray(np.array([rows], np.int32)), key,
+            temperature, top_k, top_p, attn_impl=cfg.attn_impl, candidates=candidates)
+        next_tokens, logprobs = np.asarray(next_tokens), np.asarray(logprobs)
+        self.stats["prefill_calls"] += 1
+        self.stats["prefill_tokens"] += n
+        for row, request, _ in order:
+            full = request.prompt + request.generated
+            self._alloc.set_length(request.seq, len(full))
+            self._cached[request.seq] = full
+            if request.params.max_new_tokens == 0:
+                self._finish(row, "prefill")
+                continue
+            request.generated.append(int(next_tokens[row]))
+            request.logprobs.append(float(logprobs[row]))
+            request.pos = len(full)
+            self._maybe_finish(row)
+
+    def _decode(self) -> None:
+        cfg = self.config
+        steps = cfg.decode_steps
+        for row in sorted(range(cfg.max_rows), key=lambda r: self._admission_age(r)):
+            request = self._rows[row]
+            if request is None:
+                continue
+            need = request.pos + min(steps, request.remaining)
+            while True:
+                try:
+                    self._alloc.reserve(request.seq, need)
+                    break
+                except PoolExhausted:
+                    if not (self._preempt_idle(exclude=request.seq) or self._preempt_running(keep_row=row)):
+                        raise
+        active_rows = [r for r in range(cfg.max_rows) if self._rows[r] is not None]
+        if not active_rows:
+            return
+        requests = [self._rows[r] for r in range(cfg.max_rows)]
+        last = np.array([r.generated[-1] if r else 0 for r in requests], np.int32)
+        pos = np.array([r.pos if r else 0 for r in requests], np.int32)
+        active = np.array([r is not None for r in requests])
+        remaining = np.array([r.remaining if r else 0 for r in requests], np.int32)
+        history = np.full((cfg.max_rows, cfg.max_stop_len), NOT_YET, np.int32)
+        stops = np.full((cfg.max_rows, cfg.max_stops, cfg.max_stop_len), NO_TOKEN, np.int32)
+        for r, request in enumerate(requests):
+            if request is None:
+                continue
+            tail = request.generated[-cfg.max_stop_len:]
+            history[r, cfg.max_stop_len - len(tail):] = tail
+            for i, stop in enumerate(request.params.stop):
+                stops[r, i, cfg.max_stop_len - len(stop):] = stop
+        page_table = self._page_table({r: requests[r].seq for r in active_rows},
+                                      max(requests[r].pos + min(steps, requests[r].remaining) for r in active_rows))
+        temperature, top_k, top_p, candidates = self._sampling_arrays([r.params if r else None for r in requests])
+        self._rng, key = jax.random.split(self._rng)
+        graphdef, state = nnx.split(self.model)
+        self._cache, tokens, logprobs, count, reason, _, _, _ = sampler.decode(
+            graphdef, state, self._cache, jnp.asarray(last), jnp.asarray(pos), jnp.asarray(active),
+            jnp.asarray(remaining), jnp.asarray(history), jnp.asarray(stops), page_table, key,
+            temperature, top_k, top_p, n_steps=steps, attn_impl=cfg.attn_impl, candidates=candidates)
+        tokens, logprobs, count, reason = map(np.asarray, (tokens, logprobs, count, reason))
+        self.stats["decode_calls"] += 1
+        self.stats["decode_row_slots"] += cfg.max_rows
+        self.stats["decode_active_rows"] += len(active_rows)
+        self.stats["decode_tokens"] += int(count.sum())
+        for r in active_rows:
+            request = requests[r]
+            n = int(count[r])
+            request.generated += tokens[r, :n].tolist()
+            request.logprobs += logprobs[r, :n].tolist()
+            request.pos += n
+            full = request.prompt + request.generated
+            self._alloc.set_length(request.seq, request.pos)
+            self._cached[request.seq] = full[: request.pos]
+            if reason[r] != sampler.RUNNING:
+                self._finish(r, "stop" if reason[r] == sampler.STOPPED else "length")
+
+    def _maybe_finish(self, row: int) -> None:
+        request = self._rows[row]
+        if any(_ends_with(request.generated, s) for s in request.params.stop):
+            self._finish(row, "stop")
+        elif request.remaining <= 0:
+            self._finish(row, "length")
+
+    def _finish(self, row: int, reason: str) -> None:
+        with self._lock:
+            request = self._rows[row]
+            self._rows[row] = None
+            self._busy.discard(request.seq)
+        if request.keep:
+            self._idle[request.seq] = None
+            self._idle.move_to_end(request.seq)
+        else:
+            self._drop(request.seq)
+        completion = Completion(tokens=list(request.generated), logprobs=list(request.logprobs),
+                                finish_reason=reason, prompt_tokens=len(request.prompt),
+                                reused_tokens=max(request.reused, 0))
+        request.loop.call_soon_threadsafe(_set_result, request.future, completion)
+
+    def _preempt_idle(self, exclude: Hashable) -> bool:
+        for seq in self._idle:
+            if seq != exclude:
+                del self._idle[seq]
+                self._drop(seq)
+                self.stats["preempted_idle"] += 1
+                return True
+        return False
+
+    def _preempt_running(self, keep_row: int) -> bool:
+        """Sends the most recently admitted running request (other than ``keep_row``) back to the queue."""
+        candidates = [r for r in range(self.config.max_rows) if self._rows[r] is not None and r != keep_row]
+        if not candidates:
+            return False
+        row = max(candidates, key=self._admission_age)
+        with self._lock:
+            request = self._rows[row]
+            self._rows[row] = None
+            self._waiting.appendleft(request)
+        self._drop(request.seq)
+        self.stats["preempted_running"] += 1
+        return True
+
+    def _admission_age(self, row: int) -> int:
+        request = self._rows[row]
+        return -1 if request is None else request.admitted_at
+
+    def _drop(self, seq: Hashable) -> None:
+        self._alloc.release(seq)
+        self._cached.pop(seq, None)
+
+    def _fork(self, src: Hashable, dst: Hashable) -> None:
+        if src not in self._alloc or src in self._busy:
+            raise ValueError(f"cannot fork {src!r}: it is not a cached, idle sequence")
+        if dst in self._alloc or dst in self._busy:
+            raise ValueError(f"cannot fork into {dst!r}: that sequence already exists")
+        while True:
+            try:
+                self._copy(self._alloc.fork(src, dst))
+                break
+            except PoolExhausted:
+                if not self._preempt_idle(exclude=src):
+                    raise
+        self._cached[dst] = list(self._cached[src])
+        self._idle[dst] = None
+
+    def _release(self, seq: Hashable) -> None:
+        if seq in self._busy:
+            raise ValueError(f"cannot release {seq!r} while a request on it is in flight")
+        self._idle.pop(seq, None)
+        if seq in self._alloc:
+            self._drop(seq)
+
+    def _copy(self, pair: tuple[int, int] | None) -> None:
+        if pair is not None:
+            src, dst = pair
+            self._cache = copy_pages(self._cache, jnp.asarray([src], jnp.int32), jnp.asarray([dst], jnp.int32))
+
+    def _page_table(self, seq_of_row: dict[int, Hashable], longest: int) -> jax.Array:
+        """Page table of all rows, just wide enough (a power of two of pages) for ``longest`` tokens."""
+        width = min(self.config.pages_per_seq, _next_pow2(-(-longest // self.config.page_size)))
+        order: list[Hashable | None] = [seq_of_row.get(row) for row in range(self.config.max_rows)]
+        return jnp.asarray(self._alloc.page_table(order, width))
+
+    def _sampling_arrays(self, params: list[SamplingParams | None]):
+        temperature = np.array([p.temperature if p else 0.0 for p in params], np.float32)
+        top_k = np.array([p.top_k if p else 0 for p in params], np.int32)
+        top_p = np.array([p.top_p if p else 1.0 for p in params], np.float32)
+        filtered = any(p is not None and p.filtered for p in params)
+        candidates = min(self.config.max_top_k, self.vocab_size) if filtered else 0
+        return jnp.asarray(temperature), jnp.asarray(top_k), jnp.asarray(top_p), candidates
+
+
+def _set_result(future: asyncio.Future, value) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _ends_with(tokens: list[int], stop: tuple[int, ...]) -> bool:
+    return len(tokens) >= len(stop) and tuple(tokens[-len(stop):]) == stop
+
+
+def _is_pow2(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()

@@ -1,0 +1,48 @@
+"""The device-side paged KV cache: one ``[pages, page_size, 2 * kv_heads, head_dim]`` array per layer.
+
+Keys and values are interleaved along the head axis (key head h at ``2h``, value head h at
+``2h + 1``), the layout of JAX's TPU ragged paged attention kernel, so one array serves prefill,
+extension and decode on every backend. The cache is written with plain XLA scatters (no custom
+kernel) and is donated to every jitted call that updates it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from rao_jax.models.config import ModelConfig
+from rao_jax.sampling.page_allocator import NULL_PAGE
+
+KVCache = tuple[Array, ...]  # one [P, S, 2K, D] array per decoder layer
+
+
+def init_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype=jnp.float32) -> KVCache:
+    shape = (num_pages, page_size, 2 * cfg.num_key_value_heads, cfg.head_dim)
+    return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+
+
+def cache_bytes(cfg: ModelConfig, num_pages: int, page_size: int, dtype=jnp.float32) -> int:
+    per_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * jnp.dtype(dtype).itemsize
+    return per_token * num_pages * page_size
+
+
+def write_kv(pages: Float[Array, "p s kk d"], k: Float[Array, "t k d"], v: Float[Array, "t k d"],
+             page_table: Int[Array, "b w"], row_of_token: Int[Array, " t"], pos_of_token: Int[Array, " t"],
+             valid: Bool[Array, " t"]) -> Float[Array, "p s kk d"]:
+    """Scatters each valid token's K/V to (its row's page for its position, offset); padding goes to page 0."""
+    page_size = pages.shape[1]
+    page = page_table[row_of_token, pos_of_token // page_size]
+    page = jnp.where(valid, page, NULL_PAGE)
+    t, kv_heads, d = k.shape
+    kv = jnp.stack([k, v], axis=2).reshape(t, 2 * kv_heads, d).astype(pages.dtype)
+    return pages.at[page, pos_of_token % page_size].set(kv, mode="drop")
+
+
+def _copy_pages(cache: KVCache, src: Int[Array, " n"], dst: Int[Array, " n"]) -> KVCache:
+    return tuple(layer.at[dst].set(layer[src]) for layer in cache)
+
+
+# Copies whole pages src[i] -> dst[i] in every layer (forks, copy-on-write); donates the cache.
+copy_pages = jax.jit(_copy_pages, donate_argnums=0)

@@ -1,0 +1,104 @@
+"""Choosing the next token from logits, and stop checks, on the device, per batch row.
+
+Every row has its own temperature (0 = greedy), top-k (0 = off) and top-p (1 = off). The returned
+log-probability is always the model's own ``log_softmax(logits)`` at the chosen token (temperature
+1, no filtering): the quantity the RL importance ratio needs, whatever the sampling settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+NO_TOKEN = -1      # padding in stop tables: matches anything (stop sequences are right-aligned)
+NOT_YET = -2       # history slots not yet generated: match nothing
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How one request samples.
+
+    Args:
+        max_new_tokens: tokens to generate at most (0: only fill the cache with the prompt).
+        temperature: 0 for greedy decoding; otherwise logits are divided by it.
+        top_k: keep only the k most likely tokens (0: no limit).
+        top_p: keep the smallest set of most likely tokens whose probability reaches top_p (1: off).
+        stop: token sequences that end generation when generated (included in the output); a
+            single-token sequence is an end-of-sequence id.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop: tuple[tuple[int, ...], ...] = ()
+
+    def validate(self, *, vocab_size: int, max_top_k: int, max_stops: int, max_stop_len: int) -> None:
+        """Raises ValueError naming the first bad field."""
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0.0 or self.temperature == float("inf"):
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or not 0 <= self.top_k <= max_top_k:
+            raise ValueError(f"top_k must be an int in [0, {max_top_k}], got {self.top_k!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if len(self.stop) > max_stops:
+            raise ValueError(f"at most {max_stops} stop sequences per request, got {len(self.stop)}")
+        for seq in self.stop:
+            if not 1 <= len(seq) <= max_stop_len:
+                raise ValueError(f"stop sequences must have 1..{max_stop_len} tokens, got {seq!r}")
+            if any(not isinstance(t, int) or not 0 <= t < vocab_size for t in seq):
+                raise ValueError(f"stop sequence {seq!r} holds ids outside the vocabulary [0, {vocab_size})")
+
+    @property
+    def filtered(self) -> bool:
+        return self.temperature > 0 and (self.top_k > 0 or self.top_p < 1.0)
+
+
+def choose_tokens(logits: Float[Array, "b v"], rng: Array, temperature: Float[Array, " b"],
+                  top_k: Int[Array, " b"], top_p: Float[Array, " b"], *, candidates: int
+                  ) -> tuple[Int[Array, " b"], Float[Array, " b"]]:
+    """Samples one token per row; returns the tokens and the model's log-probabilities of them.
+
+    Args:
+        candidates: 0 to sample from the full vocabulary (no row filters), else the number of most
+            likely tokens that top-k / top-p filtering considers (a static bound, so filtering is a
+            ``lax.top_k`` and a cumulative sum rather than a sort of the whole vocabulary).
+    """
+    logits = logits.astype(jnp.float32)
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    greedy = jnp.argmax(logits, axis=-1)
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+    if candidates:
+        values, index = jax.lax.top_k(scaled, candidates)  # sorted, most likely first
+        rank = jnp.arange(candidates)[None, :]
+        keep = (top_k[:, None] == 0) | (rank < top_k[:, None])
+        values = jnp.where(keep, values, -jnp.inf)
+        probs = jax.nn.softmax(values, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        keep &= (mass_before < top_p[:, None]) | (rank == 0)
+        choice = jax.random.categorical(rng, jnp.where(keep, values, -jnp.inf), axis=-1)
+        sampled = jnp.take_along_axis(index, choice[:, None], axis=-1)[:, 0]
+    else:
+        sampled = jax.random.categorical(rng, scaled, axis=-1)
+    tokens = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+
+
+def push_history(history: Int[Array, "b m"], tokens: Int[Array, " b"]) -> Int[Array, "b m"]:
+    """Appends each row's new token to its window of the last ``m`` generated tokens."""
+    return jnp.concatenate([history[:, 1:], tokens[:, None]], axis=1)
+
+
+def hits_stop(history: Int[Array, "b m"], stops: Int[Array, "b n m"]) -> Bool[Array, " b"]:
+    """Whether the last generated tokens of each row end with one of its stop sequences.
+
+    ``stops`` rows are right-aligned and left-padded with NO_TOKEN; an all-padding row is unused.
+    """
+    match = (stops == history[:, None, :]) | (stops == NO_TOKEN)
+    used = jnp.any(stops != NO_TOKEN, axis=-1)
+    return jnp.any(jnp.all(match, axis=-1) & used, axis=-1)

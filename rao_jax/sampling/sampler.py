@@ -1,0 +1,120 @@
+"""The two jitted device programs of the sampler: ragged prefill/extend, and chunked decode.
+
+Both run the model over the paged KV cache (``kv_cache``), writing the new tokens' keys and values
+with scatters and attending with ``paged_attention``. Shapes are static per call and come from a
+small set of buckets chosen by the engine (flat token count, page-table width), so the number of
+compilations is bounded; the model is passed as an ``nnx`` graphdef (static) and state (traced),
+and the cache is donated.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from rao_jax.models.qwen3 import Qwen3
+from rao_jax.sampling.kv_cache import KVCache, write_kv
+from rao_jax.sampling.logits import choose_tokens, hits_stop, push_history
+from rao_jax.sampling.paged_attention import pallas_paged_attention, reference_paged_attention
+
+RUNNING, STOPPED, LENGTH = 0, 1, 2  # decode finish reasons
+
+
+def paged_forward(model: Qwen3, cache: KVCache, tokens: Int[Array, " t"], pos: Int[Array, " t"],
+                  row: Int[Array, " t"], valid: Bool[Array, " t"], page_table: Int[Array, "b w"],
+                  kv_lens: Int[Array, " b"], cu_q_lens: Int[Array, " b1"], num_rows: Int[Array, " 1"],
+                  *, attn_impl: str) -> tuple[Float[Array, "t d"], KVCache]:
+    """Final hidden states of a flat ragged token buffer, and the cache with its K/V written.
+
+    Token ``i`` belongs to batch row ``row[i]`` at position ``pos[i]``; rows' tokens are contiguous
+    and in row order. ``kv_lens`` / ``cu_q_lens`` / ``num_rows`` describe the same layout for the
+    Pallas kernel (ignored by the reference).
+    """
+    sm_scale = model.cfg.head_dim ** -0.5
+    x = model.embed_tokens(tokens)[None]
+    token_mask = valid[None].astype(jnp.float32)
+    new_cache = []
+    for layer, pages in zip(model.layers, cache, strict=True):
+        written = []
+
+        def attend(q, k, v, pages=pages, written=written):
+            pages = write_kv(pages, k[0], v[0], page_table, row, pos, valid)
+            written.append(pages)
+            if attn_impl == "pallas":
+                out = pallas_paged_attention(q[0], pages, page_table, kv_lens, cu_q_lens, num_rows,
+                                             sm_scale=sm_scale)
+            else:
+                out = reference_paged_attention(q[0], pages, page_table, row, pos, sm_scale=sm_scale)
+            return out[None]
+
+        x, _ = layer.block(x, pos[None], token_mask, attend)
+        new_cache.append(written[0])
+    return model.norm(x)[0], tuple(new_cache)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "attn_impl", "candidates"), donate_argnums=2)
+def prefill(graphdef, state, cache: KVCache, tokens, pos, row, valid, page_table, last_index, kv_lens,
+            cu_q_lens, num_rows, rng, temperature, top_k, top_p, *, attn_impl: str, candidates: int):
+    """Writes the new tokens of every admitted row and samples each row's next token.
+
+    ``last_index[b]`` is the flat index of row ``b``'s last new token. Returns the updated cache,
+    the sampled tokens ``i32[b]`` and their log-probabilities ``f32[b]``.
+    """
+    model = nnx.merge(graphdef, state)
+    hidden, cache = paged_forward(model, cache, tokens, pos, row, valid, page_table, kv_lens, cu_q_lens,
+                                  num_rows, attn_impl=attn_impl)
+    logits = model.logits(hidden[last_index])
+    next_tokens, logprobs = choose_tokens(logits, rng, temperature, top_k, top_p, candidates=candidates)
+    return cache, next_tokens, logprobs
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_steps", "attn_impl", "candidates"),
+                   donate_argnums=2)
+def decode(graphdef, state, cache: KVCache, last, pos, active, remaining, history, stops, page_table, rng,
+           temperature, top_k, top_p, *, n_steps: int, attn_impl: str, candidates: int):
+    """Up to ``n_steps`` decode steps for every active row, stopping early once all rows are done.
+
+    Per row: ``last`` is the newest token (not yet in the cache) at position ``pos``; ``remaining``
+    how many more tokens may be generated; ``history`` the last generated tokens for stop checks.
+    Returns the cache, ``tokens i32[b, n_steps]`` and ``logprobs f32[b, n_steps]`` (valid up to
+    ``count[b]``), the finish ``reason`` per row (RUNNING / STOPPED / LENGTH), and the new
+    ``last``, ``pos`` and ``history``.
+    """
+    model = nnx.merge(graphdef, state)
+    rows = last.shape[0]
+    row_ids = jnp.arange(rows, dtype=jnp.int32)
+    cu_q_lens = jnp.arange(rows + 1, dtype=jnp.int32)
+    num_rows = jnp.full((1,), rows, jnp.int32)
+
+    def cond(carry):
+        step, active = carry[0], carry[4]
+        return (step < n_steps) & jnp.any(active)
+
+    def body(carry):
+        step, cache, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng = carry
+        hidden, cache = paged_forward(model, cache, last, pos, row_ids, active, page_table, pos + 1, cu_q_lens,
+                                      num_rows, attn_impl=attn_impl)
+        rng, key = jax.random.split(rng)
+        tok, lp = choose_tokens(model.logits(hidden), key, temperature, top_k, top_p, candidates=candidates)
+        out_tok = out_tok.at[:, step].set(jnp.where(active, tok, -1))
+        out_lp = out_lp.at[:, step].set(jnp.where(active, lp, 0.0))
+        count = count + active
+        history = jnp.where(active[:, None], push_history(history, tok), history)
+        remaining = remaining - active
+        stopped = active & hits_stop(history, stops)
+        exhausted = active & ~stopped & (remaining <= 0)
+        reason = jnp.where(stopped, STOPPED, jnp.where(exhausted, LENGTH, reason))
+        pos = pos + active
+        last = jnp.where(active, tok, last)
+        active = active & ~stopped & ~exhausted
+        return step + 1, cache, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng
+
+    init = (jnp.int32(0), cache, last, pos, active, remaining, history,
+            jnp.full((rows, n_steps), -1, jnp.int32), jnp.zeros((rows, n_steps), jnp.float32),
+            jnp.zeros(rows, jnp.int32), jnp.full(rows, RUNNING, jnp.int32), rng)
+    _, cache, last, pos, _, _, history, out_tok, out_lp, count, reason, _ = jax.lax.while_loop(cond, body, init)
+    return cache, out_tok, out_lp, count, reason, last, pos, history
