@@ -33,6 +33,7 @@ import json
 import linecache
 import os
 import resource
+import select
 import signal
 import sys
 import time
@@ -104,6 +105,7 @@ class Channel:
 
     def __init__(self, fd_in: int, fd_out: int):
         self.fd_in, self.fd_out = fd_in, fd_out
+        os.set_blocking(fd_in, False)
         self.buffer = b""
 
     def send(self, obj: dict) -> None:
@@ -130,11 +132,17 @@ class Channel:
             self.buffer = self.buffer[4 + n:]
         return out
 
-    def read_some(self) -> bool:
-        """Read what is available (blocks if nothing is); False at end of file."""
+    def read_some(self, block: bool) -> bool:
+        """Read what is available; False at end of file. The fd is non-blocking because the event
+        loop may call us after a blocking tool call already drained the pipe; ``block`` waits."""
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGPROF})
         try:
-            data = os.read(self.fd_in, 1 << 16)
+            if block:
+                select.select([self.fd_in], [], [])
+            try:
+                data = os.read(self.fd_in, 1 << 16)
+            except BlockingIOError:
+                return True
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.buffer += data
@@ -464,15 +472,15 @@ class Worker:
             for i, frame in enumerate(self.backlog):
                 if frame["op"] == "reply" and frame["call"] == call_id:
                     return self.backlog.pop(i)
-            if not self.channel.read_some():
-                raise SystemExit(0)
+            if not self.channel.read_some(block=True):
+                os._exit(0)   # the host is gone: nothing to report to
             self.backlog.extend(self.channel.frames())
             if self.backlog:
                 self.loop.call_soon(self.process_backlog)
 
     # frames from the host -------------------------------------------------------------------------
     def on_readable(self) -> None:
-        if not self.channel.read_some():
+        if not self.channel.read_some(block=False):
             self.loop.stop()
             return
         self.backlog.extend(self.channel.frames())
