@@ -124,7 +124,6 @@ class _Worker:
         self._reader: asyncio.Task | None = None
         self._restart: asyncio.Task | None = None
         self._closing = False
-        self._write_lock = asyncio.Lock()
 
     def config(self) -> str:
         lim = self.limits
@@ -166,16 +165,21 @@ class _Worker:
             raise ValueError(f"sandbox frame of {n} bytes exceeds {MAX_FRAME}")
         return json.loads(await self.proc.stdout.readexactly(n))
 
-    async def send(self, frame: dict) -> None:
+    def write(self, frame: dict) -> bool:
+        """Queue a frame for the worker (whole frames: StreamWriter.write is synchronous)."""
         if self.proc is None or self.proc.stdin.is_closing():
-            return
+            return False
         data = json.dumps(frame).encode()
-        async with self._write_lock:
-            try:
-                self.proc.stdin.write(len(data).to_bytes(4, "big") + data)
+        self.proc.stdin.write(len(data).to_bytes(4, "big") + data)
+        return True
+
+    async def send(self, frame: dict) -> None:
+        """Write a frame and wait until the pipe has room again."""
+        try:
+            if self.write(frame):
                 await self.proc.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass   # the reader sees the death and reports it
+        except (BrokenPipeError, ConnectionResetError):
+            pass   # the reader sees the death and reports it
 
     async def _read_loop(self, proc: asyncio.subprocess.Process, generation: int) -> None:
         problem = None
@@ -238,7 +242,7 @@ class _Worker:
             except Exception as e:   # a tool bug must not take down the tree; the agent sees it
                 log.exception("tool %s raised", name)
                 reply = {"ok": False, "kind": "ToolError", "error": f"{name} failed: {type(e).__name__}: {e}"}
-        asyncio.create_task(self.send({"op": "reply", "call": frame["call"], **reply}))
+        self.write({"op": "reply", "call": frame["call"], **reply})   # the cell is blocked on it: no task
 
     @staticmethod
     def _ok(name: str, value: Any) -> dict:
