@@ -15,6 +15,17 @@ Token side (used by a model-backed policy): ``ChatTemplate`` (Qwen3 ``<|im_start
 ``<|im_end|>``, or the role tokens of from-scratch sentencepiece models) and ``NodeTranscript``, which
 grows one node's token list by appending segments, never re-tokenising what is already there, so
 step k+1's prompt is a token-level extension of step k's prompt plus response.
+
+How a model-backed policy plugs in (``rao_jax.sampling.engine.SamplingEngine``), per ``act(view)``:
+keep one ``NodeTranscript`` per ``(view.tree_id, view.node_id)``; at the node's first step
+``prompt = tr.start(system_prompt(episode.tool_docs(view.recursive), view.recursive), user_prompt(view))``,
+later ``prompt = tr.observe(view.steps[-1].observation)``; then
+``c = await engine.submit(tr.tokens, SamplingParams(max_new_tokens, temperature,
+stop=action_stop_sequences(tok, template)), seq_id=(tree_id, node_id))`` (the engine prefills only
+the extension of the cached sequence), ``tr.add_response(c.tokens, c.logprobs)`` and return
+``PolicyAction(tok.decode(c.tokens), ActionTokens(tuple(prompt), tuple(c.tokens), tuple(c.logprobs)))``.
+The runtime records the node's tokens / loss mask / log-probs from those segments; the policy
+releases the sequence (``engine.release``) once the node has ended (its record has an end time).
 """
 
 from __future__ import annotations
@@ -43,26 +54,25 @@ class Tokenizer(Protocol):
         ...
 
 
-class CompletionEngine(Protocol):
-    """The sampler interface a model-backed policy drives (implemented in ``rao_jax.sampling``).
-
-    ``complete`` continues ``tokens`` (a node's whole sequence so far) and returns the new tokens,
-    their behaviour log-probs and why it stopped ("stop": a stop string or stop token was produced,
-    included in the returned tokens; "length": ``max_new_tokens`` reached). The engine keeps KV pages
-    per ``seq_id``: when ``tokens`` extends the sequence it last saw for that id, only the extension is
-    prefilled. ``release`` frees a sequence's pages once its node has ended.
-    """
-
-    async def complete(self, seq_id: object, tokens: Sequence[int], max_new_tokens: int, temperature: float,
-                       stop: Sequence[str]) -> tuple[list[int], list[float], str]:
-        ...
-
-    def release(self, seq_id: object) -> None:
-        ...
-
-
 # The stop string of every action: sampling ends when a cell is closed.
 ACTION_STOP = "</python>"
+
+
+def action_stop_sequences(tokenizer: Tokenizer, template: ChatTemplate, max_sequences: int = 4,
+                          max_len: int = 8) -> tuple[tuple[int, ...], ...]:
+    """Token sequences that end an action, for a sampler that stops on token sequences.
+
+    The end-of-turn token, then the tokenisations of ``</python>`` after the text that usually
+    precedes it (a BPE may merge the newline before it into the same token). Stopping is only an
+    economy: ``parse_action`` reads the first closed cell whatever follows it.
+    """
+    seqs: list[tuple[int, ...]] = [(tokenizer.special_id(template.end_of_turn),)]
+    for before in ("\n", "", ")\n", " ", "\n\n"):
+        ids = tokenizer.encode(before + ACTION_STOP)
+        suffix = next(tuple(ids[-k:]) for k in range(1, len(ids) + 1) if ACTION_STOP in tokenizer.decode(ids[-k:]))
+        if len(suffix) <= max_len and suffix not in seqs:
+            seqs.append(suffix)
+    return tuple(seqs[:max_sequences])
 
 
 @dataclasses.dataclass(frozen=True)

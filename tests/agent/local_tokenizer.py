@@ -32,13 +32,13 @@ def _corpus(n: int, seed: int = 0) -> list[str]:
 class LocalTokenizer:
     """Byte-level BPE with the chat special tokens; encode never adds specials."""
 
-    def __init__(self, vocab_size: int = 400):
+    def __init__(self, vocab_size: int = 400, extra_text: Sequence[str] = ()):
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        tok.train_from_iterator(_corpus(400), trainer)
+        tok.train_from_iterator([*_corpus(400), *extra_text], trainer)
         self._tok = tok
 
     def encode(self, text: str) -> list[int]:
@@ -46,6 +46,10 @@ class LocalTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
 
     def special_id(self, token: str) -> int:
         i = self._tok.token_to_id(token)

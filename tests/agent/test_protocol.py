@@ -6,7 +6,9 @@ import pytest
 
 from rao_jax.agent.policy import NodeView
 from rao_jax.agent.protocol import (
+    ACTION_STOP,
     NodeTranscript,
+    action_stop_sequences,
     format_observation,
     parse_action,
     qwen3_template,
@@ -155,3 +157,15 @@ def test_user_prompt_has_goal_context_and_budget():
     view = NodeView(1, 2, 0, 1, Goal("Add 2x a", {"a": 2}, "the parent wants a"), 7, True, ())
     text = user_prompt(view)
     assert text.startswith("Add 2x a") and "the parent wants a" in text and text.endswith("You have 7 steps.")
+
+
+@pytest.mark.parametrize("template", [qwen3_template(), sentencepiece_template()], ids=["qwen3", "sentencepiece"])
+def test_action_stop_sequences_end_typical_actions(template, tok):
+    seqs = action_stop_sequences(tok, template)
+    assert 2 <= len(seqs) <= 4 and all(1 <= len(s) <= 8 for s in seqs)
+    assert seqs[0] == (tok.special_id(template.end_of_turn),)
+    for s in seqs[1:]:
+        assert ACTION_STOP in tok.decode(s)
+    for action in [*ACTIONS, "<thought>x</thought><python>print(1)</python>"]:
+        ids = tok.encode(action)
+        assert any(tuple(ids[-len(s):]) == s for s in seqs), action
