@@ -50,8 +50,10 @@ class SandboxLimits:
     output_chars: int = 20_000            # printed characters kept per cell (observations are cut further)
     max_output_chars: int = 2_000_000     # printing more than this stops the cell
     file_bytes: int = 16 << 20            # largest file a cell may write in the scratch dir
+    scratch_bytes: int = 64 << 20         # all files of a worker (a private tmpfs where the kernel allows)
     worker_cpu_seconds: int = 3_600       # lifetime CPU of a worker; then it is replaced
     isolate: bool = True                  # kernel isolation (network namespace, chroot, user nobody)
+    user_namespace: bool | None = None    # isolate inside a user namespace; None: only when not root
     python_guards: bool = True            # AST / builtins / import whitelist; off only to test the kernel layer
     require_isolation: bool = False       # fail at start unless network and file isolation are in the kernel
     start_timeout_seconds: float = 60.0
@@ -131,7 +133,8 @@ class _Worker:
             "scratch": str(self.scratch), "cpu_seconds": lim.cpu_seconds, "wall_seconds": lim.wall_seconds,
             "memory_bytes": lim.memory_bytes, "output_chars": lim.output_chars,
             "max_output_chars": lim.max_output_chars, "file_bytes": lim.file_bytes,
-            "worker_cpu_seconds": lim.worker_cpu_seconds, "isolate": lim.isolate,
+            "worker_cpu_seconds": lim.worker_cpu_seconds, "isolate": lim.isolate, "scratch_bytes": lim.scratch_bytes,
+            "user_namespace": lim.user_namespace,
             "python_guards": lim.python_guards,
         })
 
@@ -350,6 +353,7 @@ class SandboxPool:
             raise ValueError(f"SandboxPool size must be >= 1, got {size}")
         self.limits = limits
         self._root = Path(tempfile.mkdtemp(prefix="rao_sandbox_", dir=scratch_root))
+        self._root.chmod(0o711)   # workers that drop to another user must reach their own dir
         self._workers = [_Worker(i, limits, self._root / f"w{i}") for i in range(size)]
         self._cell_ids = 0
         self._session_ids = 0

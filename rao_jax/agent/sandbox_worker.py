@@ -273,32 +273,75 @@ def make_builtins(views: dict[str, types.ModuleType], open_root: str) -> dict:
 # ---- isolation -------------------------------------------------------------------------------
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
-PR_SET_NO_NEW_PRIVS = 38
+PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 38, 4
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
 
 
-def isolate(scratch: str, kernel: bool) -> dict[str, str]:
-    """Confine this process; returns what was achieved, for the host to report and check."""
+def _mount_scratch(libc, scratch: str, size: int, root: bool) -> str:
+    """A private tmpfs of ``size`` bytes on the scratch dir: files cannot fill the host's disk."""
+    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:   # keep our mounts out of the host's view
+        return f"not mounted ({os.strerror(ctypes.get_errno())})"
+    options = f"size={size},mode=0700" + (f",uid={NOBODY},gid={NOBODY}" if root else "")
+    if libc.mount(b"tmpfs", scratch.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options.encode()) != 0:
+        return f"not mounted ({os.strerror(ctypes.get_errno())})"
+    return f"tmpfs of {size >> 20} MiB"
+
+
+def _drop_capabilities(libc) -> None:
+    """Empty effective, permitted and inheritable capability sets (v3 ABI: two 32-bit words each)."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), f"capset: {os.strerror(ctypes.get_errno())}")
+
+
+def isolate(scratch: str, kernel: bool, scratch_bytes: int, userns: bool | None) -> dict[str, str]:
+    """Confine this process; returns what was achieved, for the host to report and check.
+
+    As root without a user namespace: new network and mount namespaces, tmpfs scratch, chroot, then
+    setuid nobody. Otherwise (not root, or ``userns``): also a new user namespace in which we are
+    root mapped to our own uid (nobody when started as root), chroot, then every capability dropped.
+    """
     report = {"network": "python guards only", "files": "python guards only", "user": f"uid {os.getuid()}"}
     os.chdir(scratch)
-    if kernel:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        root = os.geteuid() == 0
-        flags = CLONE_NEWNET | CLONE_NEWNS | (0 if root else CLONE_NEWUSER)
-        if libc.unshare(flags) == 0:
-            report["network"] = "empty network namespace"
-            if root:
-                os.chown(scratch, NOBODY, NOBODY)
-            os.chroot(scratch)
-            os.chdir("/")
-            report["files"] = "chroot into scratch dir"
-        else:
-            report["unshare_error"] = os.strerror(ctypes.get_errno())
-        if root:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            report["user"] = "nobody"
+    if not kernel:
+        return report
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    root = os.geteuid() == 0
+    use_userns = (not root) if userns is None else userns
+    if root and use_userns:   # become nobody first: then this is exactly the unprivileged path
+        os.chown(scratch, NOBODY, NOBODY)
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)   # a uid change makes /proc/self root-owned otherwise
+        root = False
+    outside_uid, outside_gid = os.getuid(), os.getgid()
+    if libc.unshare(CLONE_NEWNET | CLONE_NEWNS | (CLONE_NEWUSER if use_userns else 0)) != 0:
+        report["unshare_error"] = os.strerror(ctypes.get_errno())
+    else:
+        if use_userns:
+            maps = (("setgroups", "deny"), ("uid_map", f"0 {outside_uid} 1"), ("gid_map", f"0 {outside_gid} 1"))
+            for name, text in maps:
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+        report["network"] = "empty network namespace"
+        report["scratch"] = _mount_scratch(libc, scratch, scratch_bytes, root and not use_userns)
+        if root and not use_userns and not report["scratch"].startswith("tmpfs"):
+            os.chown(scratch, NOBODY, NOBODY)
+        os.chdir(scratch)   # the tmpfs now covers the directory we were in
+        os.chroot(scratch)
+        os.chdir("/")
+        report["files"] = "chroot into scratch dir"
+        if use_userns:
+            _drop_capabilities(libc)
+            report["user"] = f"user namespace, uid {outside_uid} outside, no capabilities"
+    if root and not use_userns:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        report["user"] = "nobody"
     return report
 
 
@@ -614,7 +657,7 @@ def main() -> None:
         os.dup2(devnull, fd)
     try:
         views = import_views()
-        report = isolate(cfg["scratch"], cfg["isolate"])
+        report = isolate(cfg["scratch"], cfg["isolate"], cfg["scratch_bytes"], cfg["user_namespace"])
         open_root = os.path.realpath(os.getcwd())
         set_rlimits(cfg)
     except Exception as e:

@@ -49,7 +49,10 @@ def test_namespace_persists_and_cells_are_async():
             assert "NameError" in r.error
             r = await _cell(s, "open('notes.txt', 'w').write('kept')\nopen('notes.txt').read()")
             assert r.value == "'kept'"
-            assert (pool.scratch_dir(0) / "notes.txt").read_text() == "kept"
+            if pool.isolation.get("scratch", "").startswith("tmpfs"):   # private to the worker
+                assert not (pool.scratch_dir(0) / "notes.txt").exists()
+            else:
+                assert (pool.scratch_dir(0) / "notes.txt").read_text() == "kept"
             await s.drop(0)
             assert "NameError" in (await _cell(s, "x")).error
     run(main())
@@ -135,6 +138,8 @@ HOSTILE = {
     "sleep": ("import time\ntime.sleep(1000)", ("TimeoutError", "ran for more than 3"), 7),
     "alloc_10gb": ("x = bytearray(10 * 1024 ** 3)", ("MemoryError",), 5),
     "alloc_list": ("x = [0] * (10 ** 10)", ("MemoryError",), 5),
+    "fill_disk": ("for i in range(100):\n    open(f'f{i}', 'wb').write(b'x' * (8 << 20))",
+                  ("No space left on device",), 6),
     "print_100mb": ("print('x' * 100_000_000)", ("OutputLimitExceeded",), 8),
     "print_loop": ("i = 0\nwhile True:\n    print(i)\n    i += 1", ("OutputLimitExceeded",), 8),
     "recursion": ("def f(n):\n    return f(n + 1)\nf(0)", ("RecursionError",), 5),
@@ -153,6 +158,8 @@ def test_hostile_cell_becomes_an_observation(case):
 
     async def main():
         async with SandboxPool(2, LIMITS) as pool:
+            if case == "fill_disk" and not pool.isolation.get("scratch", "").startswith("tmpfs"):
+                pytest.skip("no private tmpfs scratch here: the cell would fill the real disk")
             hostile, benign = pool.session(), pool.session()   # two workers: two trees
             await _cell(hostile, "kept = 'still here'")
             benign_code = "total = 0\nfor i in range(200):\n    total += echo(i)\ntotal"
@@ -198,9 +205,12 @@ def test_c_level_cpu_hog_kills_only_its_worker():
 SOCKET = "import socket\nc = socket.socket()\nc.settimeout(2)\n"
 
 
-def test_kernel_layer_holds_without_python_guards():
-    """With the Python guards off (os, socket, open importable), the kernel still says no."""
-    limits = SandboxLimits(cpu_seconds=2, wall_seconds=4, memory_bytes=512 << 20, python_guards=False)
+@pytest.mark.parametrize("user_namespace", [None, True], ids=["default", "user_namespace"])
+def test_kernel_layer_holds_without_python_guards(user_namespace):
+    """With the Python guards off (os, socket, open importable), the kernel still says no. The
+    user-namespace variant is the path taken when the trainer does not run as root."""
+    limits = SandboxLimits(cpu_seconds=2, wall_seconds=4, memory_bytes=512 << 20, python_guards=False,
+                           user_namespace=user_namespace)
 
     async def main():
         async with SandboxPool(1, limits) as pool:
@@ -223,8 +233,13 @@ def test_kernel_layer_holds_without_python_guards():
                     assert r.error is None and "passwd" not in r.value
                 else:
                     assert fragment in (r.error or ""), (code, r)
+            assert iso.get("scratch", "").startswith("tmpfs"), iso
             if iso["user"] == "nobody":
                 assert (await _cell(s, "import os\nos.getuid()")).value == "65534"
+            if user_namespace:
+                assert "no capabilities" in iso["user"]
+                r = await _cell(s, "import os\nos.mkdir('x')\nos.chroot('x')")
+                assert "PermissionError" in r.error   # the classic chroot escape needs CAP_SYS_CHROOT
     run(main())
     assert not Path(ESCAPE).exists()
 
