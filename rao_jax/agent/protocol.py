@@ -24,8 +24,9 @@ later ``prompt = tr.observe(view.steps[-1].observation)``; then
 stop=action_stop_sequences(tok, template)), seq_id=(tree_id, node_id))`` (the engine prefills only
 the extension of the cached sequence), ``tr.add_response(c.tokens, c.logprobs)`` and return
 ``PolicyAction(tok.decode(c.tokens), ActionTokens(tuple(prompt), tuple(c.tokens), tuple(c.logprobs)))``.
-The runtime records the node's tokens / loss mask / log-probs from those segments; the policy
-releases the sequence (``engine.release``) once the node has ended (its record has an end time).
+The runtime records the node's tokens / loss mask / log-probs from those segments; pass
+``on_node_end=lambda tree, node: engine.release((tree, node))`` to ``RolloutRunner`` so a node's KV
+pages are freed when it ends (a suspended parent's pages stay until then).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from rao_jax.agent.budget import BudgetCaps, BudgetTracker
@@ -88,10 +88,14 @@ class _Tree:
 class RolloutRunner:
     """Runs trees with one policy over one sandbox pool."""
 
-    def __init__(self, policy: Policy, pool: SandboxPool, config: RolloutConfig = RolloutConfig()):
+    def __init__(self, policy: Policy, pool: SandboxPool, config: RolloutConfig = RolloutConfig(),
+                 on_node_end: Callable[[int, int], Awaitable[None]] | None = None):
+        """``on_node_end(tree_id, node_id)`` is awaited once a node has taken its last step: a
+        model-backed policy frees the node's KV there (``SamplingEngine.release((tree_id, node_id))``)."""
         self.policy = policy
         self.pool = pool
         self.config = config
+        self.on_node_end = on_node_end
         self._tree_ids = 0
 
     async def run_group(self, tasks: Sequence[Task], make_episode: Callable[[Task, int], Episode],
@@ -203,6 +207,8 @@ class RolloutRunner:
             node.end_reason = "finished" if node.finished else "budget"
             tree.budget.end(node_id)
             await tree.session.drop(node_id)
+            if self.on_node_end is not None:
+                await self.on_node_end(tree.tree_id, node_id)
         node.success = float(tree.episode.node_success(node_id, node.finish_message if node.finished else None))
         return node
 

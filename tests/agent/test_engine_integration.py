@@ -86,14 +86,16 @@ def test_model_leaves_in_a_depth_three_tree_record_exactly_what_the_engine_sampl
     model_policy = EnginePolicy(engine, tok, template, docs, max_new_tokens=24)
     target = {"a": 8}
     world = BagWorld(target)
+    ended = []
 
     async def main():
         async with SandboxPool(1, SandboxLimits(memory_bytes=512 << 20)) as pool:
-            runner = RolloutRunner(ByDepth(SplitPolicy(), model_policy, 3), pool)
-            tree = await runner.run_tree(world, budget_for(target))
-            for key in model_policy.transcripts:
-                await engine.release(key)
-            return tree
+            async def release(tree_id, node_id):
+                ended.append((tree_id, node_id, engine.cached_length((tree_id, node_id))))
+                await engine.release((tree_id, node_id))
+
+            runner = RolloutRunner(ByDepth(SplitPolicy(), model_policy, 3), pool, on_node_end=release)
+            return await runner.run_tree(world, budget_for(target))
 
     tree = asyncio.run(asyncio.wait_for(main(), 600))
     leaves = [n for n in tree.nodes if n.depth == 3]
@@ -123,4 +125,7 @@ def test_model_leaves_in_a_depth_three_tree_record_exactly_what_the_engine_sampl
         for s in n.steps:
             assert s.observation
     assert tree.root.total_steps == tree.model_calls <= tree.root_budget
+    # Every node was reported ended once; model nodes still held their KV until then, not after.
+    assert sorted(node for _, node, _ in ended) == [n.node_id for n in tree.nodes]
+    assert all(cached > 0 for _, node, cached in ended if tree.node(node).depth == 3)
     assert all(engine.cached_length((tree.tree_id, n.node_id)) == 0 for n in leaves)
