@@ -2,11 +2,8 @@
 
 Started by ``rao_jax.agent.sandbox`` as ``python -I -S sandbox_worker.py CONFIG_JSON``; standard library
 only (it must not import rao_jax, jax or anything installed). Before it reads the first cell it
-
-1. imports the modules cells may use, and a few it needs itself;
-2. isolates itself in the kernel where it can (``isolate``): an empty network namespace, ``chroot``
-   into its scratch directory, and, when started as root, the unprivileged user ``nobody``;
-3. sets rlimits: address space, lifetime CPU, no new processes or threads, file size, open files.
+imports the modules cells may use, then confines itself (``sandbox_confine``: namespaces, tmpfs
+scratch, chroot, unprivileged user, rlimits).
 
 Then it serves frames (4-byte big-endian length + UTF-8 JSON) on the pipes it was started with; its
 stdin/stdout/stderr are pointed at /dev/null so stray writes cannot corrupt the protocol.
@@ -17,9 +14,8 @@ run. Every task a cell creates (``asyncio.gather`` children included) is metered
 CPU time (SIGPROF) and running wall time (SIGALRM) raise ``CellTimeout`` inside the cell, and a
 per-segment ``RLIMIT_CPU`` kills the whole process if C code ignores the signal.
 
-The Python-level guards (``python_guards``) are defence in depth, not the boundary: an AST check
-forbids underscore and frame attributes, builtins lack eval/exec/compile/open-anywhere, and
-``import`` returns attribute-filtered views of whitelisted modules only.
+The Python-level guards (``python_guards``, in ``sandbox_confine``) are defence in depth, not the
+boundary.
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import builtins
-import ctypes
 import io
 import json
 import linecache
@@ -40,30 +35,11 @@ import time
 import traceback
 import types
 
-ALLOWED_MODULES = (
-    "array", "asyncio", "base64", "bisect", "cmath", "collections", "collections.abc", "copy", "dataclasses",
-    "datetime", "decimal", "difflib", "enum", "fractions", "functools", "hashlib", "heapq", "itertools", "json",
-    "math", "numbers", "operator", "pprint", "random", "re", "statistics", "string", "struct", "textwrap",
-    "time", "typing", "unicodedata",
-)
-# Callables that evaluate strings or reach interpreter internals although their names look harmless.
-HIDDEN_MODULE_ATTRS = {"typing": {"get_type_hints", "ForwardRef"}, "asyncio": {"run", "get_event_loop",
-                       "get_running_loop", "new_event_loop", "set_event_loop", "subprocess",
-                       "create_subprocess_exec", "create_subprocess_shell", "open_connection",
-                       "start_server", "open_unix_connection", "start_unix_server", "to_thread"}}
-BLOCKED_ATTRS = frozenset({
-    "cr_frame", "gi_frame", "ag_frame", "tb_frame", "tb_next", "f_globals", "f_locals", "f_builtins", "f_back",
-    "f_code", "cr_code", "gi_code", "ag_code", "cr_await", "gi_yieldfrom", "ag_await", "mro", "format_map",
-})
-SAFE_BUILTINS = (
-    "abs", "aiter", "all", "anext", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",
-    "classmethod", "complex", "dict", "dir", "divmod", "enumerate", "filter", "float", "format", "frozenset",
-    "hash", "hex", "id", "int", "isinstance", "issubclass", "iter", "len", "list", "map", "max", "min", "next",
-    "object", "oct", "ord", "pow", "print", "property", "range", "repr", "reversed", "round", "set", "slice",
-    "sorted", "staticmethod", "str", "sum", "super", "tuple", "type", "zip", "True", "False", "None",
-    "Ellipsis", "NotImplemented", "__build_class__",
-)
-NOBODY = 65534
+# -I leaves the script's directory off sys.path; append it (after the standard library, so nothing
+# here can shadow a standard module) to load the sibling confinement module.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from sandbox_confine import check_source, import_views, isolate, make_builtins, set_rlimits  # noqa: E402
+
 MAX_FRAME = 16 << 20
 TRACEBACK_FRAMES = 6
 
@@ -91,10 +67,6 @@ class ActionError(Exception):
 
 class ToolError(Exception):
     """A tool call failed for another reason (bad arguments, unserialisable values)."""
-
-
-class SandboxViolation(Exception):
-    """The cell tried something this sandbox forbids."""
 
 
 # ---- frames ------------------------------------------------------------------------------------
@@ -192,168 +164,6 @@ class OutputRouter(io.TextIOBase):
 
     def writable(self):
         return True
-
-
-# ---- guards ------------------------------------------------------------------------------------
-
-
-def check_source(tree: ast.AST) -> None:
-    """Reject attribute names that lead to interpreter internals (defence in depth)."""
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Attribute):
-            names = [node.attr]
-        elif isinstance(node, ast.Name) and node.id.startswith("__"):
-            names = [node.id]
-        elif isinstance(node, ast.ImportFrom):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.MatchClass):
-            names = list(node.kwd_attrs)
-        for name in names:
-            if name.startswith("_") and name != "_" or name in BLOCKED_ATTRS:
-                raise SandboxViolation(f"line {node.lineno}: '{name}' is not accessible in this sandbox")
-
-
-def module_view(name: str, module: types.ModuleType, submodules: dict[str, types.ModuleType]) -> types.ModuleType:
-    """A copy of ``module`` with only its public, non-module attributes (and allowed submodules)."""
-    view = types.ModuleType(name, getattr(module, "__doc__", None))
-    hidden = HIDDEN_MODULE_ATTRS.get(name, set())
-    for key, value in vars(module).items():
-        if key.startswith("_") or key in hidden or isinstance(value, types.ModuleType):
-            continue
-        setattr(view, key, value)
-    for key, value in submodules.items():
-        setattr(view, key, value)
-    return view
-
-
-def _checked_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError("attribute name must be a string")
-    if name.startswith("_") or name in BLOCKED_ATTRS:
-        raise SandboxViolation(f"attribute '{name}' is not accessible in this sandbox")
-    return name
-
-
-def make_builtins(views: dict[str, types.ModuleType], open_root: str) -> dict:
-    """The restricted builtins dict of a cell namespace."""
-    table = {name: getattr(builtins, name) for name in SAFE_BUILTINS}
-    for name, value in vars(builtins).items():
-        if isinstance(value, type) and issubclass(value, BaseException) and not name.startswith("_"):
-            table[name] = value
-
-    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-        if level:
-            raise ImportError("relative imports are not available in this sandbox")
-        if name not in views:
-            raise ImportError(f"import of '{name}' is not allowed in this sandbox; allowed modules: "
-                              + ", ".join(m for m in ALLOWED_MODULES if "." not in m))
-        return views[name] if fromlist or "." not in name else views[name.split(".")[0]]
-
-    def guarded_open(file, mode="r", *args, **kwargs):
-        if not isinstance(file, str | bytes):
-            raise SandboxViolation("open() takes a path in this sandbox")
-        path = os.path.realpath(os.fsdecode(file))
-        if os.path.commonpath([path, open_root]) != open_root:
-            raise PermissionError(f"access to {os.fsdecode(file)!r} is not allowed: files live in the current "
-                                  "directory only")
-        return open(path, mode, *args, **kwargs)
-
-    table.update({
-        "__import__": guarded_import,
-        "open": guarded_open,
-        "getattr": lambda obj, name, *default: getattr(obj, _checked_name(name), *default),
-        "hasattr": lambda obj, name: hasattr(obj, _checked_name(name)),
-        "setattr": lambda obj, name, value: setattr(obj, _checked_name(name), value),
-        "delattr": lambda obj, name: delattr(obj, _checked_name(name)),
-    })
-    return table
-
-
-# ---- isolation -------------------------------------------------------------------------------
-
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
-PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 38, 4
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
-
-
-def _mount_scratch(libc, scratch: str, size: int, root: bool) -> str:
-    """A private tmpfs of ``size`` bytes on the scratch dir: files cannot fill the host's disk."""
-    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:   # keep our mounts out of the host's view
-        return f"not mounted ({os.strerror(ctypes.get_errno())})"
-    options = f"size={size},mode=0700" + (f",uid={NOBODY},gid={NOBODY}" if root else "")
-    if libc.mount(b"tmpfs", scratch.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options.encode()) != 0:
-        return f"not mounted ({os.strerror(ctypes.get_errno())})"
-    return f"tmpfs of {size >> 20} MiB"
-
-
-def _drop_capabilities(libc) -> None:
-    """Empty effective, permitted and inheritable capability sets (v3 ABI: two 32-bit words each)."""
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
-    data = (ctypes.c_uint32 * 6)()
-    if libc.capset(header, data) != 0:
-        raise OSError(ctypes.get_errno(), f"capset: {os.strerror(ctypes.get_errno())}")
-
-
-def isolate(scratch: str, kernel: bool, scratch_bytes: int, userns: bool | None) -> dict[str, str]:
-    """Confine this process; returns what was achieved, for the host to report and check.
-
-    As root without a user namespace: new network and mount namespaces, tmpfs scratch, chroot, then
-    setuid nobody. Otherwise (not root, or ``userns``): also a new user namespace in which we are
-    root mapped to our own uid (nobody when started as root), chroot, then every capability dropped.
-    """
-    report = {"network": "python guards only", "files": "python guards only", "user": f"uid {os.getuid()}"}
-    os.chdir(scratch)
-    if not kernel:
-        return report
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    root = os.geteuid() == 0
-    use_userns = (not root) if userns is None else userns
-    if root and use_userns:   # become nobody first: then this is exactly the unprivileged path
-        os.chown(scratch, NOBODY, NOBODY)
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)   # a uid change makes /proc/self root-owned otherwise
-        root = False
-    outside_uid, outside_gid = os.getuid(), os.getgid()
-    if libc.unshare(CLONE_NEWNET | CLONE_NEWNS | (CLONE_NEWUSER if use_userns else 0)) != 0:
-        report["unshare_error"] = os.strerror(ctypes.get_errno())
-    else:
-        if use_userns:
-            maps = (("setgroups", "deny"), ("uid_map", f"0 {outside_uid} 1"), ("gid_map", f"0 {outside_gid} 1"))
-            for name, text in maps:
-                with open(f"/proc/self/{name}", "w") as f:
-                    f.write(text)
-        report["network"] = "empty network namespace"
-        report["scratch"] = _mount_scratch(libc, scratch, scratch_bytes, root and not use_userns)
-        if root and not use_userns and not report["scratch"].startswith("tmpfs"):
-            os.chown(scratch, NOBODY, NOBODY)
-        os.chdir(scratch)   # the tmpfs now covers the directory we were in
-        os.chroot(scratch)
-        os.chdir("/")
-        report["files"] = "chroot into scratch dir"
-        if use_userns:
-            _drop_capabilities(libc)
-            report["user"] = f"user namespace, uid {outside_uid} outside, no capabilities"
-    if root and not use_userns:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        report["user"] = "nobody"
-    return report
-
-
-def set_rlimits(cfg: dict) -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # an oversized write fails with EFBIG instead of killing
-    lifetime = int(cfg["worker_cpu_seconds"])
-    resource.setrlimit(resource.RLIMIT_CPU, (lifetime, lifetime + 5))
-    resource.setrlimit(resource.RLIMIT_AS, (cfg["memory_bytes"], cfg["memory_bytes"]))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["file_bytes"], cfg["file_bytes"]))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 
 
 # ---- cells -----------------------------------------------------------------------------------
@@ -636,17 +446,6 @@ def format_error(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         text += "\n(the sandbox memory limit was reached)"
     return text
-
-
-def import_views() -> dict[str, types.ModuleType]:
-    import importlib
-
-    modules = {name: importlib.import_module(name) for name in ALLOWED_MODULES}
-    views: dict[str, types.ModuleType] = {}
-    for name in sorted(modules, key=lambda n: -n.count(".")):   # submodules first
-        subs = {n.split(".")[-1]: views[n] for n in views if n.rsplit(".", 1)[0] == name}
-        views[name] = module_view(name, modules[name], subs)
-    return views
 
 
 def main() -> None:

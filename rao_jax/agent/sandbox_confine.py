@@ -1,0 +1,224 @@
+"""How a sandbox worker confines itself: Python-level guards, kernel isolation, rlimits.
+
+Loaded by ``sandbox_worker.py`` from its own directory (standard library only; never imports
+rao_jax). Two layers:
+
+- kernel (the boundary): new network and mount namespaces, a private size-capped tmpfs as the scratch
+  dir, ``chroot`` into it, then either user ``nobody`` (started as root) or, in a user namespace,
+  root mapped to an unprivileged uid with every capability dropped; rlimits on address space, CPU,
+  processes / threads (none), file size and open files;
+- Python (defence in depth): an AST check that rejects underscore and frame attributes, builtins
+  without eval / exec / compile, an ``open`` confined to the scratch dir, and ``import`` that returns
+  attribute-filtered views of whitelisted modules only.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import ctypes
+import importlib
+import os
+import resource
+import signal
+import types
+
+ALLOWED_MODULES = (
+    "array", "asyncio", "base64", "bisect", "cmath", "collections", "collections.abc", "copy", "dataclasses",
+    "datetime", "decimal", "difflib", "enum", "fractions", "functools", "hashlib", "heapq", "itertools", "json",
+    "math", "numbers", "operator", "pprint", "random", "re", "statistics", "string", "struct", "textwrap",
+    "time", "typing", "unicodedata",
+)
+# Callables that evaluate strings or reach interpreter internals although their names look harmless.
+HIDDEN_MODULE_ATTRS = {"typing": {"get_type_hints", "ForwardRef"}, "asyncio": {"run", "get_event_loop",
+                       "get_running_loop", "new_event_loop", "set_event_loop", "subprocess",
+                       "create_subprocess_exec", "create_subprocess_shell", "open_connection",
+                       "start_server", "open_unix_connection", "start_unix_server", "to_thread"}}
+BLOCKED_ATTRS = frozenset({
+    "cr_frame", "gi_frame", "ag_frame", "tb_frame", "tb_next", "f_globals", "f_locals", "f_builtins", "f_back",
+    "f_code", "cr_code", "gi_code", "ag_code", "cr_await", "gi_yieldfrom", "ag_await", "mro", "format_map",
+})
+SAFE_BUILTINS = (
+    "abs", "aiter", "all", "anext", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",
+    "classmethod", "complex", "dict", "dir", "divmod", "enumerate", "filter", "float", "format", "frozenset",
+    "hash", "hex", "id", "int", "isinstance", "issubclass", "iter", "len", "list", "map", "max", "min", "next",
+    "object", "oct", "ord", "pow", "print", "property", "range", "repr", "reversed", "round", "set", "slice",
+    "sorted", "staticmethod", "str", "sum", "super", "tuple", "type", "zip", "True", "False", "None",
+    "Ellipsis", "NotImplemented", "__build_class__",
+)
+NOBODY = 65534
+
+
+class SandboxViolation(Exception):
+    """The cell tried something this sandbox forbids."""
+
+
+
+def check_source(tree: ast.AST) -> None:
+    """Reject attribute names that lead to interpreter internals (defence in depth)."""
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, ast.Name) and node.id.startswith("__"):
+            names = [node.id]
+        elif isinstance(node, ast.ImportFrom):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.MatchClass):
+            names = list(node.kwd_attrs)
+        for name in names:
+            if name.startswith("_") and name != "_" or name in BLOCKED_ATTRS:
+                raise SandboxViolation(f"line {node.lineno}: '{name}' is not accessible in this sandbox")
+
+
+def module_view(name: str, module: types.ModuleType, submodules: dict[str, types.ModuleType]) -> types.ModuleType:
+    """A copy of ``module`` with only its public, non-module attributes (and allowed submodules)."""
+    view = types.ModuleType(name, getattr(module, "__doc__", None))
+    hidden = HIDDEN_MODULE_ATTRS.get(name, set())
+    for key, value in vars(module).items():
+        if key.startswith("_") or key in hidden or isinstance(value, types.ModuleType):
+            continue
+        setattr(view, key, value)
+    for key, value in submodules.items():
+        setattr(view, key, value)
+    return view
+
+
+def _checked_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError("attribute name must be a string")
+    if name.startswith("_") or name in BLOCKED_ATTRS:
+        raise SandboxViolation(f"attribute '{name}' is not accessible in this sandbox")
+    return name
+
+
+def make_builtins(views: dict[str, types.ModuleType], open_root: str) -> dict:
+    """The restricted builtins dict of a cell namespace."""
+    table = {name: getattr(builtins, name) for name in SAFE_BUILTINS}
+    for name, value in vars(builtins).items():
+        if isinstance(value, type) and issubclass(value, BaseException) and not name.startswith("_"):
+            table[name] = value
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level:
+            raise ImportError("relative imports are not available in this sandbox")
+        if name not in views:
+            raise ImportError(f"import of '{name}' is not allowed in this sandbox; allowed modules: "
+                              + ", ".join(m for m in ALLOWED_MODULES if "." not in m))
+        return views[name] if fromlist or "." not in name else views[name.split(".")[0]]
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if not isinstance(file, str | bytes):
+            raise SandboxViolation("open() takes a path in this sandbox")
+        path = os.path.realpath(os.fsdecode(file))
+        if os.path.commonpath([path, open_root]) != open_root:
+            raise PermissionError(f"access to {os.fsdecode(file)!r} is not allowed: files live in the current "
+                                  "directory only")
+        return open(path, mode, *args, **kwargs)
+
+    table.update({
+        "__import__": guarded_import,
+        "open": guarded_open,
+        "getattr": lambda obj, name, *default: getattr(obj, _checked_name(name), *default),
+        "hasattr": lambda obj, name: hasattr(obj, _checked_name(name)),
+        "setattr": lambda obj, name, value: setattr(obj, _checked_name(name), value),
+        "delattr": lambda obj, name: delattr(obj, _checked_name(name)),
+    })
+    return table
+
+
+# ---- isolation -------------------------------------------------------------------------------
+
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 38, 4
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
+
+
+def _mount_scratch(libc, scratch: str, size: int, root: bool) -> str:
+    """A private tmpfs of ``size`` bytes on the scratch dir: files cannot fill the host's disk."""
+    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:   # keep our mounts out of the host's view
+        return f"not mounted ({os.strerror(ctypes.get_errno())})"
+    options = f"size={size},mode=0700" + (f",uid={NOBODY},gid={NOBODY}" if root else "")
+    if libc.mount(b"tmpfs", scratch.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options.encode()) != 0:
+        return f"not mounted ({os.strerror(ctypes.get_errno())})"
+    return f"tmpfs of {size >> 20} MiB"
+
+
+def _drop_capabilities(libc) -> None:
+    """Empty effective, permitted and inheritable capability sets (v3 ABI: two 32-bit words each)."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), f"capset: {os.strerror(ctypes.get_errno())}")
+
+
+def isolate(scratch: str, kernel: bool, scratch_bytes: int, userns: bool | None) -> dict[str, str]:
+    """Confine this process; returns what was achieved, for the host to report and check.
+
+    As root without a user namespace: new network and mount namespaces, tmpfs scratch, chroot, then
+    setuid nobody. Otherwise (not root, or ``userns``): also a new user namespace in which we are
+    root mapped to our own uid (nobody when started as root), chroot, then every capability dropped.
+    """
+    report = {"network": "python guards only", "files": "python guards only", "user": f"uid {os.getuid()}"}
+    os.chdir(scratch)
+    if not kernel:
+        return report
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    root = os.geteuid() == 0
+    use_userns = (not root) if userns is None else userns
+    if root and use_userns:   # become nobody first: then this is exactly the unprivileged path
+        os.chown(scratch, NOBODY, NOBODY)
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)   # a uid change makes /proc/self root-owned otherwise
+        root = False
+    outside_uid, outside_gid = os.getuid(), os.getgid()
+    if libc.unshare(CLONE_NEWNET | CLONE_NEWNS | (CLONE_NEWUSER if use_userns else 0)) != 0:
+        report["unshare_error"] = os.strerror(ctypes.get_errno())
+    else:
+        if use_userns:
+            maps = (("setgroups", "deny"), ("uid_map", f"0 {outside_uid} 1"), ("gid_map", f"0 {outside_gid} 1"))
+            for name, text in maps:
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+        report["network"] = "empty network namespace"
+        report["scratch"] = _mount_scratch(libc, scratch, scratch_bytes, root and not use_userns)
+        if root and not use_userns and not report["scratch"].startswith("tmpfs"):
+            os.chown(scratch, NOBODY, NOBODY)
+        os.chdir(scratch)   # the tmpfs now covers the directory we were in
+        os.chroot(scratch)
+        os.chdir("/")
+        report["files"] = "chroot into scratch dir"
+        if use_userns:
+            _drop_capabilities(libc)
+            report["user"] = f"user namespace, uid {outside_uid} outside, no capabilities"
+    if root and not use_userns:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        report["user"] = "nobody"
+    return report
+
+
+def set_rlimits(cfg: dict) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # an oversized write fails with EFBIG instead of killing
+    lifetime = int(cfg["worker_cpu_seconds"])
+    resource.setrlimit(resource.RLIMIT_CPU, (lifetime, lifetime + 5))
+    resource.setrlimit(resource.RLIMIT_AS, (cfg["memory_bytes"], cfg["memory_bytes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["file_bytes"], cfg["file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+def import_views() -> dict[str, types.ModuleType]:
+    modules = {name: importlib.import_module(name) for name in ALLOWED_MODULES}
+    views: dict[str, types.ModuleType] = {}
+    for name in sorted(modules, key=lambda n: -n.count(".")):   # submodules first
+        subs = {n.split(".")[-1]: views[n] for n in views if n.rsplit(".", 1)[0] == name}
+        views[name] = module_view(name, modules[name], subs)
+    return views
+
+
