@@ -229,7 +229,8 @@ def system_prompt(tool_docs: str, recursive: bool) -> str:
         "its error becomes your next observation; long outputs are cut, so print what you need. "
         "Top-level `await` works. Only safe standard modules can be imported (math, re, json, itertools, "
         "collections, functools, heapq, random, asyncio, ...); there is no network and no file access "
-        "outside the current directory; cells have time, memory and output limits.",
+        "outside the current directory; attribute names starting with an underscore are not accessible; "
+        "cells have time, memory and output limits.",
         "Every turn costs one step of your budget. When you are done, call `finish(answer)`: it ends your "
         "episode and reports `answer` (a string or a JSON-like value such as a dict).",
         "## Tools\n\n" + tool_docs.strip(),

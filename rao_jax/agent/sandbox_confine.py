@@ -29,14 +29,25 @@ ALLOWED_MODULES = (
     "math", "numbers", "operator", "pprint", "random", "re", "statistics", "string", "struct", "textwrap",
     "time", "typing", "unicodedata",
 )
-# Callables that evaluate strings or reach interpreter internals although their names look harmless.
-HIDDEN_MODULE_ATTRS = {"typing": {"get_type_hints", "ForwardRef"}, "asyncio": {"run", "get_event_loop",
-                       "get_running_loop", "new_event_loop", "set_event_loop", "subprocess",
-                       "create_subprocess_exec", "create_subprocess_shell", "open_connection",
-                       "start_server", "open_unix_connection", "start_unix_server", "to_thread"}}
+# Modules whose public names reach too far: cells get only the names listed here.
+MODULE_ALLOWLISTS = {
+    "asyncio": {"gather", "sleep", "wait", "wait_for", "as_completed", "create_task", "shield", "timeout",
+                "Semaphore", "BoundedSemaphore", "Lock", "Event", "Condition", "Queue", "PriorityQueue",
+                "LifoQueue", "QueueEmpty", "QueueFull", "TimeoutError", "CancelledError", "InvalidStateError",
+                "iscoroutine", "iscoroutinefunction", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"},
+}
+# Callables that evaluate strings although their names look harmless.
+HIDDEN_MODULE_ATTRS = {"typing": {"get_type_hints", "ForwardRef"}}
+# Dunders ordinary class code uses that lead nowhere (no __class__, __dict__, __self__, __globals__...).
+SAFE_DUNDERS = frozenset({
+    "__init__", "__name__", "__doc__", "__len__", "__str__", "__repr__", "__eq__", "__lt__", "__le__", "__gt__",
+    "__ge__", "__hash__", "__iter__", "__next__", "__contains__", "__getitem__", "__setitem__", "__enter__",
+    "__exit__", "__call__", "__add__", "__post_init__",
+})
 BLOCKED_ATTRS = frozenset({
     "cr_frame", "gi_frame", "ag_frame", "tb_frame", "tb_next", "f_globals", "f_locals", "f_builtins", "f_back",
     "f_code", "cr_code", "gi_code", "ag_code", "cr_await", "gi_yieldfrom", "ag_await", "mro", "format_map",
+    "get_loop", "get_coro",
 })
 SAFE_BUILTINS = (
     "abs", "aiter", "all", "anext", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",
@@ -54,6 +65,10 @@ class SandboxViolation(Exception):
 
 
 
+def _forbidden(name: str) -> bool:
+    return name in BLOCKED_ATTRS or name.startswith("_") and name != "_" and name not in SAFE_DUNDERS
+
+
 def check_source(tree: ast.AST) -> None:
     """Reject attribute names that lead to interpreter internals (defence in depth)."""
     for node in ast.walk(tree):
@@ -67,7 +82,7 @@ def check_source(tree: ast.AST) -> None:
         elif isinstance(node, ast.MatchClass):
             names = list(node.kwd_attrs)
         for name in names:
-            if name.startswith("_") and name != "_" or name in BLOCKED_ATTRS:
+            if _forbidden(name):
                 raise SandboxViolation(f"line {node.lineno}: '{name}' is not accessible in this sandbox")
 
 
@@ -75,8 +90,11 @@ def module_view(name: str, module: types.ModuleType, submodules: dict[str, types
     """A copy of ``module`` with only its public, non-module attributes (and allowed submodules)."""
     view = types.ModuleType(name, getattr(module, "__doc__", None))
     hidden = HIDDEN_MODULE_ATTRS.get(name, set())
+    allowed = MODULE_ALLOWLISTS.get(name)
     for key, value in vars(module).items():
         if key.startswith("_") or key in hidden or isinstance(value, types.ModuleType):
+            continue
+        if allowed is not None and key not in allowed:
             continue
         setattr(view, key, value)
     for key, value in submodules.items():
@@ -87,7 +105,7 @@ def module_view(name: str, module: types.ModuleType, submodules: dict[str, types
 def _checked_name(name: object) -> str:
     if not isinstance(name, str):
         raise TypeError("attribute name must be a string")
-    if name.startswith("_") or name in BLOCKED_ATTRS:
+    if _forbidden(name):
         raise SandboxViolation(f"attribute '{name}' is not accessible in this sandbox")
     return name
 

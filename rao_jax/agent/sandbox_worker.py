@@ -41,7 +41,9 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from sandbox_confine import check_source, import_views, isolate, make_builtins, set_rlimits  # noqa: E402
 
 MAX_FRAME = 16 << 20
+MAX_CALL_CHARS = 1 << 20     # JSON of one tool call's arguments (the host refuses frames over MAX_FRAME)
 TRACEBACK_FRAMES = 6
+WATCH_SECONDS = 0.25
 
 
 class CellTimeout(BaseException):
@@ -191,7 +193,7 @@ class Metered:
     def __await__(self):
         value, error = None, None
         while True:
-            if self.cell.timeout_reason and error is None:
+            if self.cell.timeout_reason and not isinstance(error, CellTimeout):
                 error = CellTimeout(self.cell.timeout_reason)
             self.worker.arm(self.cell)
             try:
@@ -277,10 +279,12 @@ class Worker:
             raise ToolError(f"{name}() can only be called while a cell runs")
         try:
             payload = {"args": list(args), "kwargs": kwargs}
-            json.dumps(payload)
+            size = len(json.dumps(payload))
         except (TypeError, ValueError) as e:
             raise ToolError(f"arguments of {name}() must be JSON-like values (str, int, float, bool, None, "
                             f"lists, dicts with str keys): {e}") from None
+        if size > MAX_CALL_CHARS:
+            raise ToolError(f"arguments of {name}() are {size} characters of JSON; the limit is {MAX_CALL_CHARS}")
         self.next_call += 1
         cell.calls.add(self.next_call)
         return self.next_call, {"op": "call", "cell": cell.cell_id, "call": self.next_call, "name": name, **payload}
@@ -414,9 +418,23 @@ class Worker:
             elif isinstance(exc, CellFinished):
                 finished = True
             else:
-                error = format_error(exc)
+                error = format_error(exc, self.cfg["output_chars"])
         self.channel.send({"op": "done", "cell": cell.cell_id, "output": cell.output.text(), "value": value,
                            "error": error, "finished": finished})
+
+    def watch_waiting_cells(self, last: float) -> None:
+        """Charge wall time to cells suspended on something other than the host (``asyncio.sleep``,
+        an event nobody sets): time spent awaiting tools or subagents is free, anything else counts."""
+        now = time.monotonic()
+        for cell in list(self.cells.values()):
+            if cell.timeout_reason or any(c in self.futures for c in cell.calls):
+                continue
+            cell.wall_left -= now - last
+            if cell.wall_left <= 0:
+                cell.timeout_reason = f"the cell ran for more than {self.cfg['wall_seconds']:g} s"
+                for task in cell.tasks:
+                    task.cancel()   # Metered turns the cancellation into CellTimeout inside the cell
+        self.loop.call_later(WATCH_SECONDS, self.watch_waiting_cells, now)
 
     def task_factory(self, loop, coro, **kwargs):
         cell = self.running
@@ -427,8 +445,16 @@ class Worker:
         return task
 
 
-def format_error(exc: BaseException) -> str:
-    """The error text of a failed cell: frames of cell code only, the exception, a hint for limits."""
+def format_error(exc: BaseException, max_chars: int) -> str:
+    """The error text of a failed cell, at most about ``max_chars`` long."""
+    text = _error_text(exc)
+    if len(text) > max_chars:
+        text = text[: max_chars // 2] + f"\n[... {len(text) - max_chars} characters cut ...]\n" + text[-max_chars // 2:]
+    return text
+
+
+def _error_text(exc: BaseException) -> str:
+    """Frames of cell code only, the exception, a hint for limits."""
     if isinstance(exc, CellTimeout):
         return f"TimeoutError: {exc} and was stopped (variables set before that are kept)"
     if isinstance(exc, OutputLimitExceeded):
@@ -470,6 +496,7 @@ def main() -> None:
     worker.loop = loop
     loop.set_task_factory(worker.task_factory)
     loop.add_reader(channel.fd_in, worker.on_readable)
+    loop.call_later(WATCH_SECONDS, worker.watch_waiting_cells, time.monotonic())
     channel.send({"op": "ready", "pid": os.getpid(), "isolation": report})
     loop.run_forever()
 

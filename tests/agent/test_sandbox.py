@@ -45,6 +45,10 @@ def test_namespace_persists_and_cells_are_async():
             assert (r.output, r.value, r.error) == ("hi\n", "42", None)
             r = await _cell(s, "import asyncio\nawait asyncio.sleep(0.01)\nclass P:\n    n = 3\nP.n * x")
             assert r.value == "123" and r.error is None
+            r = await _cell(s, "class A:\n    def __init__(self, v):\n        self.v = v\n"
+                               "class B(A):\n    def __init__(self):\n        super().__init__(5)\n"
+                               "    def __repr__(self):\n        return f'B({self.v})'\nB()")
+            assert r.value == "B(5)" and r.error is None
             r = await _cell(s, "x", node=1)            # another node: its own namespace
             assert "NameError" in r.error
             r = await _cell(s, "open('notes.txt', 'w').write('kept')\nopen('notes.txt').read()")
@@ -116,6 +120,13 @@ def test_gather_of_async_tools_runs_concurrently_in_the_host():
             quick = await s.run_cell(2, "6 * 7", {}, {})
             assert quick.value == "42" and not slow.done()
             assert (await slow).value == "{'goal': 'slow', 'budget': 1}"
+
+            async def long_child(goal, budget, context=""):
+                await asyncio.sleep(LIMITS.wall_seconds + 1)
+                return "late but fine"
+            # Awaiting a subagent longer than the wall limit is not the cell's time.
+            r = await s.run_cell(3, "await launch_subagent('long', 1)", {}, {"launch_subagent": long_child})
+            assert r.value == "'late but fine'" and r.error is None
     run(main())
 
 
@@ -145,6 +156,14 @@ HOSTILE = {
     "recursion": ("def f(n):\n    return f(n + 1)\nf(0)", ("RecursionError",), 5),
     "syntax": ("def broken(:\n    pass", ("SyntaxError",), 5),
     "exception": ("raise ValueError('boom')", ("ValueError: boom",), 5),
+    "huge_exception": ("raise ValueError('v' * 50_000_000)", ("ValueError", "characters cut"), 6),
+    "huge_tool_argument": ("echo('a' * 50_000_000)", ("ToolError", "the limit is"), 6),
+    "async_sleep": ("import asyncio\nawait asyncio.sleep(10 ** 6)", ("TimeoutError", "ran for more than 3"), 7),
+    "wait_forever": ("import asyncio\nawait asyncio.Event().wait()", ("TimeoutError",), 7),
+    "forever_task": ("import asyncio\nasync def spin():\n    await asyncio.Event().wait()\n"
+                     "await asyncio.gather(spin(), spin())", ("TimeoutError",), 7),
+    "event_loop": ("import asyncio\nasyncio.gather().get_loop().stop()", ("SandboxViolation",), 5),
+    "loop_policy": ("import asyncio\nasyncio.get_event_loop_policy()", ("AttributeError",), 5),
     "system_exit": ("raise SystemExit(3)", ("CellExit", "SystemExit(3)"), 5),
     "exit_in_gather": ("import asyncio\nasync def bye():\n    raise KeyboardInterrupt\nawait asyncio.gather(bye())",
                        ("CellExit",), 5),
