@@ -1,15 +1,17 @@
-"""Plans for crafting tasks: the greedy gold solver and the delegation tree the recursive oracle follows.
+"""Gold plans for crafting tasks.
 
-``greedy_plan`` obtains each needed unit depth-first: take what the (simulated) inventory holds, craft
-the shortfall in whole recipe executions, recurse into ingredients first, and keep leftovers for later
-needs. Steps come out in an executable order. Recipe alternatives and tag choices are tried in a fixed
-order with backtracking, so the result never depends on set or hash order.
+``aggregated_plan`` is the gold solver: pick one recipe (and one item per tag) for every item the
+targets need, add up each item's total demand over all its consumers (in consumers-first topological
+order), craft every intermediate ONCE in whole recipe executions, ingredients before products. Held
+stock of an intermediate is used; held units of a target never count (the task asks for a gain). Its
+length is the number of distinct items crafted, the measure the official task files call
+``num_craft_steps``.
 
-``delegation_plan`` splits a target the way a recursive agent would: a node whose flat plan is short
-does it itself; otherwise it launches one child per crafted ingredient of the target's recipe (all in
-one ``asyncio.gather``), then crafts the target. Children plan from base materials only, so parallel
-siblings never compete for intermediate items; each child's budget is the exact need of its sub-tree
-under the spec's reservation rule (launching with budget n reserves n + 1 of the caller's steps).
+``greedy_plan`` returns the aggregated plan and falls back to ``depth_first_plan`` (obtain each need
+on its own, recursing, reusing leftovers, backtracking over recipe alternatives and tag items) when a
+first-choice recipe or tag item is a dead end, as happens in some Minecraft recipes.
+
+Everything iterates over lists and recipe order, never over sets, so plans do not depend on hash order.
 """
 
 from __future__ import annotations
@@ -110,14 +112,9 @@ class _Search:
         raise Unsolvable(f"no item of tag {tag} can be had ({'; '.join(errors[:3])})")
 
 
-def greedy_plan(book: RecipeBook, targets: Mapping[str, int], inventory: Mapping[str, int]) -> list[CraftStep]:
-    """Crafts that turn ``inventory`` into one holding ``targets`` on top of it (the gold plan).
-
-    Raises:
-      Unsolvable: if the inventory's base materials do not suffice.
-    """
+def depth_first_plan(book: RecipeBook, targets: Mapping[str, int], inventory: Mapping[str, int]) -> list[CraftStep]:
+    """Obtain each need on its own (see module docstring); raises Unsolvable."""
     search = _Search(book, inventory, unlimited_base=False)
-    # The task demands a gain over the starting inventory, so held target units may not count.
     for item, count in targets.items():
         _obtain_fresh(search, item, count)
     return search.steps
@@ -125,79 +122,90 @@ def greedy_plan(book: RecipeBook, targets: Mapping[str, int], inventory: Mapping
 
 def _obtain_fresh(search: _Search, item: str, count: int) -> None:
     held = search.have.get(item, 0)
-    search.have[item] = 0
+    search.have[item] = 0                      # the task demands a gain: held target units may not count
     search.obtain(item, count, ())
     search.have[item] = search.have.get(item, 0) + held
 
 
-def base_need(book: RecipeBook, targets: Mapping[str, int]) -> tuple[list[CraftStep], dict[str, int]]:
-    """The greedy plan from base materials alone, and the base materials it consumes."""
-    search = _Search(book, {}, unlimited_base=True)
-    for item, count in targets.items():
-        _obtain_fresh(search, item, count)
-    return search.steps, dict(sorted(search.base_used.items()))
+def _choose(book: RecipeBook, item: str, stock: Mapping[str, int]) -> tuple[Recipe, list[tuple[str, int]]]:
+    """The first recipe of ``item``, with each tag resolved to the most-held (else first craftable) item."""
+    recipe = book.recipes[item][0]
+    pairs = []
+    for requirement, per_run in recipe.ingredients:
+        if requirement.startswith(TAG_PREFIX):
+            options = book.items_for_tag(requirement[len(TAG_PREFIX):])
+            if not options:
+                raise Unsolvable(f"no item satisfies {requirement}")
+            requirement = sorted(options, key=lambda i: (-stock.get(i, 0), not book.can_craft(i), i))[0]
+        pairs.append((requirement, per_run))
+    return recipe, pairs
 
 
-@dataclasses.dataclass(frozen=True)
-class NodePlan:
-    """What one node of the recursive oracle does: its children, then its own crafts, then finish."""
+def aggregated_plan(book: RecipeBook, targets: Mapping[str, int], inventory: Mapping[str, int] | None,
+                    ) -> list[CraftStep]:
+    """The gold plan (see module docstring). ``inventory=None`` plans from unlimited base materials.
 
-    targets: tuple[tuple[str, int], ...]
-    children: tuple[NodePlan, ...]
-    crafts: tuple[CraftStep, ...]
-    budget: int                                      # steps this node needs, descendants included
-
-    def walk(self):
-        yield self
-        for child in self.children:
-            yield from child.walk()
-
-    def base_materials(self, book: RecipeBook) -> dict[str, int]:
-        """Base materials all crafts of the sub-tree consume."""
-        total: dict[str, int] = {}
-        for node in self.walk():
-            for step in node.crafts:
-                for name, n in step.ingredients:
-                    if not book.can_craft(name):
-                        total[name] = total.get(name, 0) + n
-        return dict(sorted(total.items()))
-
-
-def craft_steps_needed(n_crafts: int, crafts_per_step: int) -> int:
-    return -(-n_crafts // crafts_per_step)
-
-
-def delegation_plan(book: RecipeBook, targets: Mapping[str, int], leaf_crafts: int = 8,
-                    crafts_per_step: int = 1) -> NodePlan:
-    """The recursive oracle's tree for ``targets`` (planned from base materials).
-
-    Args:
-      leaf_crafts: a node whose flat plan has at most this many crafts does it itself.
-      crafts_per_step: how many ``craft`` calls the oracle puts in one cell.
+    Raises:
+      Unsolvable: a recipe cycle, or base materials the inventory lacks.
     """
-    steps, _ = base_need(book, targets)
-    if len(steps) <= leaf_crafts:
-        return NodePlan(tuple(targets.items()), (), tuple(steps),
-                        craft_steps_needed(len(steps), crafts_per_step) + 1)
-    children: list[NodePlan] = []
-    own: list[CraftStep] = []
-    if len(targets) > 1:
-        children = [delegation_plan(book, {item: count}, leaf_crafts, crafts_per_step)
-                    for item, count in targets.items()]
-    else:
-        (item, count), = targets.items()
-        recipe = book.recipes[item][0]
-        runs = -(-count // recipe.yield_count)
-        used = []
-        for requirement, per_run in recipe.ingredients:
-            name = requirement
-            if name.startswith(TAG_PREFIX):
-                name = book.items_for_tag(name[len(TAG_PREFIX):])[0]
-            used.append((name, per_run * runs))
-            if book.can_craft(name):
-                children.append(delegation_plan(book, {name: per_run * runs}, leaf_crafts, crafts_per_step))
-        own = [CraftStep(item, runs * recipe.yield_count, runs, tuple(used))]
-    reserved = sum(child.budget for child in children)
-    own_steps = craft_steps_needed(len(own), crafts_per_step) + 1          # crafts, then finish
-    budget = reserved + max(1 + own_steps, 1 + len(children))               # launch step + the larger need
-    return NodePlan(tuple(targets.items()), tuple(children), tuple(own), budget)
+    stock = dict(inventory or {})
+    chosen: dict[str, tuple[Recipe, list[tuple[str, int]]]] = {}
+    order: list[str] = []                       # post-order: ingredients before consumers
+    state: dict[str, int] = {}                  # 1 = on the DFS stack, 2 = done
+
+    def visit(item: str) -> None:
+        if state.get(item) == 2:
+            return
+        if state.get(item) == 1:
+            raise Unsolvable(f"recipe cycle through {item}")
+        state[item] = 1
+        if book.can_craft(item):
+            chosen[item] = _choose(book, item, stock)
+            for name, _ in chosen[item][1]:
+                visit(name)
+        state[item] = 2
+        order.append(item)
+
+    for item in targets:
+        visit(item)
+    demand = {item: count for item, count in targets.items()}
+    steps: dict[str, CraftStep] = {}
+    for item in reversed(order):                # consumers first: an item's demand is complete here
+        need = demand.get(item, 0)
+        if item not in chosen:
+            if inventory is not None and need > stock.get(item, 0):
+                raise Unsolvable(f"need {need} {item} (a base material), have {stock.get(item, 0)}")
+            continue
+        held = 0 if item in targets else stock.get(item, 0)
+        recipe, pairs = chosen[item]
+        runs = -(-max(0, need - held) // recipe.yield_count)
+        if runs:
+            for name, per_run in pairs:
+                demand[name] = demand.get(name, 0) + per_run * runs
+            steps[item] = CraftStep(item, runs * recipe.yield_count, runs,
+                                    tuple((name, per_run * runs) for name, per_run in pairs))
+    return [steps[item] for item in order if item in steps]
+
+
+def greedy_plan(book: RecipeBook, targets: Mapping[str, int], inventory: Mapping[str, int]) -> list[CraftStep]:
+    """The gold plan for ``targets`` from ``inventory``: aggregated, else depth-first with backtracking.
+
+    Raises:
+      Unsolvable: if no plan reaches the targets.
+    """
+    try:
+        return aggregated_plan(book, targets, inventory)
+    except Unsolvable:
+        return depth_first_plan(book, targets, inventory)
+
+
+def base_need(book: RecipeBook, targets: Mapping[str, int]) -> tuple[list[CraftStep], dict[str, int]]:
+    """The aggregated plan from base materials alone, and the base materials it consumes."""
+    steps = aggregated_plan(book, targets, None)
+    made = {step.item for step in steps}
+    need: dict[str, int] = {}
+    for step in steps:
+        for name, n in step.ingredients:
+            if name not in made and not book.can_craft(name):
+                need[name] = need.get(name, 0) + n
+    return steps, dict(sorted(need.items()))

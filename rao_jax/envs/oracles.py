@@ -13,6 +13,7 @@ object serves every node of a tree (children are told apart by ``view.goal``).
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -20,7 +21,8 @@ from rao_jax.agent.policy import NodeView
 from rao_jax.envs import chain_hop, labeled_rows
 from rao_jax.envs.base import Task
 from rao_jax.envs.crafting import book_from_json
-from rao_jax.envs.crafting_plan import CraftStep, base_need, delegation_plan, greedy_plan
+from rao_jax.envs.crafting_delegation import Cell, Work, schedule
+from rao_jax.envs.crafting_plan import CraftStep, Unsolvable, aggregated_plan, greedy_plan
 
 
 def action(thought: str, code: str) -> str:
@@ -32,37 +34,73 @@ def _craft_call(step: CraftStep) -> str:
 
 
 class TextCraftOracle:
-    """Crafts the greedy plan (flat) or follows ``delegation_plan`` (recursive)."""
+    """Crafts the aggregated gold plan itself (flat), or cuts it into sub-agents (recursive; see
+    ``crafting_delegation``) so the whole tree crafts exactly the gold plan.
 
-    def __init__(self, task: Task, recursive: bool, leaf_crafts: int = 8, crafts_per_step: int = 1):
+    One oracle object serves every node of the trees it drives: when a node launches children it files
+    each child's share of the plan under (tree, parent, goal), and a child picks its share up on its
+    first step. A child it has no share for (another driver, a hand-written goal) plans its goal from
+    base materials alone.
+    """
+
+    def __init__(self, task: Task, recursive: bool, leaf_crafts: int = 32, crafts_per_step: int = 4,
+                 inline_crafts: int = 4):
         self.book = book_from_json(task.spec["book"], frozenset(task.spec["initial_inventory"]))
         self.inventory = dict(task.spec["initial_inventory"])
-        self.recursive, self.leaf_crafts, self.crafts_per_step = recursive, leaf_crafts, crafts_per_step
+        self.recursive = recursive
+        self.knobs = {"leaf_crafts": leaf_crafts, "crafts_per_step": crafts_per_step,
+                      "inline_crafts": inline_crafts}
+        self._shares: dict[tuple, list[Work]] = {}
+        self._scripts: dict[tuple[int, int], list[str]] = {}
+
+    def _work(self, view: NodeView) -> Work | None:
+        targets = dict(view.goal.spec["targets"])
+        if view.parent_id is None:
+            inventory: dict[str, int] | None = self.inventory
+        else:
+            shares = self._shares.get((view.tree_id, view.parent_id, _key(targets)))
+            if shares:
+                return shares.pop(0)
+            inventory = None
+        try:
+            return Work.of_plan(aggregated_plan(self.book, targets, inventory), list(targets))
+        except Unsolvable:
+            return None   # only a depth-first plan exists (some Minecraft tasks): the node works flat
 
     def _script(self, view: NodeView) -> list[str]:
-        targets = dict(view.goal.spec["targets"])
-        # The root knows the starting inventory (which may hold intermediates, as in Minecraft tasks);
-        # children plan from base materials only so parallel siblings never compete for intermediates.
-        crafts = (greedy_plan(self.book, targets, self.inventory) if view.depth == 0
-                  else base_need(self.book, targets)[0])
-        if not (self.recursive and view.recursive) or len(crafts) <= self.leaf_crafts:
-            return self._crafts(crafts) + [action("All targets crafted.", "finish('crafted all targets')")]
-        plan = delegation_plan(self.book, targets, self.leaf_crafts, self.crafts_per_step)
+        work = self._work(view)
+        cps = self.knobs["crafts_per_step"]
+        if work is None or not (self.recursive and view.recursive):
+            steps = (work.steps() if work is not None else
+                     greedy_plan(self.book, dict(view.goal.spec["targets"]), self.inventory))
+            cells = [Cell(crafts=tuple(steps[i:i + cps])) for i in range(0, len(steps), cps)] or [Cell()]
+        else:
+            cells = list(schedule(work, **self.knobs).cells)
         script = []
-        if plan.children:
-            calls = ",\n    ".join(f"launch_subagent({dict(c.targets)!r}, {c.budget})" for c in plan.children)
-            script.append(action(f"Delegate the {len(plan.children)} crafted ingredients in parallel.",
-                                 f"results = await asyncio.gather(\n    {calls},\n)\nprint(results)"))
-        return script + self._crafts(list(plan.crafts)) + [action("Done.", "finish('crafted all targets')")]
-
-    def _crafts(self, crafts: list[CraftStep]) -> list[str]:
-        n = self.crafts_per_step
-        return [action("Craft the next items of the plan.", "\n".join(_craft_call(s) for s in crafts[i:i + n]))
-                for i in range(0, len(crafts), n)]
+        for k, cell in enumerate(cells):
+            lines = [_craft_call(step) for step in cell.crafts]
+            if cell.children:
+                for child in cell.children:
+                    self._shares.setdefault((view.tree_id, view.node_id, _key(child.targets)), []).append(child.work)
+                calls = ",\n    ".join(f"launch_subagent({child.targets!r}, {child.budget})" for child in cell.children)
+                lines.append(f"results = await asyncio.gather(\n    {calls},\n)\nprint(results)")
+            if k == len(cells) - 1:
+                lines.append("finish('crafted all targets')")
+            thought = (f"Delegate {len(cell.children)} sub-trees in parallel." if cell.children
+                       else "Craft the next items of the plan.")
+            script.append(action(thought, "\n".join(lines)))
+        return script
 
     async def act(self, view: NodeView) -> str:
-        script = self._script(view)
+        key = (view.tree_id, view.node_id)
+        if key not in self._scripts or not view.steps:
+            self._scripts[key] = self._script(view)
+        script = self._scripts[key]
         return script[min(len(view.steps), len(script) - 1)]
+
+
+def _key(targets: dict[str, int]) -> str:
+    return json.dumps(targets, sort_keys=True)
 
 
 class RowsOracle:

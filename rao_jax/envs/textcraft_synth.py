@@ -12,9 +12,8 @@ tier t-3 or t-4; recipes use 1..fan-in ingredients with counts 1-2 and yield 1-4
 Cross-domain items at the top tiers mix two domains. Each (domain, tier) list of items is split into
 train and val, so validation targets never appear as training targets.
 
-Task: one target ``Nx item``; the initial inventory holds the base materials the plans need (the
-greedy gold plan and the recursive oracle's sub-tree plans, whichever needs more of each) plus a
-buffer and 1-3 distractor materials.
+Task: one target ``Nx item``; the initial inventory holds the base materials the greedy gold plan
+needs, plus a buffer (up to ``inventory_buffer`` of each) and 1-3 distractor materials.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from collections.abc import Iterator
 
 from rao_jax.envs.base import Task
 from rao_jax.envs.crafting import Recipe, RecipeBook, crafting_task_spec, format_targets
-from rao_jax.envs.crafting_plan import base_need, delegation_plan, greedy_plan
+from rao_jax.envs.crafting_plan import base_need, greedy_plan
 
 FAMILY = "textcraft_synth"
 
@@ -43,7 +42,7 @@ class SynthConfig:
     items_per_tier: int = 25
     shrink_per_tier: float = 0.02          # tier t has items_per_tier * (1 - shrink * (t - 1)) items
     base_per_domain: int = 8
-    fan_in_weights: tuple[float, ...] = (0.15, 0.35, 0.3, 0.12, 0.05, 0.03)   # P(1..6 ingredients)
+    fan_in_weights: tuple[float, ...] = (0.05, 0.25, 0.3, 0.2, 0.12, 0.08)   # P(1..6 ingredients)
     max_ingredient_count: int = 2
     max_yield: int = 4
     cross_items: int = 12
@@ -56,7 +55,6 @@ class SynthConfig:
     max_distractors: int = 3
     max_steps: int = 200
     short_names: bool = False
-    leaf_crafts: int = 8                   # the recursive oracle's leaf size, for inventory sizing
 
     @classmethod
     def paper(cls, seed: int = 0) -> SynthConfig:
@@ -67,7 +65,7 @@ class SynthConfig:
         return cls(seed=seed, domains=("metal", "wood"), max_tier=6, items_per_tier=4, shrink_per_tier=0.0,
                    base_per_domain=3, fan_in_weights=(0.3, 0.5, 0.2), cross_items=0,
                    difficulties=(("easy", 1, 2), ("medium", 3, 4), ("hard", 5, 6)), max_target_count=2,
-                   max_steps=60, short_names=True, leaf_crafts=4)
+                   max_steps=60, short_names=True)
 
     def __post_init__(self):
         if not self.domains or len(set(self.domains)) != len(self.domains):
@@ -193,12 +191,8 @@ def make_task(world: SynthWorld, split: str, index: int, difficulty: str, tier: 
         raise ValueError(f"no {split} item at tier {tier}; raise items_per_tier or lower val_fraction")
     item = rng.choice(pool)
     targets = {item: rng.randint(1, config.max_target_count)}
-    _, flat_need = base_need(world.book, targets)
-    tree_need = delegation_plan(world.book, targets, config.leaf_crafts).base_materials(world.book)
-    inventory: dict[str, int] = {}
-    for name in sorted(set(flat_need) | set(tree_need)):
-        need = max(flat_need.get(name, 0), tree_need.get(name, 0))
-        inventory[name] = need + math.ceil(need * config.inventory_buffer * rng.random())
+    _, need = base_need(world.book, targets)
+    inventory = {name: n + math.ceil(n * config.inventory_buffer * rng.random()) for name, n in need.items()}
     spare = sorted(name for name, t in world.tiers.items() if t == 0 and name not in inventory)
     for name in rng.sample(spare, min(len(spare), rng.randint(1, config.max_distractors))):
         inventory[name] = rng.randint(1, 5)

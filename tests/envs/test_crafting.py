@@ -13,7 +13,8 @@ import pytest
 from rao_jax.envs import textcraft_official as official
 from rao_jax.envs import textcraft_synth as ts
 from rao_jax.envs.base import ActionError, Goal
-from rao_jax.envs.crafting import CraftingEpisode, Recipe, RecipeBook, replay_gold_plan
+from rao_jax.envs.crafting import CraftingEpisode, Recipe, RecipeBook, book_from_json, replay_gold_plan
+from rao_jax.envs.crafting_plan import Unsolvable, aggregated_plan, greedy_plan
 from rao_jax.envs.families import open_episode
 
 
@@ -73,6 +74,19 @@ def test_bad_child_goals_and_info(episode):
     info = episode.get_info(["torch"])[0]
     assert info["crafting_depth"] == 3 and info["recipes"][0]["ingredients"]["tag:fuel"]["use_one_of"] == [
         "coal", "charcoal"]
+
+
+def test_solvers_aggregate_and_fall_back():
+    book = RecipeBook({"a": (Recipe("a", 2, (("b", 1), ("c", 1))),), "b": (Recipe("b", 3, (("c", 1), ("x", 1))),),
+                       "c": (Recipe("c", 4, (("x", 1),)),),
+                       "d": (Recipe("d", 1, (("gone", 1),)), Recipe("d", 1, (("x", 2),)))})
+    steps = aggregated_plan(book, {"a": 4}, {"x": 10})
+    assert [(s.item, s.count) for s in steps] == [("c", 4), ("b", 3), ("a", 4)]   # c made once for a and b
+    assert sum(n for s in steps for name, n in s.ingredients if name == "x") == 2
+    with pytest.raises(Unsolvable, match="need 2 x"):
+        aggregated_plan(book, {"a": 4}, {"x": 1})
+    # d's first recipe needs a material nobody has: the depth-first fallback uses the second one.
+    assert [(s.item, s.ingredients) for s in greedy_plan(book, {"d": 1}, {"x": 2})] == [("d", (("x", 2),))]
 
 
 def test_tiny_world_tasks_replay_their_gold_plans():
@@ -207,6 +221,11 @@ def test_every_official_synth_task_replays():
         assert len(tasks) == expected
         failures = [t.task_id for t in tasks if not replay_gold_plan(t)[0]]
         assert not failures, failures[:5]
+        # Our aggregated solver needs exactly as many crafts as the authors' gold plans.
+        for task in tasks:
+            book = book_from_json(task.spec["book"])
+            steps = aggregated_plan(book, task.spec["targets"], task.spec["initial_inventory"])
+            assert len(steps) == len(task.spec["gold_plan"]), task.task_id
 
 
 @pytest.mark.slow

@@ -12,27 +12,44 @@ from rao_jax.envs.oracles import action, make_oracle
 from rao_jax.envs.scripted_rollout import run_tree
 
 
-def _run(task, recursive, context=None, budget=None):
-    return run_tree(open_episode(task), make_oracle(task, recursive), budget or task.max_steps, recursive, context)
+def _run(task, recursive, context=None, budget=None, **knobs):
+    return run_tree(open_episode(task), make_oracle(task, recursive, **knobs), budget or task.max_steps, recursive,
+                    context)
 
 
+SMALL = {"leaf_crafts": 3, "crafts_per_step": 1, "inline_crafts": 1}   # forces deep trees in the tiny world
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("recursive", [False, True])
-def test_textcraft_tiny_oracles_solve_every_task(recursive):
-    for task in ts.generate_tasks(ts.SynthConfig.tiny(), "val", 6):
-        nodes = _run(task, recursive)
+def test_textcraft_tiny_oracles_solve_every_task(seed, recursive):
+    for task in ts.generate_tasks(ts.SynthConfig.tiny(seed=seed), "val", 6):
+        episode = open_episode(task)
+        nodes = run_tree(episode, make_oracle(task, recursive, **SMALL), task.max_steps, recursive)
         assert nodes[0].success == 1.0, task.task_id
         assert all(n.success == 1.0 for n in nodes), task.task_id   # every child gets its own credit
+        flat_episode = open_episode(task)
+        run_tree(flat_episode, make_oracle(task, False), task.max_steps, False)
+        # The tree crafts exactly the gold plan: it ends with the same inventory as the flat run.
+        assert episode.view_inventory() == flat_episode.view_inventory()
 
 
 def test_textcraft_flat_oracle_runs_out_of_steps_where_recursion_fits():
-    config = ts.SynthConfig.tiny(seed=1)
-    task = max(ts.generate_tasks(config, "train", 6), key=lambda t: t.spec["num_craft_steps"])
+    task = max(ts.generate_tasks(ts.SynthConfig.tiny(seed=1), "train", 6), key=lambda t: t.spec["num_craft_steps"])
     crafts = task.spec["num_craft_steps"]
-    assert _run(task, False, budget=crafts + 1)[0].success == 1.0
-    assert _run(task, False, budget=crafts)[0].success == 0.0       # one step short: no finish
-    tree = _run(task, True)
-    assert tree[0].success == 1.0 and len(tree) > 1 and max(n.depth for n in tree) >= 1
+    assert _run(task, False, budget=crafts, **SMALL)[0].success == 1.0      # finish rides in the last cell
+    assert _run(task, False, budget=crafts - 1, **SMALL)[0].success == 0.0  # one step short
+    tree = _run(task, True, **SMALL)
+    assert tree[0].success == 1.0 and max(n.depth for n in tree) >= 2
     assert sum(n.steps for n in tree) <= task.max_steps
+
+
+def test_textcraft_paper_scale_recursive_oracle():
+    tasks = [t for t in ts.generate_tasks(ts.SynthConfig.paper(seed=5), "val", 2) if t.difficulty == "extreme"]
+    for task in tasks:
+        tree = _run(task, True)
+        assert tree[0].success == 1.0 and all(n.success == 1.0 for n in tree)
+        assert sum(n.steps for n in tree) <= task.max_steps and max(n.depth for n in tree) >= 2
 
 
 def test_rows_flat_overflows_the_window_recursive_does_not():
