@@ -48,10 +48,16 @@ class RowsConfig:
     users: int = 12
     hidden_labels: bool = True
     max_read: int = 64
-    max_steps: int = 60
+    max_steps: int | None = None           # None: 60, or 3 steps per read-sized chunk + 20 when larger
 
     def num_rows(self) -> int:
         return max(8, int(self.window_tokens * self.context_multiple / self.tokens_per_row))
+
+    def step_budget(self) -> int:
+        # A tree that reads every chunk once needs about 3 calls per chunk (a leaf reads, then finishes; its
+        # parent launches and merges); the budget grows with the input so recursion can cover it.
+        chunks = -(-self.num_rows() // self.max_read)
+        return self.max_steps if self.max_steps is not None else max(60, 3 * chunks + 20)
 
 
 def row_label(instance: str) -> str:
@@ -140,7 +146,7 @@ def generate_task(config: RowsConfig, split: str, index: int, kind: str | None =
             f"{'' if config.hidden_labels else ' || Label'}'; read them with read_rows(start, stop). "
             + ("Each row's label is one of " + ", ".join(LABELS) + ", implied by the instance text. "
                if config.hidden_labels else "") + question_text(question))
-    return Task(task_id=f"{FAMILY}.{split}.{index}", family=FAMILY, goal=goal, max_steps=config.max_steps,
+    return Task(task_id=f"{FAMILY}.{split}.{index}", family=FAMILY, goal=goal, max_steps=config.step_budget(),
                 difficulty=difficulty, spec=spec)
 
 
