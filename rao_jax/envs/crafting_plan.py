@@ -17,6 +17,7 @@ Everything iterates over lists and recipe order, never over sets, so plans do no
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping
 
 from rao_jax.envs.crafting import TAG_PREFIX, Recipe, RecipeBook
@@ -113,11 +114,21 @@ class _Search:
 
 
 def depth_first_plan(book: RecipeBook, targets: Mapping[str, int], inventory: Mapping[str, int]) -> list[CraftStep]:
-    """Obtain each need on its own (see module docstring); raises Unsolvable."""
-    search = _Search(book, inventory, unlimited_base=False)
-    for item, count in targets.items():
-        _obtain_fresh(search, item, count)
-    return search.steps
+    """Obtain each need on its own (see module docstring); raises Unsolvable.
+
+    Backtracking is local to one need, so a target served first can use up a material another target
+    needs; the targets are therefore tried in every order (few: tasks have at most a handful).
+    """
+    errors = []
+    for order in itertools.islice(itertools.permutations(list(targets)), 24):
+        search = _Search(book, inventory, unlimited_base=False)
+        try:
+            for item in order:
+                _obtain_fresh(search, item, targets[item])
+            return search.steps
+        except Unsolvable as err:
+            errors.append(str(err))
+    raise Unsolvable(errors[0])
 
 
 def _obtain_fresh(search: _Search, item: str, count: int) -> None:
