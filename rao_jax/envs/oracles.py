@@ -83,7 +83,7 @@ class TextCraftOracle:
                 for child in cell.children:
                     self._shares.setdefault((view.tree_id, view.node_id, _key(child.targets)), []).append(child.work)
                 calls = ",\n    ".join(f"launch_subagent({child.targets!r}, {child.budget})" for child in cell.children)
-                lines.append(f"results = await asyncio.gather(\n    {calls},\n)\nprint(results)")
+                lines.append(f"import asyncio\nresults = await asyncio.gather(\n    {calls},\n)\nprint(results)")
             if k == len(cells) - 1:
                 lines.append("finish('crafted all targets')")
             thought = (f"Delegate {len(cell.children)} sub-trees in parallel." if cell.children
@@ -133,7 +133,8 @@ class RowsOracle:
                                f"{self.budget(a, b)})" for a, b in self._ranges(start, stop))
         merge = ("counts = {}\nfor part in parts:\n    for key, n in part.items():\n"
                  "        counts[key] = counts.get(key, 0) + n\n")
-        return [action("Split the rows among children.", f"parts = await asyncio.gather(\n    {calls},\n)"),
+        launch = f"import asyncio\nparts = await asyncio.gather(\n    {calls},\n)"
+        return [action("Split the rows among children.", launch),
                 action("Merge the partial counts and answer.", merge + combine)]
 
     async def act(self, view: NodeView) -> str:
@@ -193,7 +194,8 @@ class HopOracle:
             answer = self.entities[spec["entity"]]["relations"][spec["relation"]]
             script = self._hop_steps(spec["entity"]) + [action("Found it.", f"finish({answer!r})")]
         elif self.recursive and view.recursive:
-            helper = ("async def follow(name, relations):\n    for rel in relations:\n"
+            helper = ("import asyncio\n\n"
+                      "async def follow(name, relations):\n    for rel in relations:\n"
                       "        name = await launch_subagent({'entity': name, 'relation': rel}, 3)\n    return name\n")
             calls = ", ".join(f"follow({c['start']!r}, {c['relations']!r})" for c in self.chains)
             final = "finish(answers[0])" if len(self.chains) == 1 else "finish(list(answers))"
