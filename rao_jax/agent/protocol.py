@@ -227,8 +227,9 @@ def system_prompt(tool_docs: str, recursive: bool) -> str:
         "The cell runs in a Python REPL that is private to you and persists across your turns: variables, "
         "functions and imports stay defined. What the cell prints, the value of its last expression, or "
         "its error becomes your next observation; long outputs are cut, so print what you need. "
-        "Top-level `await` works. Only safe standard modules can be imported (math, re, json, itertools, "
-        "collections, functools, heapq, random, asyncio, ...); there is no network and no file access "
+        "Top-level `await` works and `asyncio` is already imported. Only safe standard modules can be "
+        "imported (math, re, json, itertools, collections, functools, heapq, random, ...); there is no "
+        "network and no file access "
         "outside the current directory; attribute names starting with an underscore are not accessible; "
         "cells have time, memory and output limits.",
         "Every turn costs one step of your budget. When you are done, call `finish(answer)`: it ends your "
@@ -245,7 +246,7 @@ def system_prompt(tool_docs: str, recursive: bool) -> str:
             "with budget n reserves n + 1 of your steps until it ends; then its actual usage is charged to "
             "you and the rest comes back. A launch that does not fit your budget is refused with an "
             "explanation. Run independent sub-tasks in parallel with asyncio.gather:\n\n"
-            "<python>\nimport asyncio\nfirst, second = await asyncio.gather(\n"
+            "<python>\nfirst, second = await asyncio.gather(\n"
             "    launch_subagent(goal_a, budget=10),\n"
             "    launch_subagent(goal_b, budget=10, context=\"what it needs to know\"),\n)\n"
             "print(first, second)\n</python>")

@@ -366,8 +366,10 @@ class Worker:
         if ns is None:
             builtins_table = (make_builtins(self.views, self.open_root) if self.cfg["python_guards"]
                               else dict(vars(builtins)))
+            # asyncio comes pre-imported: every node may need gather, and forgetting the import should
+            # not cost a step.
             ns = {"__builtins__": builtins_table, "__name__": "__main__", "ActionError": ActionError,
-                  "ToolError": ToolError}
+                  "ToolError": ToolError, "asyncio": self.views["asyncio"] if self.cfg["python_guards"] else asyncio}
             self.namespaces[node] = ns
         return ns
 

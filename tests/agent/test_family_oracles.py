@@ -1,0 +1,60 @@
+"""The task families' oracle policies run through the real runtime (sandboxed cells, budgets, records).
+
+The families check their oracles with an in-process reference driver (``rao_jax.envs.scripted_rollout``);
+here the same policies and episodes go through ``RolloutRunner``: their cells run in sandbox workers,
+their tool calls and launches cross the proxy, and the records must show the oracle's result with
+every node credited its own success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from rao_jax.agent.rollout import RolloutConfig, RolloutRunner
+from rao_jax.agent.sandbox import SandboxLimits, SandboxPool
+from rao_jax.envs import chain_hop, labeled_rows
+from rao_jax.envs import textcraft_synth as ts
+from rao_jax.envs.families import open_episode
+from rao_jax.envs.oracles import make_oracle
+from rao_jax.envs.scripted_rollout import run_tree as reference_run
+from tests.agent.test_rollout import check_consistent
+
+SMALL = {"leaf_crafts": 3, "crafts_per_step": 1, "inline_crafts": 1}   # deep trees in the tiny world
+
+
+def _roll(task, recursive: bool, budget: int | None = None, **knobs):
+    async def main():
+        async with SandboxPool(1, SandboxLimits(memory_bytes=512 << 20)) as pool:
+            runner = RolloutRunner(make_oracle(task, recursive, **knobs), pool, RolloutConfig(recursive=recursive))
+            return await runner.run_tree(open_episode(task), budget or task.max_steps, task.task_id)
+    return asyncio.run(asyncio.wait_for(main(), 300))
+
+
+@pytest.mark.parametrize("recursive", [False, True], ids=["flat", "recursive"])
+def test_textcraft_oracle_through_the_runtime(recursive):
+    deepest = max(ts.generate_tasks(ts.SynthConfig.tiny(seed=1), "train", 6), key=lambda t: t.spec["num_craft_steps"])
+    depths = []
+    for task in [*itertools.islice(ts.generate_tasks(ts.SynthConfig.tiny(seed=0), "val", 6), 3), deepest]:
+        tree = _roll(task, recursive, **SMALL)
+        depths.append(tree.max_depth)
+        check_consistent(tree)
+        assert tree.root.success == 1.0 and all(n.success == 1.0 for n in tree.nodes), task.task_id
+        reference = reference_run(open_episode(task), make_oracle(task, recursive, **SMALL), task.max_steps,
+                                  recursive)
+        assert len(tree.nodes) == len(reference)
+        assert sorted(n.own_steps for n in tree.nodes) == sorted(n.steps for n in reference)
+    assert max(depths) >= 2 if recursive else max(depths) == 0
+
+
+def test_rows_and_hop_oracles_through_the_runtime():
+    rows = labeled_rows.generate_task(labeled_rows.RowsConfig(window_tokens=1024, context_multiple=2.0, max_read=32,
+                                                              max_steps=80), "val", 0)
+    hop = chain_hop.generate_task(chain_hop.HopConfig(), "val", 32, 3, 2)
+    for task in (rows, hop):
+        tree = _roll(task, True)
+        check_consistent(tree)
+        assert tree.root.success == 1.0 and all(n.success == 1.0 for n in tree.nodes), task.task_id
+    assert len(_roll(hop, True).nodes) == 1 + 3 * 2
