@@ -112,8 +112,9 @@ class RolloutRunner:
                      self.pool.session(), root_budget)
         start = time.time()
         try:
-            tree.tasks.append(asyncio.create_task(
-                self._run_node(tree, 0, None, episode.root_goal(), root_budget, 0, None)))
+            goal = episode.root_goal()
+            episode.open_node(0, None, goal)
+            tree.tasks.append(asyncio.create_task(self._run_node(tree, 0, None, goal, root_budget, 0, None)))
             # Children launched but never awaited by their parent's cell may outlive it: wait for all.
             while pending := [t for t in tree.tasks if not t.done()]:
                 await asyncio.wait(pending)
@@ -181,6 +182,8 @@ class RolloutRunner:
         tree.next_id += 1
         parent.children.append(child_id)
         parent.step_children.append(child_id)
+        # Open the child at the fork itself (what its success is relative to), not when its task starts.
+        tree.episode.open_node(child_id, parent.node_id, child_goal)
         task = asyncio.create_task(self._run_node(tree, child_id, parent.node_id, child_goal, budget,
                                                   parent.depth + 1, parent.current_step))
         tree.tasks.append(task)
@@ -197,7 +200,6 @@ class RolloutRunner:
                         depth: int, fork_step: int | None) -> _Node:
         node = _Node(node_id, parent_id, depth, fork_step, goal, budget, time.time())
         tree.nodes[node_id] = node
-        tree.episode.open_node(node_id, parent_id, goal)
         sync_tools, async_tools = self._tools(tree, node)
         try:
             while not node.finished and tree.budget.left(node_id) > 0:
