@@ -262,3 +262,18 @@ def test_trace_roundtrip_and_rendering(tmp_path):
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"kind": "node"}\n')
         read_trace(bad)
+
+
+def test_more_than_512_nodes_live_at_once():
+    """40 trees of 15 nodes step concurrently over a pool of 2 workers; every tree solves its task."""
+    target = {"a": 4, "b": 4}
+    worlds = [BagWorld(target) for _ in range(40)]
+    trees = run(_roll(SplitPolicy(), worlds, [budget_for(target)] * 40))
+    events = sorted([(n.start_time, 1) for t in trees for n in t.nodes] +
+                    [(n.end_time, -1) for t in trees for n in t.nodes])
+    live = peak = 0
+    for _, change in events:
+        live += change
+        peak = max(peak, live)
+    assert peak >= 512 and sum(len(t.nodes) for t in trees) == 600
+    assert all(t.root.success == 1.0 for t in trees) and all(dict(w.bag) == target for w in worlds)
