@@ -337,7 +337,8 @@ class SamplingEngine:
         n = len(flat_tokens)
         bucket = max(cfg.min_prefill_bucket, _next_pow2(n))
         pad = bucket - n
-        page_table = self._page_table({row: r.seq for row, r, _ in order}, int(kv_lens.max()))
+        # Prefill always uses the full table width: one compilation per token bucket, not per width.
+        page_table = self._page_table({row: r.seq for row, r, _ in order}, self.config.max_seq_len)
         params = [None] * rows
         for row, request, _ in order:
             params[row] = request.params
@@ -506,8 +507,13 @@ class SamplingEngine:
             self._cache = copy_pages(self._cache, jnp.asarray([src], jnp.int32), jnp.asarray([dst], jnp.int32))
 
     def _page_table(self, seq_of_row: dict[int, Hashable], longest: int) -> jax.Array:
-        """Page table of all rows, just wide enough (a power of two of pages) for ``longest`` tokens."""
-        width = min(self.config.pages_per_seq, _next_pow2(-(-longest // self.config.page_size)))
+        """Page table of all rows, wide enough for ``longest`` tokens.
+
+        Widths are powers of two of pages, at least a quarter of the full width: attention cost
+        follows the longest live sequence, while at most three widths are ever compiled.
+        """
+        full = self.config.pages_per_seq
+        width = min(full, max(_next_pow2(-(-longest // self.config.page_size)), -(-full // 4)))
         order: list[Hashable | None] = [seq_of_row.get(row) for row in range(self.config.max_rows)]
         return jnp.asarray(self._alloc.page_table(order, width))
 

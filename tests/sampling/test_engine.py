@@ -1,0 +1,274 @@
+"""The sampling engine end to end on tiny random Qwen3 models (dense and MoE), CPU, fp32."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from rao_jax.checkpoint.hf import load_pretrained
+from rao_jax.sampling import EngineConfig, SamplingEngine, SamplingParams
+from rao_jax.sampling import sampler as sampler_lib
+from tests.hf_utils import make_hf_model
+
+# One shape set for most tests, so their compilations are shared.
+CONFIG = EngineConfig(max_rows=16, page_size=16, num_pages=512, max_seq_len=320, decode_steps=8,
+                      max_prefill_tokens=4096, min_prefill_bucket=512, max_top_k=32)
+NEW = 6
+
+
+def _load(kind, tmp_path_factory):
+    """(rao_jax model, transformers model) with identical weights."""
+    moe = kind == "moe"
+    hf = make_hf_model(moe, seed=1, max_position_embeddings=512, **({"norm_topk_prob": True} if moe else {}))
+    folder = tmp_path_factory.mktemp(kind)
+    hf.save_pretrained(folder)
+    model, _ = load_pretrained(folder)
+    return model, hf
+
+
+@pytest.fixture(scope="module", params=["dense", "moe"])
+def models(request, tmp_path_factory):
+    return _load(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    """The engine's behaviour does not depend on the MLP kind; the dense model keeps these tests quick."""
+    return _load("dense", tmp_path_factory)
+
+
+def _prompts(n=32, lo=5, hi=300, vocab=97, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = np.linspace(lo, hi, n).astype(int)
+    rng.shuffle(lengths)
+    return [rng.integers(0, vocab, int(k)).tolist() for k in lengths]
+
+
+@jax.jit
+def _padded_logits(model, tokens):
+    return model(tokens)
+
+
+def _greedy_reference(model, prompts, new):
+    """Argmax decoding with the full no-cache training forward (right padding to a fixed width)."""
+    width = 512
+    seqs = [list(p) for p in prompts]
+    logprobs = [[] for _ in prompts]
+    for _ in range(new):
+        batch = np.zeros((len(seqs), width), np.int32)
+        for i, s in enumerate(seqs):
+            batch[i, : len(s)] = s
+        logits = np.asarray(_padded_logits(model, jnp.asarray(batch)))
+        for i, s in enumerate(seqs):
+            row = logits[i, len(s) - 1]
+            token = int(np.argmax(row))
+            logprobs[i].append(float(jax.nn.log_softmax(row)[token]))
+            s.append(token)
+    return [s[len(p):] for s, p in zip(seqs, prompts, strict=True)], logprobs
+
+
+def test_greedy_batch_matches_full_forward_and_transformers(models):
+    import torch
+
+    model, hf = models
+    prompts = _prompts()
+    engine = SamplingEngine(model, CONFIG)
+    outs = engine.generate(prompts, max_new_tokens=NEW, temperature=0.0)
+    ref_tokens, ref_logprobs = _greedy_reference(model, prompts, NEW)
+    assert [o.tokens for o in outs] == ref_tokens
+    assert all(o.finish_reason == "length" for o in outs)
+    err = max(np.abs(np.array(o.logprobs) - np.array(r)).max() for o, r in zip(outs, ref_logprobs, strict=True))
+    assert err <= 1e-4, err
+
+    with torch.no_grad():
+        for prompt, out in zip(prompts, outs, strict=True):
+            gen = hf.generate(torch.tensor([prompt]), max_new_tokens=NEW, do_sample=False, eos_token_id=None,
+                              pad_token_id=0, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+            assert gen[0, len(prompt):].tolist() == out.tokens
+
+
+def test_extension_of_a_kept_sequence_equals_prefilling_the_concatenation(dense):
+    model, _ = dense
+    engine = SamplingEngine(model, CONFIG)
+    fresh = SamplingEngine(model, CONFIG)
+    greedy = SamplingParams(max_new_tokens=NEW, temperature=0.0)
+    prompt, observation = _prompts(2, 40, 70, seed=3)
+
+    async def run():
+        first = await engine.submit(prompt, greedy, seq_id="node")
+        extended = prompt + first.tokens + observation
+        second = await engine.submit(extended, greedy, seq_id="node")
+        whole = await fresh.submit(extended, greedy)
+        return first, second, whole, extended
+
+    first, second, whole, extended = asyncio.run(run())
+    assert second.reused_tokens == len(prompt) + NEW - 1  # the last sampled token was never in the cache
+    assert whole.reused_tokens == 0
+    assert second.tokens == whole.tokens
+    np.testing.assert_allclose(second.logprobs, whole.logprobs, atol=1e-5)
+    assert engine.cached_length("node") == len(extended) + NEW - 1
+
+
+def test_forked_prefixes_share_pages_and_give_identical_results(models):
+    model, _ = models  # dense and MoE
+    engine = SamplingEngine(model, CONFIG)
+    greedy = SamplingParams(max_new_tokens=NEW, temperature=0.0)
+    prefix, tail_a, tail_b = _prompts(3, 20, 50, seed=5)
+    prefix = prefix + prefix  # long enough for several full pages
+
+    async def run():
+        done = await engine.submit(prefix, SamplingParams(max_new_tokens=0), seq_id="task")
+        assert done.finish_reason == "prefill" and done.tokens == []
+        await engine.fork("task", "tree-0")
+        await engine.fork("task", "tree-1")
+        full_pages = len(prefix) // CONFIG.page_size
+        shared = engine._alloc.pages("task")[:full_pages]
+        assert engine._alloc.pages("tree-0")[:full_pages] == shared == engine._alloc.pages("tree-1")[:full_pages]
+        assert all(engine._alloc.refcount(p) == 3 for p in shared)
+        engine._alloc.check()
+        a, b = await asyncio.gather(engine.submit(prefix + tail_a, greedy, seq_id="tree-0"),
+                                    engine.submit(prefix + tail_b, greedy, seq_id="tree-1"))
+        ref = SamplingEngine(model, CONFIG)
+        ra, rb = await asyncio.gather(ref.submit(prefix + tail_a, greedy), ref.submit(prefix + tail_b, greedy))
+        await engine.release("task")
+        assert all(engine._alloc.refcount(p) == 2 for p in shared)
+        return a, b, ra, rb
+
+    a, b, ra, rb = asyncio.run(run())
+    assert a.reused_tokens == b.reused_tokens == len(prefix)
+    assert (a.tokens, b.tokens) == (ra.tokens, rb.tokens)
+    np.testing.assert_allclose(a.logprobs, ra.logprobs, atol=1e-5)
+
+
+def test_small_pool_preempts_and_still_gives_the_same_tokens(dense):
+    model, _ = dense
+    tight = EngineConfig(max_rows=8, page_size=16, num_pages=1 + 3 * 20, max_seq_len=320, decode_steps=8,
+                         max_prefill_tokens=1024, min_prefill_bucket=64)
+    prompts = _prompts(8, 150, 270, seed=7)
+    engine = SamplingEngine(model, tight)
+    outs = engine.generate(prompts, max_new_tokens=48, temperature=0.0)  # rows outgrow the pool
+    assert engine.stats["preempted_running"] > 0
+    ref = SamplingEngine(model, CONFIG).generate(prompts, max_new_tokens=48, temperature=0.0)
+    assert [o.tokens for o in outs] == [o.tokens for o in ref]
+    engine._alloc.check()
+    assert engine._alloc.free_pages == tight.num_pages - 1
+
+
+def test_kept_sequences_are_preempted_and_recomputed_when_extended(dense):
+    model, _ = dense
+    small = EngineConfig(max_rows=4, page_size=16, num_pages=1 + 25, max_seq_len=320, decode_steps=8,
+                         max_prefill_tokens=1024, min_prefill_bucket=64)
+    engine = SamplingEngine(model, small)
+    greedy = SamplingParams(max_new_tokens=4, temperature=0.0)
+    prompts = _prompts(3, 180, 200, seed=9)
+
+    async def run():
+        first = [await engine.submit(p, greedy, seq_id=i) for i, p in enumerate(prompts)]
+        assert engine.stats["preempted_idle"] >= 1  # three 12-page sequences cannot all stay in 25 pages
+        again = await engine.submit(prompts[0] + first[0].tokens + [1, 2, 3], greedy, seq_id=0)
+        ref = await SamplingEngine(model, CONFIG).submit(prompts[0] + first[0].tokens + [1, 2, 3], greedy)
+        return again, ref
+
+    again, ref = asyncio.run(run())
+    assert again.reused_tokens == 0 and again.tokens == ref.tokens
+
+
+def test_stop_sequences_end_generation_and_are_included(dense):
+    model, _ = dense
+    engine = SamplingEngine(model, CONFIG)
+    prompt = _prompts(1, 30, 30, seed=11)[0]
+    free = engine.generate([prompt], max_new_tokens=12, temperature=0.0)[0]
+    stop_one = (free.tokens[3],)
+    stop_two = tuple(free.tokens[6:8])
+    out = engine.generate([prompt], max_new_tokens=12, temperature=0.0, stop=[stop_two, stop_one])[0]
+    first = free.tokens.index(stop_one[0])
+    assert out.finish_reason == "stop" and out.tokens == free.tokens[: first + 1]
+    out = engine.generate([prompt], max_new_tokens=12, temperature=0.0, stop=[stop_two])[0]
+    assert out.finish_reason == "stop" and tuple(out.tokens[-2:]) == stop_two and len(out.tokens) <= 8
+
+
+def test_continuous_batching_refills_rows_and_bounds_compilations(dense):
+    model, _ = dense
+    engine = SamplingEngine(model, dataclasses.replace(CONFIG, max_rows=4))
+    rng = np.random.default_rng(0)
+
+    async def run(top_k):
+        jobs = [engine.submit(rng.integers(0, 97, int(rng.integers(5, 300))).tolist(),
+                              SamplingParams(max_new_tokens=int(rng.integers(1, 20)), top_k=top_k))
+                for _ in range(20)]
+        return await asyncio.gather(*jobs)
+
+    prefill_before, decode_before = sampler_lib.prefill._cache_size(), sampler_lib.decode._cache_size()
+    outs = asyncio.run(run(0)) + asyncio.run(run(5)) + asyncio.run(run(0))
+    assert all(1 <= len(o.tokens) <= 20 for o in outs)
+    assert engine.stats["decode_active_rows"] / engine.stats["decode_row_slots"] > 0.6
+    # However varied the traffic, compilations are bounded by the buckets: prefill by token bucket
+    # (512..4096: 4) x filtering (2); decode by table width (5, 10, 20 pages: 3) x filtering.
+    assert sampler_lib.prefill._cache_size() - prefill_before <= 4 * 2
+    assert sampler_lib.decode._cache_size() - decode_before <= 3 * 2
+
+
+def test_temperature_one_samples_follow_the_model_distribution():
+    from flax import nnx
+
+    from rao_jax.models import Qwen3, tiny_config
+
+    model = Qwen3(tiny_config("qwen3", vocab_size=12), rngs=nnx.Rngs(4))
+    state = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda x: x * 20.0 if x.ndim == 2 else x, state))  # a peakier distribution
+    prompt = [3, 1, 4, 1, 5]
+    probs = np.asarray(jax.nn.softmax(model(jnp.asarray([prompt]))[0, -1])).astype(np.float64)
+    engine = SamplingEngine(model, EngineConfig(max_rows=64, page_size=8, num_pages=256, max_seq_len=64,
+                                                max_prefill_tokens=512, min_prefill_bucket=512, max_top_k=12))
+    n = 4000
+    draws = [o.tokens[0] for o in engine.generate([prompt] * n, max_new_tokens=1, temperature=1.0)]
+    counts = np.bincount(draws, minlength=12)
+    keep = probs * n >= 5  # merge rare categories, as the chi-square test requires
+    observed = np.append(counts[keep], counts[~keep].sum())
+    expected = np.append(probs[keep], probs[~keep].sum())
+    expected = expected / expected.sum() * n
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+    assert probs.max() < 0.9  # the test has power only if the distribution is not degenerate
+
+    top3 = set(np.argsort(probs)[-3:].tolist())
+    drawn = {o.tokens[0] for o in engine.generate([prompt] * 300, max_new_tokens=1, top_k=3)}
+    assert drawn <= top3 and len(drawn) > 1
+    order = np.argsort(probs)[::-1]
+    nucleus = set(order[: int(np.searchsorted(np.cumsum(probs[order]), 0.6) + 1)].tolist())
+    drawn = {o.tokens[0] for o in engine.generate([prompt] * 300, max_new_tokens=1, top_p=0.6)}
+    assert drawn <= nucleus
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(tokens=[1] * 300, max_new_tokens=30), "prompt of 300 tokens \\+ max_new_tokens 30 exceeds max_seq_len 320"),
+    (dict(tokens=[]), "the prompt is empty"),
+    (dict(tokens=[1, 500]), "outside the vocabulary \\[0, 97\\)"),
+    (dict(temperature=-1.0), "temperature must be finite and >= 0"),
+    (dict(top_p=0.0), "top_p must be in \\(0, 1\\]"),
+    (dict(top_k=33), "top_k must be an int in \\[0, 32\\]"),
+    (dict(max_new_tokens=-1), "max_new_tokens must be an int >= 0"),
+    (dict(stop=((1, 2000),)), "holds ids outside the vocabulary"),
+])
+def test_bad_requests_are_refused_with_a_clear_error(dense, kwargs, message):
+    model, _ = dense
+    engine = SamplingEngine(model, CONFIG)
+    kwargs = dict(kwargs)  # parametrize shares the dict between runs
+    tokens = kwargs.pop("tokens", [1, 2, 3])
+    params = SamplingParams(**{"max_new_tokens": 4, **kwargs})
+    with pytest.raises(ValueError, match=message):
+        asyncio.run(engine.submit(tokens, params))
+
+
+def test_bad_engine_configs_are_refused():
+    with pytest.raises(ValueError, match="leaves fewer than the 20 pages one max_seq_len sequence needs"):
+        EngineConfig(page_size=16, max_seq_len=320, num_pages=10)
+    with pytest.raises(ValueError, match="must be a positive multiple of page_size"):
+        EngineConfig(page_size=16, max_seq_len=100)
+    with pytest.raises(ValueError, match="attn_impl must be one of"):
+        EngineConfig(attn_impl="flash")

@@ -1,0 +1,97 @@
+"""Paged attention (reference) against dense causal attention and JAX's own eager oracle."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rao_jax.models.attention import attention_mask, dot_product_attention
+from rao_jax.sampling.kv_cache import write_kv
+from rao_jax.sampling.paged_attention import reference_paged_attention
+
+HQ, HK, D, S, W = 4, 2, 8, 4, 8  # query heads, kv heads, head dim, page size, pages per row
+
+
+_write = jax.jit(write_kv)
+
+
+def _setup(lengths, new, seed=0):
+    """Rows with `lengths[i]` cached tokens then `new[i]` new tokens, pages scattered over the pool."""
+    rng = np.random.default_rng(seed)
+    rows = len(lengths)
+    num_pages = 1 + rows * W
+    perm = rng.permutation(np.arange(1, num_pages))
+    table = perm.reshape(rows, W).astype(np.int32)
+    total = [a + b for a, b in zip(lengths, new, strict=True)]
+    k = [rng.standard_normal((n, HK, D)).astype(np.float32) for n in total]
+    v = [rng.standard_normal((n, HK, D)).astype(np.float32) for n in total]
+    q = [rng.standard_normal((n, HQ, D)).astype(np.float32) for n in total]
+    pages = jnp.zeros((num_pages, S, 2 * HK, D), jnp.float32)
+    for r in range(rows):  # write everything (the cached prefix and the new tokens)
+        pos = np.arange(total[r], dtype=np.int32)
+        pages = _write(pages, jnp.asarray(k[r]), jnp.asarray(v[r]), jnp.asarray(table),
+                         jnp.full(total[r], r, jnp.int32), jnp.asarray(pos), jnp.ones(total[r], bool))
+    return pages, table, q, k, v, total
+
+
+@pytest.mark.parametrize("lengths, new", [([0, 0, 0], [5, 17, 1]), ([7, 0, 12], [3, 9, 1]), ([20, 31], [1, 1])])
+def test_matches_dense_causal_attention_for_prefill_extend_and_decode(lengths, new):
+    pages, table, q, k, v, total = _setup(lengths, new)
+    flat_q = np.concatenate([q[r][lengths[r]:] for r in range(len(total))])
+    row = np.concatenate([np.full(new[r], r) for r in range(len(total))]).astype(np.int32)
+    pos = np.concatenate([np.arange(lengths[r], total[r]) for r in range(len(total))]).astype(np.int32)
+    got = reference_paged_attention(jnp.asarray(flat_q), pages, jnp.asarray(table), jnp.asarray(row),
+                                    jnp.asarray(pos), sm_scale=D ** -0.5)
+    expected = []
+    for r in range(len(total)):
+        seg = jnp.zeros((1, total[r]), jnp.int32)
+        out = dot_product_attention(jnp.asarray(q[r])[None], jnp.asarray(k[r])[None], jnp.asarray(v[r])[None],
+                                    attention_mask(seg), jnp.float32)[0]
+        expected.append(np.asarray(out)[lengths[r]:])
+    np.testing.assert_allclose(np.asarray(got), np.concatenate(expected), atol=1e-5)
+
+
+def test_chunked_path_equals_unchunked():
+    pages, table, q, k, v, total = _setup([0, 3], [40, 24])
+    flat_q = jnp.asarray(np.concatenate([q[0], q[1][3:]]))
+    row = jnp.asarray(np.repeat([0, 1], [40, 24]).astype(np.int32))
+    pos = jnp.asarray(np.concatenate([np.arange(40), np.arange(3, 27)]).astype(np.int32))
+    whole = reference_paged_attention(flat_q, pages, jnp.asarray(table), row, pos, sm_scale=0.3, chunk=64)
+    chunked = jax.jit(lambda *a: reference_paged_attention(*a, sm_scale=0.3, chunk=16))(
+        flat_q, pages, jnp.asarray(table), row, pos)
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-6)
+
+
+def test_matches_jax_ragged_paged_attention_oracle():
+    from jax.experimental.pallas.ops.tpu.ragged_paged_attention import ref_ragged_paged_attention
+
+    lengths, new = [6, 0, 13], [2, 7, 1]
+    pages, table, q, k, v, total = _setup(lengths, new)
+    flat_q = np.concatenate([q[r][lengths[r]:] for r in range(3)])
+    row = np.repeat(np.arange(3), new).astype(np.int32)
+    pos = np.concatenate([np.arange(lengths[r], total[r]) for r in range(3)]).astype(np.int32)
+    ours = reference_paged_attention(jnp.asarray(flat_q), pages, jnp.asarray(table), jnp.asarray(row),
+                                     jnp.asarray(pos), sm_scale=D ** -0.5)
+    theirs = ref_ragged_paged_attention(
+        jnp.asarray(flat_q), pages, jnp.asarray(total, jnp.int32), jnp.asarray(table),
+        jnp.asarray(np.concatenate([[0], np.cumsum(new)]).astype(np.int32)), jnp.asarray([3], jnp.int32),
+        sm_scale=D ** -0.5)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "tpu", reason="the Pallas kernel runs on TPU only")
+def test_pallas_kernel_matches_reference_on_tpu():
+    from rao_jax.sampling.paged_attention import pallas_paged_attention
+
+    lengths, new = [6, 0, 13], [2, 7, 1]
+    pages, table, q, k, v, total = _setup(lengths, new)
+    flat_q = jnp.asarray(np.concatenate([q[r][lengths[r]:] for r in range(3)]))
+    row = jnp.asarray(np.repeat(np.arange(3), new).astype(np.int32))
+    pos = jnp.asarray(np.concatenate([np.arange(lengths[r], total[r]) for r in range(3)]).astype(np.int32))
+    ref = reference_paged_attention(flat_q, pages, jnp.asarray(table), row, pos, sm_scale=D ** -0.5)
+    got = pallas_paged_attention(flat_q, pages, jnp.asarray(table), jnp.asarray(total, jnp.int32),
+                                 jnp.asarray(np.concatenate([[0], np.cumsum(new)]).astype(np.int32)),
+                                 jnp.asarray([3], jnp.int32), sm_scale=D ** -0.5)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-3)
