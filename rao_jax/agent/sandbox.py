@@ -224,8 +224,10 @@ class _Worker:
 
     def _on_call(self, frame: dict) -> None:
         run = self.cells.get(frame["cell"])
-        if run is None:
-            return   # the cell ended (or its worker generation died) meanwhile
+        if run is None:   # a leftover task of an ended cell: answer, or a blocking call would hang the worker
+            self.write({"op": "reply", "call": frame["call"], "ok": False, "kind": "ToolError",
+                        "error": "this cell has already ended"})
+            return
         name, args, kwargs = frame["name"], list(frame["args"]), dict(frame["kwargs"])
         if name in run.async_tools:
             task = asyncio.create_task(self._async_call(run, frame["call"], name, args, kwargs))

@@ -44,6 +44,7 @@ MAX_FRAME = 16 << 20
 MAX_CALL_CHARS = 1 << 20     # JSON of one tool call's arguments (the host refuses frames over MAX_FRAME)
 TRACEBACK_FRAMES = 6
 WATCH_SECONDS = 0.25
+ABANDON_SECONDS = 2.0        # a cell still alive this long after its timeout is reported and abandoned
 
 
 class CellTimeout(BaseException):
@@ -182,6 +183,8 @@ class Cell:
         self.tasks: set[asyncio.Task] = set()
         self.calls: set[int] = set()
         self.timeout_reason = ""
+        self.timeout_at = 0.0
+        self.abandoned = False
 
 
 class Metered:
@@ -266,6 +269,7 @@ class Worker:
         if cell is None or not self.armed:
             return
         self.armed = False
+        cell.timeout_at = time.monotonic()
         if signum == signal.SIGPROF:
             cell.timeout_reason = f"the cell used more than {self.cfg['cpu_seconds']:g} s of CPU time"
         else:
@@ -405,6 +409,8 @@ class Worker:
         return None if value is None else repr(value)[: self.cfg["output_chars"]]
 
     def end_cell(self, cell: Cell, task: asyncio.Task) -> None:
+        if cell.abandoned:
+            return
         for other in cell.tasks:
             other.cancel()   # tasks the cell created and did not await die with it
         for call_id in cell.calls:
@@ -429,14 +435,29 @@ class Worker:
         an event nobody sets): time spent awaiting tools or subagents is free, anything else counts."""
         now = time.monotonic()
         for cell in list(self.cells.values()):
-            if cell.timeout_reason or any(c in self.futures for c in cell.calls):
+            if cell.timeout_reason:
+                if now - cell.timeout_at > ABANDON_SECONDS:
+                    self.abandon(cell)
+                continue
+            if any(c in self.futures for c in cell.calls):
                 continue
             cell.wall_left -= now - last
             if cell.wall_left <= 0:
                 cell.timeout_reason = f"the cell ran for more than {self.cfg['wall_seconds']:g} s"
+                cell.timeout_at = now
                 for task in cell.tasks:
                     task.cancel()   # Metered turns the cancellation into CellTimeout inside the cell
         self.loop.call_later(WATCH_SECONDS, self.watch_waiting_cells, now)
+
+    def abandon(self, cell: Cell) -> None:
+        """Report a cell that swallowed its CellTimeout as timed out; its tasks stay cancelled."""
+        for task in cell.tasks:
+            task.cancel()
+        self.cells.pop(cell.cell_id, None)
+        cell.abandoned = True
+        self.channel.send({"op": "done", "cell": cell.cell_id, "output": cell.output.text(), "value": None,
+                           "error": f"TimeoutError: {cell.timeout_reason}; the cell ignored the stop and was "
+                                    "abandoned", "finished": False})
 
     def task_factory(self, loop, coro, **kwargs):
         cell = self.running

@@ -162,6 +162,8 @@ HOSTILE = {
     "wait_forever": ("import asyncio\nawait asyncio.Event().wait()", ("TimeoutError",), 7),
     "forever_task": ("import asyncio\nasync def spin():\n    await asyncio.Event().wait()\n"
                      "await asyncio.gather(spin(), spin())", ("TimeoutError",), 7),
+    "swallow_timeout": ("while True:\n    try:\n        await asyncio.sleep(100)\n    except BaseException:\n"
+                        "        echo('still here')", ("TimeoutError", "abandoned"), 9),
     "event_loop": ("import asyncio\nasyncio.gather().get_loop().stop()", ("SandboxViolation",), 5),
     "loop_policy": ("import asyncio\nasyncio.get_event_loop_policy()", ("AttributeError",), 5),
     "system_exit": ("raise SystemExit(3)", ("CellExit", "SystemExit(3)"), 5),
