@@ -1,17 +1,18 @@
-"""Traces of finished trees: one JSONL file per tree, and a readable console rendering.
+"""Traces of finished trees: one JSONL file per tree, a console rendering and a static HTML page.
 
 File layout: the first line is the tree (``"kind": "tree"``: ids, budget, timings, summary figures),
 then one line per node in node-id order (``"kind": "node"``: its record, steps with their timings;
 token lists only with ``include_tokens``). ``render_trace`` draws the tree from those dicts, so a
 saved file renders the same as a live result::
 
-    python -m rao_jax.agent.trace runs/traces/tree_000012.jsonl [--steps]
+    python -m rao_jax.agent.trace runs/traces/tree_000012.jsonl [--steps] [--html tree.html]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,51 @@ def render_trace(lines: list[dict[str, Any]], steps: bool = False, width: int = 
     return "\n".join(out)
 
 
+_CSS = ("body{font-family:sans-serif;margin:1.5em} details{margin-left:1.2em;border-left:2px solid #ccc;"
+        "padding-left:.6em} summary{cursor:pointer;margin:.3em 0} .ok{color:#070} .bad{color:#b00} "
+        "pre{background:#f6f6f6;padding:.4em;white-space:pre-wrap;margin:.2em 0} .step{margin:.5em 0 .5em 1em}")
+
+
+def render_html(lines: list[dict[str, Any]]) -> str:
+    """A static HTML page of a tree: nested collapsible nodes, each with its steps (no scripts)."""
+    header, nodes = lines[0], {d["node_id"]: d for d in lines[1:]}
+    title = (f"tree {header['tree_id']} ({header['task_id']}): {header['nodes']} nodes, "
+             f"{header['model_calls']}/{header['root_budget']} steps, root success {header['root_success']:g}")
+
+    def node_html(node_id: int) -> str:
+        n = nodes[node_id]
+        cls = "ok" if n["success"] >= 1.0 else "bad"
+        fork = "" if n["fork_step"] is None else f" fork@{n['fork_step']}"
+        summary = (f"<span class='{cls}'>[{node_id}] s={n['success']:g}</span>{fork} steps {n['own_steps']} "
+                   f"(total {n['total_steps']}/{n['budget']}) {n['end_reason']} | {html.escape(_short(n['goal'], 80))}")
+        parts = [f"<details open><summary>{summary}</summary>", f"<pre>{html.escape(n['goal'])}</pre>"]
+        if n["goal_context"]:
+            parts.append(f"<pre>context: {html.escape(n['goal_context'])}</pre>")
+        for st in n["steps"]:
+            kids = f" launched {st['children']}" if st["children"] else ""
+            parts.append(f"<div class='step'>step {st['index']} (policy {st['policy_seconds']:.2f}s, cell "
+                         f"{st['cell_seconds']:.2f}s){kids}<pre>{html.escape(st['action'])}</pre>"
+                         f"<pre>{html.escape(st['observation'])}</pre></div>")
+        if n["finish_message"] is not None:
+            parts.append(f"<pre>finish: {html.escape(json.dumps(n['finish_message'], default=repr))}</pre>")
+        parts += [node_html(c) for c in n["children"]]
+        parts.append("</details>")
+        return "\n".join(parts)
+
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h3>{html.escape(title)}</h3>\n{node_html(0)}\n</body></html>\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Render a delegation-tree trace (JSONL) as a console tree.")
     parser.add_argument("trace", help="a tree_<id>.jsonl file")
     parser.add_argument("--steps", action="store_true", help="show every step's action and observation")
+    parser.add_argument("--html", metavar="OUT", help="also write a static HTML page of the tree to OUT")
     args = parser.parse_args(argv)
-    print(render_trace(read_trace(args.trace), steps=args.steps))
+    lines = read_trace(args.trace)
+    print(render_trace(lines, steps=args.steps))
+    if args.html:
+        Path(args.html).write_text(render_html(lines))
 
 
 if __name__ == "__main__":

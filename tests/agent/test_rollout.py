@@ -12,7 +12,8 @@ from rao_jax.agent.policy import ActionTokens, NodeView, PolicyAction
 from rao_jax.agent.protocol import NodeTranscript, qwen3_template, system_prompt, user_prompt
 from rao_jax.agent.rollout import RolloutConfig, RolloutRunner
 from rao_jax.agent.sandbox import SandboxLimits, SandboxPool
-from rao_jax.agent.trace import read_trace, render_trace
+from rao_jax.agent.trace import main as trace_main
+from rao_jax.agent.trace import read_trace, render_html, render_trace
 from rao_jax.agent.tree import TreeResult
 from rao_jax.envs.base import Task
 from tests.agent.local_tokenizer import LocalTokenizer
@@ -258,6 +259,12 @@ def test_trace_roundtrip_and_rendering(tmp_path):
     for n in tree.nodes:
         assert f"[{n.node_id}]" in text
     assert "step 0" in text and "=> " in text
+    page = render_html(lines)
+    assert page.startswith("<!doctype html>") and page.count("<details") == len(tree.nodes)
+    assert "<script" not in page and "finish: {&quot;parts&quot;" in page
+    out = tmp_path / "tree.html"
+    trace_main([str(path), "--html", str(out)])
+    assert out.read_text() == page
     with pytest.raises(ValueError, match="not a tree trace"):
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"kind": "node"}\n')
