@@ -1,19 +1,22 @@
 """Host side of the sandboxed REPL: a pool of worker processes that run model-written cells.
 
 Model-written code never runs in the trainer process. ``SandboxPool`` starts ``size`` processes of
-``sandbox_worker.py`` (standard library only; isolation and limits are set up there, before any cell
-runs: see that module). A ``SandboxSession`` is pinned to one worker and holds one delegation tree's
-node namespaces there; trees are spread over the workers, so a worker that dies (a cell's C code
-ignored its CPU limit, a crash) costs only the trees on that worker their variables, never the
-trainer or the other workers' trees.
+``sandbox_worker.py`` (standard library only; confinement is set up there before any cell runs, see
+``sandbox_confine``: empty network namespace, private size-capped tmpfs scratch, chroot, unprivileged
+user or capability-less user namespace, rlimits). A ``SandboxSession`` is pinned to one worker and
+holds one delegation tree's node namespaces there; trees are spread over the workers, so a worker
+that dies (a cell's C code ignored its CPU limit, a crash) costs only the trees on that worker their
+variables, never the trainer or the other workers' trees.
 
 A cell talks back only through tool proxies. Sync tools (environment actions, ``finish``) run in the
 host's event loop while the cell blocks; async tools (``launch_subagent``) are awaited in the cell, so
 ``await asyncio.gather(launch_subagent(...), ...)`` issues several host calls that run concurrently
 here. Arguments and results cross as JSON: the host never unpickles anything a cell produced.
 
-Every failure of a cell (exception, syntax error, violation, limit, worker death) comes back as
-``CellResult.error`` text, never as an exception in the host.
+Limits per cell: CPU time and running wall time (time suspended on a tool or subagent is free),
+printed output, the size of tool-call arguments; per worker: address space, file sizes, no new
+processes or threads. Every failure of a cell (exception, syntax error, violation, limit, worker
+death) comes back as ``CellResult.error`` text, never as an exception in the host.
 """
 
 from __future__ import annotations
