@@ -12,6 +12,10 @@ and applies the budget rule of RAO_SPEC section 1:
 - a node whose rendered context (goal, tool docs, actions, observations; ~4 characters a token) would
   exceed ``context_tokens`` before a step stops there without finishing (a context-window overflow).
 
+Every node yields to the event loop before each step (a seeded random 1-3 times), so children launched
+together really interleave step by step and share the episode in varied orders, as in the runtime.
+A launch counts as parallel when another launch of the same parent is in flight at the same time.
+
 Only trusted, scripted text should run here: nothing is sandboxed.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import dataclasses
+import random
 import re
 from typing import Any
 
@@ -38,7 +43,7 @@ class NodeOutcome:
     steps: int                  # the node's own model calls
     finish_message: Any
     overflow: bool              # stopped by the context window
-    parallel_launches: int      # launches issued together with a sibling (same step)
+    parallel_launches: int      # launches that ran while a sibling launch was in flight
     launches: int
 
 
@@ -52,8 +57,8 @@ class _Node:
     steps: list[StepRecord] = dataclasses.field(default_factory=list)
     finished: bool = False
     message: Any = None
-    launches_this_step: int = 0
     launches: int = 0
+    in_flight: list[list[bool]] = dataclasses.field(default_factory=list)   # [parallel?] per running child
     parallel: int = 0
 
 
@@ -65,9 +70,10 @@ class ScriptedRollout:
     """Runs one delegation tree of ``policy`` on ``episode``."""
 
     def __init__(self, episode: Episode, policy: Policy, recursive: bool, context_tokens: int | None = None,
-                 tree_id: int = 0):
+                 tree_id: int = 0, interleave_seed: int = 0):
         self.episode, self.policy, self.recursive = episode, policy, recursive
         self.context_tokens, self.tree_id = context_tokens, tree_id
+        self._rng = random.Random(interleave_seed)
         self.outcomes: list[NodeOutcome] = []
         self._next_id = 0
 
@@ -87,14 +93,13 @@ class ScriptedRollout:
             if self.context_tokens is not None and used > self.context_tokens:
                 overflow = True
                 break
+            for _ in range(self._rng.randint(1, 3)):
+                await asyncio.sleep(0)
             node.remaining -= 1
             view = NodeView(self.tree_id, node.node_id, parent_id, depth, goal, node.remaining + 1,
                             self.recursive, tuple(node.steps))
             text = await self.policy.act(view)
-            node.launches_this_step = 0
             observation = await self._execute(text, namespace)
-            if node.launches_this_step > 1:
-                node.parallel += node.launches_this_step
             node.steps.append(StepRecord(text, observation))
         message = node.message if node.finished else None
         success = self.episode.node_success(node.node_id, message)
@@ -126,8 +131,15 @@ class ScriptedRollout:
                     return f"launch refused: {err}"
                 node.remaining -= budget + 1
                 node.launches += 1
-                node.launches_this_step += 1
-                child = await self._run_node(child_goal, node.node_id, node.depth + 1, budget)
+                mark = [bool(node.in_flight)]
+                for other in node.in_flight:
+                    other[0] = True
+                node.in_flight.append(mark)
+                try:
+                    child = await self._run_node(child_goal, node.node_id, node.depth + 1, budget)
+                finally:
+                    node.in_flight.remove(mark)
+                    node.parallel += mark[0]
                 node.remaining += child.remaining + 1
                 return child.message if child.finished else "the subagent ended without calling finish"
             namespace["launch_subagent"] = launch_subagent
@@ -152,6 +164,7 @@ class ScriptedRollout:
 
 
 def run_tree(episode: Episode, policy: Policy, budget: int, recursive: bool,
-             context_tokens: int | None = None) -> list[NodeOutcome]:
+             context_tokens: int | None = None, interleave_seed: int = 0) -> list[NodeOutcome]:
     """Synchronous wrapper: the outcomes of every node, root first."""
-    return asyncio.run(ScriptedRollout(episode, policy, recursive, context_tokens).run(budget))
+    rollout = ScriptedRollout(episode, policy, recursive, context_tokens, interleave_seed=interleave_seed)
+    return asyncio.run(rollout.run(budget))

@@ -34,6 +34,28 @@ def test_textcraft_tiny_oracles_solve_every_task(seed, recursive):
         assert episode.view_inventory() == flat_episode.view_inventory()
 
 
+@pytest.mark.parametrize("interleave_seed", range(6))
+def test_parallel_children_survive_any_interleaving(interleave_seed):
+    """Siblings share the inventory; varied step orders must not make any of them fail."""
+    paper = [t for t in ts.generate_tasks(ts.SynthConfig.paper(seed=9), "train", 1) if t.difficulty == "hard"]
+    parallel = 0
+    for task in list(ts.generate_tasks(ts.SynthConfig.tiny(seed=4), "train", 4)) + paper:
+        knobs = {"leaf_crafts": 8, "crafts_per_step": 2} if task in paper else SMALL
+        nodes = run_tree(open_episode(task), make_oracle(task, True, **knobs), task.max_steps, True,
+                         interleave_seed=interleave_seed)
+        assert all(n.success == 1.0 for n in nodes), (task.task_id, interleave_seed)
+        parallel += sum(n.parallel_launches for n in nodes)
+    assert parallel >= 10
+
+
+def test_parallel_launches_counted_only_when_overlapping():
+    chain = chain_hop.generate_task(chain_hop.HopConfig(), "val", 7, hops=3, branches=1)
+    fork = chain_hop.generate_task(chain_hop.HopConfig(), "val", 8, hops=3, branches=2)
+    assert _run(chain, True)[0].parallel_launches == 0          # hops depend on each other: serial
+    root = _run(fork, True)[0]
+    assert root.launches == 6 and root.parallel_launches == 6   # the two chains run side by side
+
+
 def test_textcraft_flat_oracle_runs_out_of_steps_where_recursion_fits():
     task = max(ts.generate_tasks(ts.SynthConfig.tiny(seed=1), "train", 6), key=lambda t: t.spec["num_craft_steps"])
     crafts = task.spec["num_craft_steps"]
