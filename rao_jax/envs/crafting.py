@@ -14,7 +14,6 @@ from several threads.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -324,21 +323,25 @@ def book_from_json(data: Any, extra_items: frozenset[str] = frozenset()) -> Reci
         raise ValueError("recipe book must be a dict with a 'recipes' dict")
     recipes = {}
     for item, entries in data["recipes"].items():
-        if not isinstance(entries, list) or not entries:
+        if not isinstance(item, str) or not isinstance(entries, list) or not entries:
             raise ValueError(f"recipes of {item!r} must be a non-empty list")
         parsed = []
         for entry in entries:
-            try:
-                pairs = tuple((str(name), int(n)) for name, n in entry["ingredients"])
-                yield_count = entry["result_count"]
-            except (KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"malformed recipe for {item!r}: {entry!r} ({err})") from None
-            if not pairs or not _is_count(yield_count) or any(n <= 0 for _, n in pairs):
-                raise ValueError(f"malformed recipe for {item!r}: {entry!r}")
-            parsed.append(Recipe(item, yield_count, pairs))
+            pairs = entry.get("ingredients") if isinstance(entry, Mapping) else None
+            yield_count = entry.get("result_count") if isinstance(entry, Mapping) else None
+            if (not isinstance(pairs, list) or not pairs or not _is_count(yield_count)
+                    or not all(isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[0], str)
+                               and _is_count(p[1]) for p in pairs)):
+                raise ValueError(f"malformed recipe for {item!r}: {entry!r} (need ingredients [[name, count], ...] "
+                                 "and a positive result_count)")
+            parsed.append(Recipe(item, yield_count, tuple((name, n) for name, n in pairs)))
         recipes[item] = tuple(parsed)
-    tags = {str(tag): tuple(items) for tag, items in dict(data.get("tags") or {}).items()}
-    return RecipeBook(recipes, tags, extra_items)
+    tags = data.get("tags") or {}
+    if not isinstance(tags, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, list | tuple) and all(isinstance(i, str) for i in v)
+            for k, v in tags.items()):
+        raise ValueError("recipe book 'tags' must map tag names to lists of item names")
+    return RecipeBook(recipes, {tag: tuple(items) for tag, items in tags.items()}, extra_items)
 
 
 def closure(book: RecipeBook, items: list[str]) -> list[str]:
@@ -382,11 +385,6 @@ def episode_from_task(task: Task) -> CraftingEpisode:
         return CraftingEpisode(book, targets, inventory, goal_text=task.goal)
     except ActionError as err:
         raise ValueError(f"task {task.task_id}: {err}") from None
-
-
-def dumps(value: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces) so that generated files are byte-identical."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def replay_gold_plan(task: Task) -> tuple[bool, str]:

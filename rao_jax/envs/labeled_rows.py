@@ -204,7 +204,7 @@ class RowsEpisode(Episode):
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in span)
                 or not 0 <= span[0] < span[1] <= len(self.rows)):
             raise ActionError(f"goal rows must be [start, stop] with 0 <= start < stop <= {len(self.rows)}")
-        if tuple(count_by) not in GROUPINGS if isinstance(count_by, list | tuple) else True:
+        if not isinstance(count_by, list | tuple) or tuple(count_by) not in GROUPINGS:
             raise ActionError(f"goal count_by must be one of {[list(g) for g in GROUPINGS]}, got {count_by!r}")
         text = (f"Count rows {span[0]}..{span[1] - 1} grouped by {' and '.join(count_by)}; finish with a dict "
                 f"{{'{'|'.join(count_by)}': count}} (only non-zero groups). Labels: {', '.join(LABELS)}.")

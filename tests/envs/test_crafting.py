@@ -237,3 +237,18 @@ def test_official_minecraft_tasks_replay_except_literal_tag_steps():
             ok, why = replay_gold_plan(task)
             # A few gold plans name "tag:planks" itself as an ingredient; the authors' env rejects those too.
             assert ok or "unknown ingredient 'tag:" in why, (task.task_id, why)
+
+
+@pytest.mark.parametrize("book, message", [
+    ({"recipes": {"a": [{"ingredients": [["b", "2"]], "result_count": 1}]}}, "malformed recipe for 'a'"),
+    ({"recipes": {"a": [{"ingredients": [], "result_count": 1}]}}, "malformed recipe"),
+    ({"recipes": {"a": [{"ingredients": [["b", 1]], "result_count": 0}]}}, "malformed recipe"),
+    ({"recipes": {"a": []}}, "non-empty list"),
+    ({"recipes": {"a": [{"ingredients": [["b", 1]], "result_count": 1}]}, "tags": {"t": "b"}}, "'tags' must map"),
+    ([], "must be a dict"),
+])
+def test_malformed_books_in_task_specs(book, message):
+    task = next(ts.generate_tasks(ts.SynthConfig.tiny(), "val", 1))
+    spec = dict(task.spec, book=book)
+    with pytest.raises(ValueError, match=message):
+        open_episode(type(task)(task.task_id, task.family, task.goal, 5, "easy", spec))
