@@ -47,8 +47,8 @@ def task_table(name: str, tasks: list[Task]) -> list[str]:
 
 def oracle_rows(name: str, tasks: Iterable[Task], settings: list[tuple[str, bool, int | None, dict]],
                 context: int | None) -> list[str]:
-    """One row per (difficulty, setting): success, all-nodes success, calls, depth, overflows."""
-    stats: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0, 0, 0, 0, 0, 0])
+    """One row per (difficulty, setting): success, all-nodes success, calls, depth, parallel share, overflows."""
+    stats: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0])
     tasks = list(tasks)
     for task in tqdm(tasks, desc=name, file=sys.stderr):
         for label, recursive, budget, knobs in settings:
@@ -61,12 +61,15 @@ def oracle_rows(name: str, tasks: Iterable[Task], settings: list[tuple[str, bool
             row[3] += sum(n.steps for n in nodes)
             row[4] += max(n.depth for n in nodes)
             row[5] += any(n.overflow for n in nodes)
+            row[6] += sum(n.launches for n in nodes)
+            row[7] += sum(n.parallel_launches for n in nodes)
     lines = []
     order = {d: k for k, d in enumerate(dict.fromkeys(t.difficulty for t in tasks))}
     for (difficulty, label), r in sorted(stats.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
         n = r[0]
+        parallel = f"{r[7] / r[6]:.2f}" if r[6] else "-"
         lines.append(f"| {name} | {difficulty} | {label} | {int(n)} | {r[1] / n:.3f} | {r[2] / n:.3f} | "
-                     f"{r[3] / n:.1f} | {r[4] / n:.1f} | {int(r[5])} |")
+                     f"{r[3] / n:.1f} | {r[4] / n:.1f} | {parallel} | {int(r[5])} |")
     return lines
 
 
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                       ("flat, 4 crafts/step, 75 steps", False, 75, {}),
                       ("recursive, 4 crafts/step, 200 steps", True, 200, {})]
     head = ["| family | bucket | oracle | tasks | root success | all nodes succeed | model calls / tree | "
-            "max depth | overflows |", "|---|---|---|---|---|---|---|---|---|"]
+            "max depth | parallel launches | overflows |", "|---|---|---|---|---|---|---|---|---|---|"]
     out += ["## Oracles", ""] + head
     if files:
         out += oracle_rows("official synth val", textcraft_official.load_synth_tasks(files, "val"), craft_settings,
