@@ -68,15 +68,20 @@ def test_other_families_build(tmp_path, family, knobs):
 
 
 def test_same_seed_same_bytes_across_hash_seeds(tmp_path):
+    """Every generated family, built in two processes with different PYTHONHASHSEED: identical files."""
+    script = ("import sys;from rao_jax.data.datasets import build;out=sys.argv[1];"
+              "build('textcraft_synth', out, {'preset': 'tiny', 'per_difficulty': 2});"
+              "build('labeled_rows', out, {'num_tasks': 2, 'context_multiples': [0.5]});"
+              "build('chain_hop', out, {'num_tasks': 1, 'hops': [2], 'entities_per_type': 8})")
     digests = set()
     for seed in ("0", "123"):
         out = tmp_path / seed
-        subprocess.run([sys.executable, "-m", "rao_jax.data.build", "--family", "textcraft_synth", "--out",
-                        str(out), "--set", "preset=tiny", "--set", "per_difficulty=2"],
-                       env=dict(os.environ, PYTHONHASHSEED=seed), check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", script, str(out)], env=dict(os.environ, PYTHONHASHSEED=seed),
+                       check=True, capture_output=True)
         files = sorted(out.rglob("*.array_record*"))
-        assert files
-        digests.add(tuple(hashlib.sha256(f.read_bytes()).hexdigest() for f in files))
+        assert len(files) == 6                                          # 3 families x (train, val)
+        digests.add(tuple((f.relative_to(out).as_posix(), hashlib.sha256(f.read_bytes()).hexdigest())
+                          for f in files))
     assert len(digests) == 1
 
 
