@@ -1,14 +1,15 @@
 """Oracle policies: scripted experts for every family, flat and recursive, behind the ``Policy`` interface.
 
 An oracle knows its task's world (recipe book, rows, knowledge base) and writes one CodeAct action per
-step, ``<thought>...</thought>\\n<python>...</python>``, that calls the env tools, ``finish(...)``,
+step, ``<thought>...</thought>\n<python>...</python>``, that calls the env tools, ``finish(...)``,
 ``await launch_subagent(...)`` and ``await asyncio.gather(...)`` exactly as a model would. It paces itself
-like the paper's agents (one env action per step; ``crafts_per_step`` relaxes this for TextCraft), so the
-flat oracle runs out of steps or context where a flat model must, and the recursive oracle is the upper
-bound of the evaluation tables and a source of warm-start demonstrations.
+(one read / search / view per step; ``crafts_per_step`` crafts per TextCraft cell), so the flat oracle
+runs out of steps or context where its pace makes it, and the recursive oracle is the upper bound of the
+evaluation tables and a source of warm-start demonstrations.
 
-An oracle decides each action from the node's goal and how many steps it has taken, so the same oracle
-object serves every node of a tree (children are told apart by ``view.goal``).
+An oracle decides each action from the node's goal (``view.goal.spec``) and how many steps the node has
+taken. ONE oracle object must serve every node of the trees of its task: the TextCraft oracle hands
+each child its share of the gold plan through that object, keyed by (tree, parent, goal).
 """
 
 from __future__ import annotations
