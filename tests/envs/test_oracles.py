@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from rao_jax.envs import chain_hop, labeled_rows
+from rao_jax.envs import chain_hop, labeled_rows, textcraft_official
 from rao_jax.envs import textcraft_synth as ts
 from rao_jax.envs.base import ActionError
 from rao_jax.envs.families import open_episode
@@ -119,3 +121,17 @@ def test_driver_refuses_launches_that_do_not_fit_and_reports_bad_goals():
 
     nodes = run_tree(open_episode(task), Greedy(), 10, recursive=True)
     assert len(nodes) == 1 and nodes[0].finish_message == "x"
+
+
+WHEEL = os.environ.get("RAO_PLATOON_WHEEL")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not WHEEL, reason="set RAO_PLATOON_WHEEL to the platoon-textcraft wheel (see docs)")
+def test_recursive_oracle_solves_every_official_val_task():
+    files = textcraft_official.TaskFiles(WHEEL)
+    for task in textcraft_official.load_synth_tasks(files, "val", max_steps=200):
+        nodes = _run(task, True, context=8192)
+        assert all(n.success == 1.0 for n in nodes), task.task_id
+    for task in textcraft_official.load_minecraft_tasks(files, "val"):
+        assert _run(task, True, context=8192)[0].success == 1.0, task.task_id
