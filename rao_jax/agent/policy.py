@@ -1,7 +1,9 @@
 """The Policy interface: whatever chooses a node's next action (a language model or a script).
 
 The runtime calls ``await policy.act(view)`` once per node step and executes the returned text as
-one CodeAct action (``<thought>...</thought>\\n<python>...</python>``). A model-backed policy renders
+one CodeAct action (``<thought>...</thought>\\n<python>...</python>``). A policy that cannot act
+for the node any more (a model whose context window is full) returns ``EndNode`` instead: the node
+ends there without taking a step, and its parent is told why. A model-backed policy renders
 the view as tokens and samples; a scripted policy (the task families' oracles, test scripts) writes
 the action text directly. Both go through the same parser, sandbox, budget rules and records, so a
 scripted policy exercises exactly the path a trained model takes.
@@ -45,6 +47,26 @@ class PolicyAction:
 
 
 @dataclasses.dataclass(frozen=True)
+class EndNode:
+    """Ends the node now, without a step: returned by ``Policy.act`` when no action can be produced.
+
+    No model call is made and no step is charged. The node's record gets ``end_reason = reason``
+    (instead of "finished" / "budget") and, if the node is a child, its parent's ``launch_subagent``
+    returns ``message``. The node did not call ``finish``, so its success is judged as for any node
+    that never did (``Episode.node_success(node_id, None)``).
+    """
+
+    reason: str     # short tag recorded as NodeRecord.end_reason, e.g. "context"
+    message: str    # what happened, in words (returned to the parent)
+
+    def __post_init__(self):
+        if not self.reason or self.reason in ("finished", "budget", "error") or not self.reason.isidentifier():
+            raise ValueError(f"EndNode.reason must be a new identifier-like tag, got {self.reason!r}")
+        if not self.message.strip():
+            raise ValueError("EndNode.message must say why the node ended")
+
+
+@dataclasses.dataclass(frozen=True)
 class StepRecord:
     action: str        # the text the policy returned
     observation: str   # what the node saw after running it
@@ -65,6 +87,7 @@ class NodeView:
 
 
 class Policy(Protocol):
-    async def act(self, view: NodeView) -> str | PolicyAction:
-        """The next action text for the node (a ``PolicyAction`` when the policy has its tokens)."""
+    async def act(self, view: NodeView) -> str | PolicyAction | EndNode:
+        """The next action text for the node (a ``PolicyAction`` when the policy has its tokens), or
+        ``EndNode`` when the policy cannot act for this node any more."""
         ...

@@ -14,6 +14,10 @@ Budgets follow ``budget.BudgetTracker``; caps and flat mode come from ``RolloutC
 
 Each child is its own node with its own record, so its success is credited to it and only to it,
 however many children one ``asyncio.gather`` launched.
+
+A policy may end a node early by returning ``EndNode`` (a model-backed policy does when the node's
+context window is full): no step is taken or charged, the record's ``end_reason`` is the given tag
+and the parent's ``launch_subagent`` returns the given explanation.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from rao_jax.agent.budget import BudgetCaps, BudgetTracker
-from rao_jax.agent.policy import NodeView, Policy, PolicyAction, StepRecord
+from rao_jax.agent.policy import EndNode, NodeView, Policy, PolicyAction, StepRecord
 from rao_jax.agent.protocol import format_observation, parse_action
 from rao_jax.agent.sandbox import SandboxPool, SandboxSession
 from rao_jax.agent.trace import write_trace
@@ -60,6 +64,7 @@ class _Node:
     end_reason: str = ""
     finished: bool = False
     finish_message: Any = None
+    ended_by_policy: EndNode | None = None
     success: float = 0.0
     current_step: int = 0
     children: list[int] = dataclasses.field(default_factory=list)
@@ -190,10 +195,17 @@ class RolloutRunner:
         # shield: if the parent's cell dies (its worker was killed), the child still runs to its end.
         child = await asyncio.shield(task)
         used = tree.budget.total_used(child_id)
-        how = "finished" if child.finished else "ran out of budget without calling finish"
+        if child.finished:
+            how = "finished"
+        elif child.ended_by_policy is not None:
+            how = f"ended early ({child.ended_by_policy.reason}) without calling finish"
+        else:
+            how = "ran out of budget without calling finish"
         parent.notes.append(f"[subagent {child_id} {how}; it used {used} of its {budget} steps]")
         if child.finished:
             return child.finish_message
+        if child.ended_by_policy is not None:
+            return f"Subagent {child_id} did not finish: {child.ended_by_policy.message}"
         return f"Subagent {child_id} did not finish: it used all {budget} of its steps without calling finish."
 
     async def _run_node(self, tree: _Tree, node_id: int, parent_id: int | None, goal: Goal, budget: int,
@@ -202,11 +214,14 @@ class RolloutRunner:
         tree.nodes[node_id] = node
         sync_tools, async_tools = self._tools(tree, node)
         try:
-            while not node.finished and tree.budget.left(node_id) > 0:
+            while not node.finished and node.ended_by_policy is None and tree.budget.left(node_id) > 0:
                 await self._step(tree, node, sync_tools, async_tools)
         finally:
             node.end_time = time.time()
-            node.end_reason = "finished" if node.finished else "budget"
+            if node.finished:
+                node.end_reason = "finished"
+            else:
+                node.end_reason = "budget" if node.ended_by_policy is None else node.ended_by_policy.reason
             tree.budget.end(node_id)
             await tree.session.drop(node_id)
             if self.on_node_end is not None:
@@ -220,10 +235,13 @@ class RolloutRunner:
         started = time.time()
         action = await self.policy.act(view)
         policy_seconds = time.time() - started
+        if isinstance(action, EndNode):   # no action: the node ends here, no step is charged
+            node.ended_by_policy = action
+            return
         tree.budget.take_step(node.node_id)
         text, tokens = (action.text, action.tokens) if isinstance(action, PolicyAction) else (action, None)
         if not isinstance(text, str):
-            raise TypeError(f"policy returned {type(text).__name__}, expected str or PolicyAction")
+            raise TypeError(f"policy returned {type(text).__name__}, expected str, PolicyAction or EndNode")
         self._add_tokens(node, tokens)
         node.current_step = len(node.steps)
         node.step_children, node.notes = [], []
