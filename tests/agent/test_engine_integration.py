@@ -1,64 +1,25 @@
-"""The runtime driven by the real sampling engine and a tiny random Qwen3 (CPU).
+"""The runtime driven by ``ModelPolicy`` over the real sampling engine and a tiny random Qwen3 (CPU).
 
-``EnginePolicy`` follows the integration recipe in ``rao_jax.agent.protocol``'s docstring: one
-``NodeTranscript`` per node, ``SamplingEngine.submit`` with the node as ``seq_id`` so each step only
-prefills its extension, ``PolicyAction`` carrying the exact tokens and log-probs. A random model
-writes no valid actions, so the inner nodes of the tree are scripted (``SplitPolicy``) and the leaves
-(depth 3, eight of them, launched by parallel gathers) are the model: this checks that model-driven
-nodes run concurrently inside a deep tree and that their records hold exactly what the engine
-sampled, not that the model solves anything.
+A random model writes no valid actions, so the inner nodes of the tree are scripted (``SplitPolicy``)
+and the leaves (depth 3, eight of them, launched by parallel gathers) are the model: this checks that
+model-driven nodes run concurrently inside a deep tree, that their records hold exactly what the
+model sampled (tokens, and log-probs recomputed here with the full no-cache forward), that each
+step's prompt extends the previous one and the engine prefills only the extension, and that every
+node's KV pages are freed when it ends, not before.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
-from rao_jax.agent.policy import ActionTokens, PolicyAction
-from rao_jax.agent.protocol import (
-    NodeTranscript,
-    action_stop_sequences,
-    qwen3_template,
-    system_prompt,
-    user_prompt,
-)
 from rao_jax.agent.rollout import RolloutRunner
 from rao_jax.agent.sandbox import SandboxLimits, SandboxPool
-from tests.agent.local_tokenizer import LocalTokenizer
 from tests.agent.toy import BagWorld, SplitPolicy, budget_for
 
 jax = pytest.importorskip("jax")
-nnx = pytest.importorskip("flax.nnx")
-
-
-class EnginePolicy:
-    """A model-backed policy over ``SamplingEngine`` (test copy of the documented recipe)."""
-
-    def __init__(self, engine, tok, template, tool_docs: str, max_new_tokens: int):
-        from rao_jax.sampling import SamplingParams
-
-        self.engine, self.tok, self.template, self.tool_docs = engine, tok, template, tool_docs
-        self.params = SamplingParams(max_new_tokens, 1.0, stop=action_stop_sequences(tok, template))
-        self.transcripts: dict[tuple[int, int], NodeTranscript] = {}
-        self.completions: dict[tuple[int, int], list] = {}
-        self.lengths_before: dict[tuple[int, int], list[int]] = {}
-
-    async def act(self, view):
-        key = (view.tree_id, view.node_id)
-        if key not in self.transcripts:
-            tr = self.transcripts[key] = NodeTranscript(self.template, self.tok)
-            prompt = tr.start(system_prompt(self.tool_docs, view.recursive), user_prompt(view))
-            self.completions[key], self.lengths_before[key] = [], []
-        else:
-            tr = self.transcripts[key]
-            prompt = tr.observe(view.steps[-1].observation)
-        self.lengths_before[key].append(len(tr.tokens) - len(prompt))
-        c = await self.engine.submit(tr.tokens, self.params, seq_id=key)
-        self.completions[key].append(c)
-        tr.add_response(c.tokens, c.logprobs)
-        return PolicyAction(self.tok.decode(c.tokens),
-                            ActionTokens(tuple(prompt), tuple(c.tokens), tuple(c.logprobs)))
 
 
 class ByDepth:
@@ -71,31 +32,36 @@ class ByDepth:
         return await (self.model if view.depth >= self.model_depth else self.script).act(view)
 
 
-def test_model_leaves_in_a_depth_three_tree_record_exactly_what_the_engine_sampled():
-    from rao_jax.models.config import tiny_config
-    from rao_jax.models.qwen3 import Qwen3
-    from rao_jax.sampling import EngineConfig, SamplingEngine
+def full_forward_logprobs(model, sequences: list[list[int]]) -> list[np.ndarray]:
+    """log pi(token_i | tokens_<i) for i >= 1 of each sequence, from the training forward (no cache)."""
+    width = 1 << (max(map(len, sequences)) - 1).bit_length()
+    batch = np.zeros((len(sequences), width), np.int32)
+    for i, s in enumerate(sequences):
+        batch[i, : len(s)] = s
+    logp = np.asarray(jax.nn.log_softmax(model(jax.numpy.asarray(batch)), axis=-1))
+    return [logp[i, np.arange(len(s) - 1), s[1:]] for i, s in enumerate(sequences)]
 
-    docs = BagWorld({}).tool_docs(True)
-    tok = LocalTokenizer(1000, [system_prompt(docs, True)] * 20)
-    model = Qwen3(tiny_config(vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
-    engine = SamplingEngine(model, EngineConfig(max_rows=8, page_size=16, num_pages=1024, max_seq_len=1024,
-                                                decode_steps=8, max_prefill_tokens=1024, min_prefill_bucket=64,
-                                                max_top_k=8))
-    template = qwen3_template()
-    model_policy = EnginePolicy(engine, tok, template, docs, max_new_tokens=24)
+
+def test_model_leaves_in_a_depth_three_tree_record_exactly_what_the_engine_sampled(tiny_lm):
+    from rao_jax.agent.model_policy import ModelPolicy
+    from rao_jax.sampling import SamplingParams
+
+    engine, tok = tiny_lm.engine, tiny_lm.tokenizer
+    policy = ModelPolicy(engine, tok, tiny_lm.template, tiny_lm.tool_docs, SamplingParams(24, 1.0))
     target = {"a": 8}
-    world = BagWorld(target)
     ended = []
+    stats_before = engine.stats.copy()
 
     async def main():
         async with SandboxPool(1, SandboxLimits(memory_bytes=512 << 20)) as pool:
-            async def release(tree_id, node_id):
-                ended.append((tree_id, node_id, engine.cached_length((tree_id, node_id))))
-                await engine.release((tree_id, node_id))
+            async def end(tree_id, node_id):
+                tr = policy.transcript(tree_id, node_id)
+                snapshot = None if tr is None else (list(tr.tokens), list(tr.loss_mask), list(tr.logprobs))
+                ended.append((node_id, engine.cached_length(policy.seq_id(tree_id, node_id)), snapshot))
+                await policy.end_node(tree_id, node_id)
 
-            runner = RolloutRunner(ByDepth(SplitPolicy(), model_policy, 3), pool, on_node_end=release)
-            return await runner.run_tree(world, budget_for(target))
+            runner = RolloutRunner(ByDepth(SplitPolicy(), policy, 3), pool, on_node_end=end)
+            return await runner.run_tree(BagWorld(target), budget_for(target))
 
     tree = asyncio.run(asyncio.wait_for(main(), 600))
     leaves = [n for n in tree.nodes if n.depth == 3]
@@ -103,29 +69,40 @@ def test_model_leaves_in_a_depth_three_tree_record_exactly_what_the_engine_sampl
     for parent in {n.parent_id for n in leaves}:
         a, b = (tree.node(c) for c in tree.node(parent).children)
         assert a.start_time < b.end_time and b.start_time < a.end_time     # siblings ran together
+    assert policy.max_in_flight >= 2
+    snapshots = {node: snap for node, _, snap in ended}
     for n in tree.nodes:
-        key = (tree.tree_id, n.node_id)
         if n.depth < 3:
-            assert n.tokens is None
+            assert n.tokens is None and snapshots[n.node_id] is None
             continue
-        tr, completions = model_policy.transcripts[key], model_policy.completions[key]
-        assert n.own_steps == len(completions) == 2 and n.end_reason in ("budget", "finished")
-        assert list(n.tokens) == tr.tokens and list(n.loss_mask) == tr.loss_mask
-        sampled = [t for c in completions for t in c.tokens]
-        assert [t for t, m in zip(n.tokens, n.loss_mask, strict=True) if m] == sampled
-        assert [lp for lp, m in zip(n.logprobs, n.loss_mask, strict=True) if m] == pytest.approx(
-            [lp for c in completions for lp in c.logprobs])
-        assert all(lp <= 0.0 for lp in n.logprobs)
-        # Step 2 extends step 1's sequence: the engine reused the KV of everything it had cached.
-        first, second = completions
-        assert second.reused_tokens >= first.prompt_tokens and model_policy.lengths_before[key][1] > 0
-        assert n.steps[0].prompt_token_count == first.prompt_tokens
+        assert n.own_steps == 2 and n.end_reason == "budget"
+        # The record is the policy's transcript: the tokens the engine saw plus what it sampled.
+        assert (list(n.tokens), list(n.loss_mask), list(n.logprobs)) == snapshots[n.node_id]
         assert tok.decode(n.tokens).startswith("<|im_start|>system\n")
-        # The model's text went through the parser: invalid actions became observations.
-        for s in n.steps:
-            assert s.observation
+        assert "launch_subagent" in tok.decode(n.tokens)                    # recursive-mode prompt
+        first, second = n.steps
+        mask = np.asarray(n.loss_mask)
+        assert mask.sum() == first.response_token_count + second.response_token_count
+        # Layout: prompt 0, response 0, prompt 1 (observation turn), response 1.
+        edges = np.cumsum([first.prompt_token_count, first.response_token_count, second.prompt_token_count,
+                           second.response_token_count])
+        assert edges[-1] == len(n.tokens) and list(mask) == [0] * edges[0] + [1] * (edges[1] - edges[0]) + [
+            0] * (edges[2] - edges[1]) + [1] * (edges[3] - edges[2])
+        assert all(s.observation for s in n.steps)      # the random text went through the parser
+    # Behaviour log-probs are the model's own: recompute them with the full forward.
+    recomputed = full_forward_logprobs(tiny_lm.model, [list(n.tokens) for n in leaves])
+    for n, logp in zip(leaves, recomputed, strict=True):
+        response = np.flatnonzero(np.asarray(n.loss_mask))
+        np.testing.assert_allclose(np.asarray(n.logprobs)[response], logp[response - 1], atol=2e-3, rtol=1e-3)
+        assert all(lp == 0.0 for lp, m in zip(n.logprobs, n.loss_mask, strict=True) if not m)
+    # KV reuse: the second step prefilled only its extension (plus the one sampled token not yet cached).
+    prefilled = engine.stats["prefill_tokens"] - stats_before["prefill_tokens"]
+    assert prefilled <= sum(s0.prompt_token_count + s1.prompt_token_count + 1 for s0, s1 in (n.steps for n in leaves))
+    assert policy.stats["reused_tokens"] >= sum(n.steps[0].prompt_token_count for n in leaves)
+    assert policy.stats["steps"] == 16 and policy.stats["context_ends"] == 0
     assert tree.root.total_steps == tree.model_calls <= tree.root_budget
     # Every node was reported ended once; model nodes still held their KV until then, not after.
-    assert sorted(node for _, node, _ in ended) == [n.node_id for n in tree.nodes]
-    assert all(cached > 0 for _, node, cached in ended if tree.node(node).depth == 3)
-    assert all(engine.cached_length((tree.tree_id, n.node_id)) == 0 for n in leaves)
+    assert sorted(node for node, _, _ in ended) == [n.node_id for n in tree.nodes]
+    assert all(cached > 0 for node, cached, _ in ended if tree.node(node).depth == 3)
+    assert all(engine.cached_length(policy.seq_id(tree.tree_id, n.node_id)) == 0 for n in leaves)
+    assert all(policy.transcript(tree.tree_id, n.node_id) is None for n in leaves)
