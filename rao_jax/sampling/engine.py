@@ -50,8 +50,9 @@ class EngineConfig:
         num_pages: pages in the pool, including the reserved null page.
         max_seq_len: the longest sequence (prompt + generated); a multiple of page_size.
         decode_steps: decode steps per device call between scheduling decisions.
-        max_prefill_tokens: the most new tokens one prefill call processes (a power of two).
-        min_prefill_bucket: the smallest flat-token bucket of prefill calls (a power of two).
+        max_prefill_tokens: the most new tokens one prefill call admits.
+        min_prefill_bucket: the smallest flat-token bucket of prefill calls (a power of two); larger
+            calls pad to the next power of two or 1.5x a power of two.
         max_top_k: static bound on top-k; top-p also considers only this many tokens.
         max_stops / max_stop_len: stop sequences per request, and their longest length.
         attn_impl: "reference" (pure jnp, every backend) or "pallas" (TPU kernel).
@@ -82,8 +83,7 @@ class EngineConfig:
         need(self.max_rows >= 1 and self.decode_steps >= 1, "max_rows and decode_steps must be >= 1")
         need(self.page_size >= 1 and self.max_seq_len % self.page_size == 0,
              f"max_seq_len ({self.max_seq_len}) must be a positive multiple of page_size ({self.page_size})")
-        need(_is_pow2(self.max_prefill_tokens) and _is_pow2(self.min_prefill_bucket),
-             "max_prefill_tokens and min_prefill_bucket must be powers of two")
+        need(_is_pow2(self.min_prefill_bucket), "min_prefill_bucket must be a power of two")
         need(self.max_prefill_tokens >= self.max_seq_len,
              f"max_prefill_tokens ({self.max_prefill_tokens}) must be >= max_seq_len ({self.max_seq_len})")
         need(self.num_pages - 1 >= self.pages_per_seq,
@@ -320,7 +320,7 @@ class SamplingEngine:
     def _prefill(self, admitted: list[tuple[int, _Request, int]]) -> None:
         cfg = self.config
         rows = cfg.max_rows
-        flat_tokens, flat_pos, flat_row = [], [], []
+        flat_tokens, flat_pos, flat_row, flat_slot = [], [], [], []
         last_index = np.zeros(rows, np.int32)
         kv_lens = np.zeros(rows, np.int32)
         new_tokens = np.zeros(rows, np.int32)
@@ -330,13 +330,15 @@ class SamplingEngine:
             flat_tokens += full[start:]
             flat_pos += range(start, len(full))
             flat_row += [row] * (len(full) - start)
+            flat_slot += range(len(full) - start)
             last_index[row] = len(flat_tokens) - 1
             kv_lens[row] = len(full)
             new_tokens[row] = len(full) - start
         cu_q_lens = np.concatenate([[0], np.cumsum(new_tokens)]).astype(np.int32)
         n = len(flat_tokens)
-        bucket = max(cfg.min_prefill_bucket, _next_pow2(n))
+        bucket = max(cfg.min_prefill_bucket, _bucket(n))
         pad = bucket - n
+        q_max = max(16, _next_pow2(int(new_tokens.max())))
         # Prefill always uses the full table width: one compilation per token bucket, not per width.
         page_table = self._page_table({row: r.seq for row, r, _ in order}, self.config.max_seq_len)
         params = [None] * rows
@@ -350,9 +352,10 @@ class SamplingEngine:
             jnp.asarray(np.array(flat_tokens + [0] * pad, np.int32)),
             jnp.asarray(np.array(flat_pos + [0] * pad, np.int32)),
             jnp.asarray(np.array(flat_row + [0] * pad, np.int32)),
+            jnp.asarray(np.array(flat_slot + [0] * pad, np.int32)),
             jnp.asarray(np.arange(bucket) < n), page_table, jnp.asarray(last_index), jnp.asarray(kv_lens),
             jnp.asarray(cu_q_lens), jnp.asarray(np.array([rows], np.int32)), key,
-            temperature, top_k, top_p, attn_impl=cfg.attn_impl, candidates=candidates)
+            temperature, top_k, top_p, attn_impl=cfg.attn_impl, candidates=candidates, q_max=q_max)
         next_tokens, logprobs = np.asarray(next_tokens), np.asarray(logprobs)
         self.stats["prefill_calls"] += 1
         self.stats["prefill_tokens"] += n
@@ -554,3 +557,9 @@ def _is_pow2(n: int) -> bool:
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
+
+
+def _bucket(n: int) -> int:
+    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, ... (powers of two and 1.5x them) that is >= n."""
+    power = _next_pow2(n)
+    return power * 3 // 4 if power >= 4 and n <= power * 3 // 4 else power

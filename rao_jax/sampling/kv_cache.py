@@ -40,6 +40,16 @@ def write_kv(pages: Float[Array, "p s kk d"], k: Float[Array, "t k d"], v: Float
     return pages.at[page, pos_of_token % page_size].set(kv, mode="drop")
 
 
+def write_recent(pages: Float[Array, "p s kk d"], kv: Float[Array, "t kk d"], page_table: Int[Array, "b w"],
+                 row_of_token: Int[Array, " t"], pos_of_token: Int[Array, " t"],
+                 valid: Bool[Array, " t"]) -> Float[Array, "p s kk d"]:
+    """``write_kv`` for keys/values already interleaved (a decode chunk's ``recent`` buffer)."""
+    page_size = pages.shape[1]
+    page = jnp.where(valid, page_table[row_of_token, jnp.minimum(pos_of_token // page_size,
+                                                                  page_table.shape[1] - 1)], NULL_PAGE)
+    return pages.at[page, pos_of_token % page_size].set(kv.astype(pages.dtype), mode="drop")
+
+
 def _copy_pages(cache: KVCache, src: Int[Array, " n"], dst: Int[Array, " n"]) -> KVCache:
     return tuple(layer.at[dst].set(layer[src]) for layer in cache)
 

@@ -17,22 +17,26 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from rao_jax.models.qwen3 import Qwen3
-from rao_jax.sampling.kv_cache import KVCache, write_kv
+from rao_jax.sampling.kv_cache import KVCache, write_kv, write_recent
 from rao_jax.sampling.logits import choose_tokens, hits_stop, push_history
-from rao_jax.sampling.paged_attention import pallas_paged_attention, reference_paged_attention
+from rao_jax.sampling.paged_attention import (
+    pallas_paged_attention,
+    reference_decode_attention,
+    reference_prefill_attention,
+)
 
 RUNNING, STOPPED, LENGTH = 0, 1, 2  # decode finish reasons
 
 
 def paged_forward(model: Qwen3, cache: KVCache, tokens: Int[Array, " t"], pos: Int[Array, " t"],
-                  row: Int[Array, " t"], valid: Bool[Array, " t"], page_table: Int[Array, "b w"],
-                  kv_lens: Int[Array, " b"], cu_q_lens: Int[Array, " b1"], num_rows: Int[Array, " 1"],
-                  *, attn_impl: str) -> tuple[Float[Array, "t d"], KVCache]:
+                  row: Int[Array, " t"], slot: Int[Array, " t"], valid: Bool[Array, " t"],
+                  page_table: Int[Array, "b w"], kv_lens: Int[Array, " b"], cu_q_lens: Int[Array, " b1"],
+                  num_rows: Int[Array, " 1"], *, attn_impl: str, q_max: int) -> tuple[Float[Array, "t d"], KVCache]:
     """Final hidden states of a flat ragged token buffer, and the cache with its K/V written.
 
-    Token ``i`` belongs to batch row ``row[i]`` at position ``pos[i]``; rows' tokens are contiguous
-    and in row order. ``kv_lens`` / ``cu_q_lens`` / ``num_rows`` describe the same layout for the
-    Pallas kernel (ignored by the reference).
+    Token ``i`` belongs to batch row ``row[i]`` at position ``pos[i]`` and is the ``slot[i]``-th new
+    token of its row (at most ``q_max`` per row); rows' tokens are contiguous and in row order.
+    ``kv_lens`` / ``cu_q_lens`` / ``num_rows`` describe the same layout for the Pallas kernel.
     """
     sm_scale = model.cfg.head_dim ** -0.5
     x = model.embed_tokens(tokens)[None]
@@ -48,7 +52,8 @@ def paged_forward(model: Qwen3, cache: KVCache, tokens: Int[Array, " t"], pos: I
                 out = pallas_paged_attention(q[0], pages, page_table, kv_lens, cu_q_lens, num_rows,
                                              sm_scale=sm_scale)
             else:
-                out = reference_paged_attention(q[0], pages, page_table, row, pos, sm_scale=sm_scale)
+                out = reference_prefill_attention(q[0], pages, page_table, row, slot, pos, valid, q_max=q_max,
+                                                  sm_scale=sm_scale)
             return out[None]
 
         x, _ = layer.block(x, pos[None], token_mask, attend)
@@ -56,17 +61,17 @@ def paged_forward(model: Qwen3, cache: KVCache, tokens: Int[Array, " t"], pos: I
     return model.norm(x)[0], tuple(new_cache)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "attn_impl", "candidates"), donate_argnums=2)
-def prefill(graphdef, state, cache: KVCache, tokens, pos, row, valid, page_table, last_index, kv_lens,
-            cu_q_lens, num_rows, rng, temperature, top_k, top_p, *, attn_impl: str, candidates: int):
+@functools.partial(jax.jit, static_argnames=("graphdef", "attn_impl", "candidates", "q_max"), donate_argnums=2)
+def prefill(graphdef, state, cache: KVCache, tokens, pos, row, slot, valid, page_table, last_index, kv_lens,
+            cu_q_lens, num_rows, rng, temperature, top_k, top_p, *, attn_impl: str, candidates: int, q_max: int):
     """Writes the new tokens of every admitted row and samples each row's next token.
 
     ``last_index[b]`` is the flat index of row ``b``'s last new token. Returns the updated cache,
     the sampled tokens ``i32[b]`` and their log-probabilities ``f32[b]``.
     """
     model = nnx.merge(graphdef, state)
-    hidden, cache = paged_forward(model, cache, tokens, pos, row, valid, page_table, kv_lens, cu_q_lens,
-                                  num_rows, attn_impl=attn_impl)
+    hidden, cache = paged_forward(model, cache, tokens, pos, row, slot, valid, page_table, kv_lens, cu_q_lens,
+                                  num_rows, attn_impl=attn_impl, q_max=q_max)
     logits = model.logits(hidden[last_index])
     next_tokens, logprobs = choose_tokens(logits, rng, temperature, top_k, top_p, candidates=candidates)
     return cache, next_tokens, logprobs
@@ -83,21 +88,48 @@ def decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histor
     Returns the cache, ``tokens i32[b, n_steps]`` and ``logprobs f32[b, n_steps]`` (valid up to
     ``count[b]``), the finish ``reason`` per row (RUNNING / STOPPED / LENGTH), and the new
     ``last``, ``pos`` and ``history``.
+
+    With the reference attention the keys/values of the chunk's tokens are kept in a small
+    ``recent`` buffer and scattered into the pages once, after the loop (see
+    ``reference_decode_attention``); the Pallas path writes the pages at every step.
     """
     model = nnx.merge(graphdef, state)
+    cfg = model.cfg
     rows = last.shape[0]
     row_ids = jnp.arange(rows, dtype=jnp.int32)
     cu_q_lens = jnp.arange(rows + 1, dtype=jnp.int32)
     num_rows = jnp.full((1,), rows, jnp.int32)
+    sm_scale = cfg.head_dim ** -0.5
+    start = pos
+    recent_shape = (rows, n_steps, 2 * cfg.num_key_value_heads, cfg.head_dim)
+
+    def forward(step, cache, recent, last, pos, active):
+        if attn_impl == "pallas":
+            hidden, cache = paged_forward(model, cache, last, pos, row_ids, jnp.zeros_like(row_ids), active,
+                                          page_table, pos + 1, cu_q_lens, num_rows, attn_impl=attn_impl, q_max=1)
+            return hidden, cache, recent
+        x = model.embed_tokens(last)[:, None]
+        new_recent = []
+        for layer, (k_rows, v_rows), buf in zip(model.layers, context, recent, strict=True):
+            kept = []
+
+            def attend(q, k, v, k_rows=k_rows, v_rows=v_rows, buf=buf, kept=kept):
+                kv = jnp.stack([k[:, 0], v[:, 0]], axis=2).reshape(rows, -1, cfg.head_dim).astype(buf.dtype)
+                buf = buf.at[:, step].set(kv)
+                kept.append(buf)
+                return reference_decode_attention(q[:, 0], k_rows, v_rows, start, buf, step, sm_scale=sm_scale)[:, None]
+
+            x, _ = layer.block(x, pos[:, None], active[:, None].astype(jnp.float32), attend)
+            new_recent.append(kept[0])
+        return model.norm(x)[:, 0], cache, tuple(new_recent)
 
     def cond(carry):
-        step, active = carry[0], carry[4]
+        step, active = carry[0], carry[5]
         return (step < n_steps) & jnp.any(active)
 
     def body(carry):
-        step, cache, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng = carry
-        hidden, cache = paged_forward(model, cache, last, pos, row_ids, active, page_table, pos + 1, cu_q_lens,
-                                      num_rows, attn_impl=attn_impl)
+        step, cache, recent, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng = carry
+        hidden, cache, recent = forward(step, cache, recent, last, pos, active)
         rng, key = jax.random.split(rng)
         tok, lp = choose_tokens(model.logits(hidden), key, temperature, top_k, top_p, candidates=candidates)
         out_tok = out_tok.at[:, step].set(jnp.where(active, tok, -1))
@@ -111,10 +143,29 @@ def decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histor
         pos = pos + active
         last = jnp.where(active, tok, last)
         active = active & ~stopped & ~exhausted
-        return step + 1, cache, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng
+        return (step + 1, cache, recent, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng)
 
-    init = (jnp.int32(0), cache, last, pos, active, remaining, history,
+    recent = tuple(jnp.zeros(recent_shape, layer.dtype) for layer in cache)
+    # Each row's cached context, gathered from the pages once per chunk (the pool is not written
+    # inside the loop, so this stays valid for every step).
+    length = page_table.shape[1] * cache[0].shape[1]
+    context = () if attn_impl == "pallas" else tuple(
+        _split_kv(pages[page_table].reshape(rows, length, *pages.shape[2:])) for pages in cache)
+    init = (jnp.int32(0), cache, recent, last, pos, active, remaining, history,
             jnp.full((rows, n_steps), -1, jnp.int32), jnp.zeros((rows, n_steps), jnp.float32),
             jnp.zeros(rows, jnp.int32), jnp.full(rows, RUNNING, jnp.int32), rng)
-    _, cache, last, pos, _, _, history, out_tok, out_lp, count, reason, _ = jax.lax.while_loop(cond, body, init)
+    out = jax.lax.while_loop(cond, body, init)
+    _, cache, recent, last, pos, _, _, history, out_tok, out_lp, count, reason, _ = out
+    if attn_impl != "pallas":
+        steps = jnp.arange(n_steps)
+        flat_pos = (start[:, None] + steps[None, :]).reshape(-1)
+        flat_row = jnp.repeat(row_ids, n_steps)
+        written = (steps[None, :] < count[:, None]).reshape(-1)
+        cache = tuple(write_recent(pages, buf.reshape(rows * n_steps, *buf.shape[2:]), page_table, flat_row,
+                                   flat_pos, written) for pages, buf in zip(cache, recent, strict=True))
     return cache, out_tok, out_lp, count, reason, last, pos, history
+
+
+def _split_kv(kv: Float[Array, "b l kk d"]) -> tuple[Float[Array, "b k d l"], Float[Array, "b k l d"]]:
+    """Interleaved keys/values -> keys ``[b, k, d, l]`` and values ``[b, k, l, d]``, once per chunk."""
+    return kv[:, :, 0::2].transpose(0, 2, 3, 1), kv[:, :, 1::2].transpose(0, 2, 1, 3)

@@ -95,3 +95,44 @@ def test_pallas_kernel_matches_reference_on_tpu():
                                  jnp.asarray(np.concatenate([[0], np.cumsum(new)]).astype(np.int32)),
                                  jnp.asarray([3], jnp.int32), sm_scale=D ** -0.5)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-3)
+
+
+def test_row_grouped_prefill_attention_equals_the_per_token_reference():
+    from rao_jax.sampling.paged_attention import reference_prefill_attention
+
+    lengths, new = [6, 0, 13, 2], [2, 7, 1, 5]
+    pages, table, q, k, v, total = _setup(lengths, new)
+    flat_q = np.concatenate([q[r][lengths[r]:] for r in range(4)] + [np.zeros((3, HQ, D), np.float32)])
+    row = np.concatenate([np.repeat(np.arange(4), new), [0, 0, 0]]).astype(np.int32)  # 3 padding tokens
+    slot = np.concatenate([np.arange(n) for n in new] + [np.zeros(3)]).astype(np.int32)
+    pos = np.concatenate([np.arange(lengths[r], total[r]) for r in range(4)] + [np.zeros(3)]).astype(np.int32)
+    valid = np.arange(len(row)) < sum(new)
+    args = [jnp.asarray(x) for x in (flat_q, row, pos)]
+    expected = reference_paged_attention(args[0], pages, jnp.asarray(table), args[1], args[2], sm_scale=0.35)
+    got = jax.jit(lambda *a: reference_prefill_attention(*a, q_max=8, sm_scale=0.35, block_bytes=1))(
+        args[0], pages, jnp.asarray(table), args[1], jnp.asarray(slot), args[2], jnp.asarray(valid))
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(expected)[valid], atol=1e-5)
+
+
+def test_decode_attention_over_gathered_rows_and_recent_buffer_equals_the_reference():
+    from rao_jax.sampling.paged_attention import reference_decode_attention
+    from rao_jax.sampling.sampler import _split_kv
+
+    cached, recent_steps = [5, 12, 0], 4
+    step = 2  # the chunk has produced 3 tokens so far: recent slots 0..2 hold them
+    pages, table, q, k, v, total = _setup([c + step + 1 for c in cached], [0, 0, 0])
+    rows = len(cached)
+    recent = np.zeros((rows, recent_steps, 2 * HK, D), np.float32)
+    for r, c in enumerate(cached):
+        recent[r, : step + 1] = np.stack([k[r][c:c + step + 1], v[r][c:c + step + 1]], axis=2).reshape(
+            step + 1, 2 * HK, D)
+    query = np.stack([q[r][cached[r] + step] for r in range(rows)])
+    kv_rows = pages[jnp.asarray(table)].reshape(rows, W * S, 2 * HK, D)
+    k_rows, v_rows = _split_kv(kv_rows)
+    # Hide the chunk's tokens from the cached part, as during a real chunk (they are not written yet).
+    got = reference_decode_attention(jnp.asarray(query), k_rows, v_rows, jnp.asarray(cached, jnp.int32),
+                                     jnp.asarray(recent), jnp.int32(step), sm_scale=0.35)
+    pos = jnp.asarray([c + step for c in cached], jnp.int32)
+    expected = reference_paged_attention(jnp.asarray(query), pages, jnp.asarray(table),
+                                         jnp.arange(rows, dtype=jnp.int32), pos, sm_scale=0.35)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
