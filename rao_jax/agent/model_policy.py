@@ -118,6 +118,8 @@ class ModelPolicy:
         return self._transcripts.get(self.seq_id(tree_id, node_id))
 
     async def act(self, view: NodeView) -> PolicyAction | EndNode:
+        """Extends the node's sequence with its first prompt or last observation and samples an
+        action; ``EndNode`` instead when no answer of ``min_new_tokens`` would fit any more."""
         key = self.seq_id(view.tree_id, view.node_id)
         tr = self._transcripts.get(key)
         if tr is None:
