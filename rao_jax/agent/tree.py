@@ -51,7 +51,7 @@ class NodeRecord:
     total_steps: int               # own steps plus all descendants' steps
     start_time: float
     end_time: float
-    end_reason: str                # "finished" | "budget" | "error"
+    end_reason: str                # "finished" | "budget" | "error" | an EndNode reason, e.g. "context"
     finish_message: Any | None     # what the node passed to finish(), None if it never did
     success: float                 # s_v from Episode.node_success
     children: tuple[int, ...]
