@@ -1,0 +1,1 @@
+"""RAO's learning signal: per-node rewards, shared-root advantages (more to come: losses, learner)."""
