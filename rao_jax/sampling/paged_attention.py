@@ -4,8 +4,11 @@ Both implementations take the same ragged layout: ``q`` holds the new tokens of 
 packed back to back (rows in order, no per-row padding), the cache already contains their keys and
 values, and token ``t`` of row ``r`` at position ``p`` attends to positions ``0..p`` of row ``r``.
 
-- ``reference``: pure jnp, jittable, runs on every backend and is the oracle in tests. It gathers
-  each query's pages (in chunks of queries, to bound memory at ``chunk x max_len`` keys).
+- ``reference``: pure jnp, jittable, runs on every backend. ``reference_paged_attention`` is the
+  plain statement (each query gathers its row's pages) and the oracle in tests; the sampler runs
+  two faster equivalents: ``reference_prefill_attention`` (queries grouped by row, each row's pages
+  gathered once) and ``reference_decode_attention`` (context gathered once per decode chunk plus a
+  small buffer of the chunk's own tokens).
 - ``pallas``: JAX's TPU ragged paged attention kernel; imported only when selected, on TPU.
 """
 
