@@ -17,7 +17,7 @@ HQ, HK, D, S, W = 4, 2, 8, 4, 8  # query heads, kv heads, head dim, page size, p
 _write = jax.jit(write_kv)
 
 
-def _setup(lengths, new, seed=0):
+def _setup(lengths, new, seed=0, d=D, s=S):
     """Rows with `lengths[i]` cached tokens then `new[i]` new tokens, pages scattered over the pool."""
     rng = np.random.default_rng(seed)
     rows = len(lengths)
@@ -25,10 +25,10 @@ def _setup(lengths, new, seed=0):
     perm = rng.permutation(np.arange(1, num_pages))
     table = perm.reshape(rows, W).astype(np.int32)
     total = [a + b for a, b in zip(lengths, new, strict=True)]
-    k = [rng.standard_normal((n, HK, D)).astype(np.float32) for n in total]
-    v = [rng.standard_normal((n, HK, D)).astype(np.float32) for n in total]
-    q = [rng.standard_normal((n, HQ, D)).astype(np.float32) for n in total]
-    pages = jnp.zeros((num_pages, S, 2 * HK, D), jnp.float32)
+    k = [rng.standard_normal((n, HK, d)).astype(np.float32) for n in total]
+    v = [rng.standard_normal((n, HK, d)).astype(np.float32) for n in total]
+    q = [rng.standard_normal((n, HQ, d)).astype(np.float32) for n in total]
+    pages = jnp.zeros((num_pages, s, 2 * HK, d), jnp.float32)
     for r in range(rows):  # write everything (the cached prefix and the new tokens)
         pos = np.arange(total[r], dtype=np.int32)
         pages = _write(pages, jnp.asarray(k[r]), jnp.asarray(v[r]), jnp.asarray(table),
@@ -85,15 +85,16 @@ def test_matches_jax_ragged_paged_attention_oracle():
 def test_pallas_kernel_matches_reference_on_tpu():
     from rao_jax.sampling.paged_attention import pallas_paged_attention
 
+    d, s = 128, 16  # the kernel's tiling wants a lane-sized head_dim
     lengths, new = [6, 0, 13], [2, 7, 1]
-    pages, table, q, k, v, total = _setup(lengths, new)
+    pages, table, q, k, v, total = _setup(lengths, new, d=d, s=s)
     flat_q = jnp.asarray(np.concatenate([q[r][lengths[r]:] for r in range(3)]))
     row = jnp.asarray(np.repeat(np.arange(3), new).astype(np.int32))
     pos = jnp.asarray(np.concatenate([np.arange(lengths[r], total[r]) for r in range(3)]).astype(np.int32))
-    ref = reference_paged_attention(flat_q, pages, jnp.asarray(table), row, pos, sm_scale=D ** -0.5)
+    ref = reference_paged_attention(flat_q, pages, jnp.asarray(table), row, pos, sm_scale=d ** -0.5)
     got = pallas_paged_attention(flat_q, pages, jnp.asarray(table), jnp.asarray(total, jnp.int32),
                                  jnp.asarray(np.concatenate([[0], np.cumsum(new)]).astype(np.int32)),
-                                 jnp.asarray([3], jnp.int32), sm_scale=D ** -0.5)
+                                 jnp.asarray([3], jnp.int32), sm_scale=d ** -0.5)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-3)
 
 
