@@ -28,26 +28,30 @@ def cache_bytes(cfg: ModelConfig, num_pages: int, page_size: int, dtype=jnp.floa
     return per_token * num_pages * page_size
 
 
+def interleave(k: Float[Array, "t k d"], v: Float[Array, "t k d"]) -> Float[Array, "t kk d"]:
+    """Keys and values in the cache's head layout: key head h at 2h, value head h at 2h + 1."""
+    t, kv_heads, d = k.shape
+    return jnp.stack([k, v], axis=2).reshape(t, 2 * kv_heads, d)
+
+
+def write_interleaved(pages: Float[Array, "p s kk d"], kv: Float[Array, "t kk d"], page_table: Int[Array, "b w"],
+                      row_of_token: Int[Array, " t"], pos_of_token: Int[Array, " t"],
+                      valid: Bool[Array, " t"]) -> Float[Array, "p s kk d"]:
+    """Scatters each valid token's interleaved K/V to (its row's page for its position, offset).
+
+    Invalid tokens (padding, steps a row did not take) go to the null page 0.
+    """
+    page_size = pages.shape[1]
+    column = jnp.minimum(pos_of_token // page_size, page_table.shape[1] - 1)
+    page = jnp.where(valid, page_table[row_of_token, column], NULL_PAGE)
+    return pages.at[page, pos_of_token % page_size].set(kv.astype(pages.dtype), mode="drop")
+
+
 def write_kv(pages: Float[Array, "p s kk d"], k: Float[Array, "t k d"], v: Float[Array, "t k d"],
              page_table: Int[Array, "b w"], row_of_token: Int[Array, " t"], pos_of_token: Int[Array, " t"],
              valid: Bool[Array, " t"]) -> Float[Array, "p s kk d"]:
-    """Scatters each valid token's K/V to (its row's page for its position, offset); padding goes to page 0."""
-    page_size = pages.shape[1]
-    page = page_table[row_of_token, pos_of_token // page_size]
-    page = jnp.where(valid, page, NULL_PAGE)
-    t, kv_heads, d = k.shape
-    kv = jnp.stack([k, v], axis=2).reshape(t, 2 * kv_heads, d).astype(pages.dtype)
-    return pages.at[page, pos_of_token % page_size].set(kv, mode="drop")
-
-
-def write_recent(pages: Float[Array, "p s kk d"], kv: Float[Array, "t kk d"], page_table: Int[Array, "b w"],
-                 row_of_token: Int[Array, " t"], pos_of_token: Int[Array, " t"],
-                 valid: Bool[Array, " t"]) -> Float[Array, "p s kk d"]:
-    """``write_kv`` for keys/values already interleaved (a decode chunk's ``recent`` buffer)."""
-    page_size = pages.shape[1]
-    page = jnp.where(valid, page_table[row_of_token, jnp.minimum(pos_of_token // page_size,
-                                                                  page_table.shape[1] - 1)], NULL_PAGE)
-    return pages.at[page, pos_of_token % page_size].set(kv.astype(pages.dtype), mode="drop")
+    """``write_interleaved`` for separate keys and values."""
+    return write_interleaved(pages, interleave(k, v), page_table, row_of_token, pos_of_token, valid)
 
 
 def _copy_pages(cache: KVCache, src: Int[Array, " n"], dst: Int[Array, " n"]) -> KVCache:

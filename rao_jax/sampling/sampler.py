@@ -17,7 +17,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from rao_jax.models.qwen3 import Qwen3
-from rao_jax.sampling.kv_cache import KVCache, write_kv, write_recent
+from rao_jax.sampling.kv_cache import KVCache, interleave, write_interleaved, write_kv
 from rao_jax.sampling.logits import choose_tokens, hits_stop, push_history
 from rao_jax.sampling.paged_attention import (
     pallas_paged_attention,
@@ -114,8 +114,7 @@ def decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histor
             kept = []
 
             def attend(q, k, v, k_rows=k_rows, v_rows=v_rows, buf=buf, kept=kept):
-                kv = jnp.stack([k[:, 0], v[:, 0]], axis=2).reshape(rows, -1, cfg.head_dim).astype(buf.dtype)
-                buf = buf.at[:, step].set(kv)
+                buf = buf.at[:, step].set(interleave(k[:, 0], v[:, 0]).astype(buf.dtype))
                 kept.append(buf)
                 return reference_decode_attention(q[:, 0], k_rows, v_rows, start, buf, step, sm_scale=sm_scale)[:, None]
 
@@ -161,7 +160,7 @@ def decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histor
         flat_pos = (start[:, None] + steps[None, :]).reshape(-1)
         flat_row = jnp.repeat(row_ids, n_steps)
         written = (steps[None, :] < count[:, None]).reshape(-1)
-        cache = tuple(write_recent(pages, buf.reshape(rows * n_steps, *buf.shape[2:]), page_table, flat_row,
+        cache = tuple(write_interleaved(pages, buf.reshape(rows * n_steps, *buf.shape[2:]), page_table, flat_row,
                                    flat_pos, written) for pages, buf in zip(cache, recent, strict=True))
     return cache, out_tok, out_lp, count, reason, last, pos, history
 
