@@ -1,0 +1,408 @@
+"""Trainer configuration: the sections of a config file as frozen, validated dataclasses.
+
+A config file (``configs/*.py``) defines ``get_config() -> ml_collections.ConfigDict`` whose sections
+mirror the dataclasses below; ``python -m rao_jax.train --config configs/x.py --config.rl.lam=0.5``
+loads it with ``lock_config=True``, so a misspelt override fails at start. ``from_config_dict``
+converts the ConfigDict to a ``TrainConfig`` once, at the boundary: library code never sees a
+ConfigDict. Every section rejects keys it does not know and checks its values, with a message
+naming the key (``ConfigError``).
+
+``default_config()`` is the ConfigDict of all defaults; config files start from it and change
+what they need, so a file names only what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from rao_jax.models.config import ConfigError
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The policy's shape and starting weights.
+
+    Attributes:
+        config_json: the model's Hugging Face ``config.json`` (a file, or a folder holding one).
+        init_checkpoint: a Hugging Face folder (``config.json`` + safetensors) to start from;
+            "" starts from random weights (from-scratch demo models).
+        vocab_from_tokenizer: for from-scratch models, set ``vocab_size`` to the tokenizer's.
+        dtype / param_dtype: compute and parameter dtypes.
+    """
+
+    config_json: str = "configs/models/tiny_qwen3.json"
+    init_checkpoint: str = ""
+    vocab_from_tokenizer: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        _need(bool(self.config_json) or bool(self.init_checkpoint),
+              "model.config_json or model.init_checkpoint must name the model")
+        for name in ("dtype", "param_dtype"):
+            _need(getattr(self, name) in ("float32", "bfloat16"), f"model.{name} must be float32 or bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSection:
+    """Attributes:
+        path: a sentencepiece ``.model`` or a Hugging Face ``tokenizer.json`` (or its folder); ""
+            trains a sentencepiece model on the task family into ``<workdir>/tokenizer.model``.
+        vocab_size: size of a tokenizer trained here.
+        template: chat layout, ``"sentencepiece"`` (from-scratch models) or ``"qwen3"``.
+        corpus_tasks: training tasks whose prompts and oracle rollouts train the tokenizer.
+    """
+
+    path: str = ""
+    vocab_size: int = 1024
+    template: str = "sentencepiece"
+    corpus_tasks: int = 64
+
+    def __post_init__(self):
+        _need(self.template in ("sentencepiece", "qwen3"), "tokenizer.template must be sentencepiece or qwen3")
+        _need(self.vocab_size >= 300, "tokenizer.vocab_size must be >= 300 (bytes + chat specials)")
+        _need(self.corpus_tasks >= 1, "tokenizer.corpus_tasks must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """Attributes:
+        family: task family (``rao_jax.data.task_sources.FAMILIES``).
+        knobs: the family's generator knobs (see docs/task_families.md).
+        data_dir: where the array_record dataset is built ("" = ``<workdir>/data``).
+        train_difficulties: train only on these difficulty buckets (empty: all).
+        shuffle: shuffle training tasks (seeded; the order is resumable).
+    """
+
+    family: str = "textcraft_synth"
+    knobs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"preset": "tiny", "per_difficulty": 40})
+    data_dir: str = ""
+    train_difficulties: tuple[str, ...] = ()
+    shuffle: bool = True
+
+    def __post_init__(self):
+        from rao_jax.data.task_sources import FAMILIES
+        _need(self.family in FAMILIES, f"data.family must be one of {FAMILIES}, got {self.family!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSection:
+    """How trees are sampled during training.
+
+    Attributes:
+        tasks_per_step / group_size: root tasks per RL step and trees per task (G).
+        recursive: False trains the flat baseline (no ``launch_subagent``).
+        root_budget: root step budget; 0 uses each task's own ``max_steps``.
+        temperature / top_k / top_p / max_new_tokens: sampling of each action.
+        max_context: cap on a node's sequence length (0: the engine's ``max_seq_len``).
+        max_depth / max_children / max_concurrent: optional tree caps (0: off).
+        sandbox_workers / cell_cpu_seconds / cell_wall_seconds: the REPL worker pool.
+    """
+
+    tasks_per_step: int = 4
+    group_size: int = 4
+    recursive: bool = True
+    root_budget: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    max_context: int = 0
+    max_depth: int = 0
+    max_children: int = 0
+    max_concurrent: int = 0
+    sandbox_workers: int = 2
+    cell_cpu_seconds: float = 5.0
+    cell_wall_seconds: float = 20.0
+
+    def __post_init__(self):
+        _need(self.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1")
+        _need(self.group_size >= 2, "rollout.group_size must be >= 2 (the leave-one-out baseline needs "
+                                    "another tree of the same task)")
+        _need(self.temperature > 0, "rollout.temperature must be > 0 for RL (sampled actions)")
+        _need(self.max_new_tokens >= 8, "rollout.max_new_tokens must be >= 8")
+        _need(self.sandbox_workers >= 1, "rollout.sandbox_workers must be >= 1")
+        for name in ("root_budget", "max_context", "max_depth", "max_children", "max_concurrent", "top_k"):
+            _need(getattr(self, name) >= 0, f"rollout.{name} must be >= 0 (0 = off / default)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSection:
+    """The sampler's static sizes (``rao_jax.sampling.EngineConfig``)."""
+
+    max_rows: int = 32
+    page_size: int = 16
+    num_pages: int = 1024
+    max_seq_len: int = 1024
+    decode_steps: int = 16
+    max_prefill_tokens: int = 4096
+    attn_impl: str = "reference"
+    cache_dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSection:
+    """Reward, advantage and loss (RAO_SPEC sections 2-4).
+
+    Attributes:
+        bonus / lam / beta / cap: ``rao_jax.rl.rewards.node_rewards``.
+        baseline / normalize_std: ``rao_jax.rl.advantages.tree_advantages``.
+        drop_zero_signal: drop task groups whose node rewards are all equal.
+        loss: ``"cispo"`` or ``"ppo"``; max_weight (CISPO), eps_low / eps_high (PPO).
+        kl_coef: weight of a KL penalty to the initial policy (0: off, as in the paper).
+        entropy_coef: weight of an entropy bonus (0: off); entropy is logged either way.
+        staleness: policy versions a rollout may lag the learner (0: synchronous).
+    """
+
+    bonus: str = "mean"
+    lam: float = 0.0
+    beta: float = 0.2
+    cap: float = 0.4
+    baseline: str = "loo"
+    normalize_std: bool = False
+    drop_zero_signal: bool = True
+    loss: str = "cispo"
+    max_weight: float = 5.0
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    staleness: int = 0
+
+    def __post_init__(self):
+        _need(self.bonus in ("mean", "capped_sum"), f"rl.bonus must be mean or capped_sum, got {self.bonus!r}")
+        _need(self.baseline in ("loo", "mean"), f"rl.baseline must be loo or mean, got {self.baseline!r}")
+        _need(self.loss in ("cispo", "ppo"), f"rl.loss must be cispo or ppo, got {self.loss!r}")
+        _need(self.kl_coef >= 0 and self.entropy_coef >= 0, "rl.kl_coef and rl.entropy_coef must be >= 0")
+        _need(self.staleness == 0, "rl.staleness > 0 (asynchronous rollouts) is not implemented yet; use 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSection:
+    """AdamW with global-norm clipping; the paper's settings by default."""
+
+    learning_rate: float = 3e-6
+    b1: float = 0.9
+    b2: float = 0.95
+    weight_decay: float = 0.017
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        _need(self.learning_rate > 0, "optim.learning_rate must be > 0")
+        _need(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "optim.b1 and optim.b2 must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    """The loop.
+
+    Attributes:
+        steps: RL steps (one optimizer update each).
+        row_len / max_rows: packed rows of the update (a node episode must fit one row; nodes that
+            do not fit are dropped and counted); rows are padded to a multiple of ``micro_batches``.
+        micro_batches: gradient accumulation steps.
+        logprob_chunk: positions per chunk of the log-prob computation.
+        checkpoint_every / keep_checkpoints: checkpoint cadence and retention.
+        eval_every: evaluate every N steps (0: only at the end).
+    """
+
+    steps: int = 20
+    row_len: int = 1024
+    max_rows: int = 64
+    micro_batches: int = 1
+    logprob_chunk: int = 256
+    checkpoint_every: int = 5
+    keep_checkpoints: int = 3
+    eval_every: int = 0
+
+    def __post_init__(self):
+        _need(self.steps >= 0, "train.steps must be >= 0")
+        _need(self.checkpoint_every >= 1, "train.checkpoint_every must be >= 1")
+        _need(self.micro_batches >= 1 and self.max_rows % self.micro_batches == 0,
+              f"train.max_rows ({self.max_rows}) must be a multiple of train.micro_batches ({self.micro_batches})")
+        _need(self.row_len % min(self.logprob_chunk, self.row_len) == 0,
+              f"train.row_len ({self.row_len}) must be a multiple of train.logprob_chunk ({self.logprob_chunk})")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """Held-out evaluation (``split`` tasks, the same ones every time).
+
+    Attributes:
+        num_tasks: tasks evaluated (the first ``num_tasks`` of the split, in file order).
+        modes: any of ``recursive``, ``flat`` (the model) and ``oracle`` (the scripted expert).
+        temperature: 0 decodes greedily.
+        difficulties: only these buckets (empty: all).
+    """
+
+    split: str = "val"
+    num_tasks: int = 16
+    modes: tuple[str, ...] = ("recursive", "flat")
+    temperature: float = 0.0
+    difficulties: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        bad = [m for m in self.modes if m not in ("recursive", "flat", "oracle")]
+        _need(not bad, f"eval.modes: unknown {bad}; use recursive, flat, oracle")
+        _need(self.num_tasks >= 1, "eval.num_tasks must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSection:
+    """Optional warm start on oracle demonstrations before RL (0 steps: none).
+
+    Attributes:
+        steps / learning_rate / rows: the supervised phase.
+        num_tasks: training tasks whose oracle trees are the demonstrations.
+        difficulties: only demonstrations from these buckets (empty: all).
+        recursive: demonstrate the recursive oracle (False: the flat one).
+    """
+
+    steps: int = 0
+    learning_rate: float = 1e-3
+    rows: int = 8
+    num_tasks: int = 64
+    difficulties: tuple[str, ...] = ()
+    recursive: bool = True
+
+    def __post_init__(self):
+        _need(self.steps >= 0 and self.rows >= 1 and self.num_tasks >= 1,
+              "sft.steps must be >= 0, sft.rows and sft.num_tasks >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection:
+    """Device mesh ``(data, fsdp, expert, tensor)``; the sizes must multiply to the device count."""
+
+    data: int = 1
+    fsdp: int = 1
+    expert: int = 1
+    tensor: int = 1
+
+    def __post_init__(self):
+        _need(all(getattr(self, a) >= 1 for a in ("data", "fsdp", "expert", "tensor")), "mesh sizes must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    workdir: str = "runs/rao"
+    seed: int = 0
+    log_every: int = 1
+    model: ModelSection = ModelSection()
+    tokenizer: TokenizerSection = TokenizerSection()
+    data: DataSection = DataSection()
+    rollout: RolloutSection = RolloutSection()
+    engine: EngineSection = EngineSection()
+    rl: RLSection = RLSection()
+    optim: OptimSection = OptimSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    sft: SFTSection = SFTSection()
+    mesh: MeshSection = MeshSection()
+
+    def __post_init__(self):
+        _need(bool(self.workdir), "workdir must be set")
+        _need(self.rollout.max_new_tokens < self.engine.max_seq_len,
+              "rollout.max_new_tokens must be < engine.max_seq_len")
+        _need(self.train.row_len >= min(self.engine.max_seq_len, self.rollout.max_context or 1 << 30),
+              f"train.row_len ({self.train.row_len}) must hold a whole node episode: make it >= "
+              f"engine.max_seq_len ({self.engine.max_seq_len}) or rollout.max_context")
+
+
+def _section_fields(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """All defaults as a ConfigDict (what config files start from)."""
+    return ml_collections.ConfigDict(_to_plain(TrainConfig()))
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    """JSON-able form of a config (written next to checkpoints)."""
+    def plain(v):
+        v = _to_plain(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return list(v) if isinstance(v, tuple) else v
+    return plain(config)
+
+
+def from_config_dict(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> TrainConfig:
+    """Validates a ConfigDict and converts it to a ``TrainConfig``.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type or out of range (the message names it).
+    """
+    raw = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    return _build(TrainConfig, raw, "")
+
+
+def _build(cls, raw: Mapping[str, Any], prefix: str):
+    fields = _section_fields(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"section {prefix.rstrip('.')!r}" if prefix else "the config"
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]} in {where}; known: {sorted(fields)}")
+    values = {}
+    for name, value in raw.items():
+        kind = fields[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{name} must be a section (a dict), got {value!r}")
+            values[name] = _build(kind, value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, kind, prefix + name)
+    return cls(**values)
+
+
+def _coerce(value: Any, kind: Any, name: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+        return tuple(_coerce(v, item, name) for v in value)
+    if origin in (Mapping, dict) or kind is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name} must be a dict, got {value!r}")
+        return {k: _plain(v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        kind = next(a for a in options if a is not type(None))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+    if kind in (int, float, str, bool) and wrong:
+        raise ConfigError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return list(value) if isinstance(value, tuple) else value
