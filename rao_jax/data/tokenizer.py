@@ -43,6 +43,10 @@ from rao_jax.agent.policy import NodeView
 from rao_jax.agent.protocol import SENTENCEPIECE_CHAT_SPECIALS, system_prompt, user_prompt
 from rao_jax.envs.base import Task
 
+# The action format's tags are whole pieces, so ``</python>`` is always the same single token: sampling
+# stops on it whatever text precedes it (a merged piece such as ``)\n</`` would hide it from the stop check).
+ACTION_TAGS = ("<thought>", "</thought>", "<python>", "</python>")
+
 # sentencepiece skips training sentences longer than this many bytes (its default is 4192; observations,
 # system prompts and long-context goals can exceed it).
 _MAX_SENTENCE_BYTES = 1 << 20
@@ -134,7 +138,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_prefix: str |
         spm.SentencePieceTrainer.train(
             sentence_iterator=sentences(), model_writer=buffer, vocab_size=vocab_size,
             model_type="bpe", byte_fallback=True, character_coverage=0.9995,
-            user_defined_symbols=list(SENTENCEPIECE_CHAT_SPECIALS),
+            user_defined_symbols=[*SENTENCEPIECE_CHAT_SPECIALS, *ACTION_TAGS],
             normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
             allow_whitespace_only_pieces=True, split_by_whitespace=True,
             unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,

@@ -156,6 +156,11 @@ def test_node_transcript_and_stop_sequences(sp, tasks):
     for seq in stops:
         text = sp.decode(seq)
         assert text == "<|end|>" or text.endswith("</python>")
+    # "</python>" is one piece, so every action, whatever precedes its closing tag, ends in a stop sequence.
+    close = sp.encode("</python>")
+    assert len(close) == 1 and (close[0],) in stops
+    for ending in (")))\n</python>", "x\n</python>", "'}\n</python>", "</python>"):
+        assert tuple(sp.encode(ending)[-1:]) in stops
 
 
 def test_system_prompt_token_count(sp, tasks):
