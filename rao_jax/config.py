@@ -209,30 +209,33 @@ class TrainSection:
 
     Attributes:
         steps: RL steps (one optimizer update each).
-        row_len / max_rows: packed rows of the update (a node episode must fit one row; nodes that
-            do not fit are dropped and counted); rows are padded to a multiple of ``micro_batches``.
-        micro_batches: gradient accumulation steps.
+        row_len: tokens per packed row; a node's whole episode must fit one row.
+        micro_batch_rows: rows per micro-batch (a power of two). A step's rows are padded to a power
+            of two (few distinct shapes, few compilations); more rows than this are accumulated
+            over micro-batches into one update.
         logprob_chunk: positions per chunk of the log-prob computation.
         checkpoint_every / keep_checkpoints: checkpoint cadence and retention.
         eval_every: evaluate every N steps (0: only at the end).
+        export_hf: write the final policy as a Hugging Face folder ``<workdir>/hf``.
     """
 
     steps: int = 20
     row_len: int = 1024
-    max_rows: int = 64
-    micro_batches: int = 1
+    micro_batch_rows: int = 8
     logprob_chunk: int = 256
     checkpoint_every: int = 5
     keep_checkpoints: int = 3
     eval_every: int = 0
+    export_hf: bool = True
 
     def __post_init__(self):
         _need(self.steps >= 0, "train.steps must be >= 0")
         _need(self.checkpoint_every >= 1, "train.checkpoint_every must be >= 1")
-        _need(self.micro_batches >= 1 and self.max_rows % self.micro_batches == 0,
-              f"train.max_rows ({self.max_rows}) must be a multiple of train.micro_batches ({self.micro_batches})")
+        _need(self.micro_batch_rows >= 1 and self.micro_batch_rows & (self.micro_batch_rows - 1) == 0,
+              f"train.micro_batch_rows must be a power of two, got {self.micro_batch_rows}")
         _need(self.row_len % min(self.logprob_chunk, self.row_len) == 0,
               f"train.row_len ({self.row_len}) must be a multiple of train.logprob_chunk ({self.logprob_chunk})")
+        _need(self.eval_every >= 0, "train.eval_every must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,7 +299,15 @@ class MeshSection:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """The whole trainer config.
+
+    Attributes:
+        slice: the Cloud TPU slice the config was sized for (e.g. ``"v5p-16"``, ``"v6e-8"``); read
+            by ``python -m rao_jax.plan`` and the tpu_scripts, ignored by the trainer ("" = none).
+    """
+
     workdir: str = "runs/rao"
+    slice: str = ""
     seed: int = 0
     log_every: int = 1
     model: ModelSection = ModelSection()

@@ -202,6 +202,12 @@ class SamplingEngine:
             return list(asyncio.run(run()))
         raise RuntimeError("generate() cannot run inside an event loop; await engine.submit(...) instead")
 
+    def reseed(self, seed: int) -> None:
+        """Restarts the sampling rng from ``seed`` (a trainer derives one per step, so a resumed run
+        samples as the uninterrupted one would)."""
+        with self._lock:
+            self._rng = jax.random.key(seed)
+
     def cached_length(self, seq_id: Hashable) -> int:
         return len(self._cached.get(seq_id, ()))
 

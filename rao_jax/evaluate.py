@@ -1,0 +1,119 @@
+"""Held-out evaluation: recursive mode, flat mode and the oracle, tabulated by difficulty and depth.
+
+    python -m rao_jax.evaluate --config configs/x.py --checkpoint runs/x/checkpoints [--step N]
+        [--modes recursive,flat,oracle] [--num_tasks 200] [--out results.json]
+
+Loads the policy saved at ``--checkpoint`` (the trainer's checkpoint folder; default step: the
+latest), rolls out one tree per held-out task in each mode (greedy by default, ``eval.temperature``)
+and prints RAO_SPEC section 6's table: success (with a 95% interval), reward, tree depth, children
+per node, parallel fraction, model calls vs critical path, tokens, wall clock and context overflows,
+per difficulty; the same figures go to a JSON file. The trainer calls ``evaluate`` every
+``train.eval_every`` steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from rao_jax import metrics
+from rao_jax.agent.tree import TreeResult
+from rao_jax.config import TrainConfig, from_config_dict
+from rao_jax.envs.base import Task
+from rao_jax.models.config import ConfigError
+
+
+async def rollout_mode(runtime, tasks: Sequence[Task], mode: str, temperature: float, tag: str) -> list[TreeResult]:
+    """One tree per task in ``mode`` (``recursive``, ``flat`` or ``oracle``)."""
+    if mode == "oracle":
+        return await runtime.scripted_rollout(tasks, recursive=True)
+    groups = await runtime.rollout(tasks, 1, recursive=mode == "recursive", temperature=temperature,
+                                   name=f"{tag}-{mode}")
+    return [g[0] for g in groups]
+
+
+async def evaluate(runtime, tasks: Sequence[Task], modes: Sequence[str], *, temperature: float,
+                   tag: str = "eval") -> tuple[dict[str, Any], dict[str, list[TreeResult]]]:
+    """Summaries per mode (``metrics.summarize``) and the trees behind them."""
+    rl = runtime.config.rl
+    by_id = {t.task_id: t for t in tasks}
+    summaries, trees = {}, {}
+    for mode in modes:
+        start = time.time()
+        trees[mode] = await rollout_mode(runtime, tasks, mode, temperature, tag)
+        summaries[mode] = metrics.summarize(trees[mode], by_id, bonus=rl.bonus, lam=rl.lam, beta=rl.beta,
+                                            cap=rl.cap)
+        summaries[mode]["eval_seconds"] = time.time() - start
+    return summaries, trees
+
+
+def _restore_policy(runtime, checkpoint: str, step: int | None) -> int:
+    from flax import nnx
+
+    from rao_jax.checkpoint.orbax_io import CheckpointStore
+
+    with CheckpointStore(checkpoint, create=False) as store:
+        state = nnx.state(runtime.model, nnx.Param)
+        restored = store.restore(step, params=nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, restored.params)
+    nnx.update(runtime.model, state)
+    return restored.step
+
+
+def run(config: TrainConfig, checkpoint: str | None, *, step: int | None = None, modes: Sequence[str] = (),
+        num_tasks: int | None = None, out: str | None = None) -> dict[str, Any]:
+    from rao_jax.runtime import Runtime
+
+    runtime = Runtime.create(config)
+    loaded = _restore_policy(runtime, checkpoint, step) if checkpoint else None
+    ev = config.eval
+    tasks = runtime.tasks.tasks(ev.split, num_tasks or ev.num_tasks, ev.difficulties)
+
+    async def main():
+        async with runtime.sandboxes():
+            return await evaluate(runtime, tasks, modes or ev.modes, temperature=ev.temperature)
+
+    summaries, _ = asyncio.run(main())
+    print(f"checkpoint step {loaded} · {len(tasks)} {ev.split} tasks · temperature {ev.temperature}")
+    print(metrics.format_table(summaries))
+    path = Path(out) if out else Path(config.workdir) / f"eval_step{loaded if loaded is not None else 'init'}.json"
+    path.write_text(metrics.to_json(summaries))
+    print(f"wrote {path}")
+    return summaries
+
+
+def _define_flags():
+    config = config_flags.DEFINE_config_file("config", None, "trainer config file (configs/*.py)", lock_config=True)
+    flags.DEFINE_string("checkpoint", None, "checkpoint folder (the trainer's <workdir>/checkpoints); none: the "
+                        "initial policy")
+    flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+    flags.DEFINE_list("modes", [], "modes to evaluate: recursive, flat, oracle (default: eval.modes)")
+    flags.DEFINE_integer("num_tasks", None, "held-out tasks (default: eval.num_tasks)")
+    flags.DEFINE_string("out", None, "JSON output (default: <workdir>/eval_step<N>.json)")
+    flags.mark_flag_as_required("config")
+    return config
+
+
+def main(argv: list[str], config_flag) -> None:
+    del argv
+    FLAGS = flags.FLAGS
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        config = from_config_dict(config_flag.value)
+        run(config, FLAGS.checkpoint, step=FLAGS.step, modes=FLAGS.modes, num_tasks=FLAGS.num_tasks, out=FLAGS.out)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"evaluate: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _flag = _define_flags()
+    app.run(lambda argv: main(argv, _flag))

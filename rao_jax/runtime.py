@@ -1,0 +1,256 @@
+"""What training and evaluation share: tasks, tokenizer, model, sampler and the rollout of tree groups.
+
+``Runtime.create(config)`` builds, in order and with an error naming the culprit when something is
+wrong: the device mesh (its sizes must multiply to the device count), the task datasets (built once
+into ``data_dir`` as array_record, reused afterwards), the tokenizer (a given file, or a
+sentencepiece model trained on the family's prompts and oracle rollouts and saved in the workdir so
+a resumed run reuses it), the model (a Hugging Face checkpoint or random weights shaped by
+``config.json``) and the sampling engine, which reads the model's parameters at every call so the
+learner's in-place updates reach it without any weight transfer. ``async with runtime.sandboxes()``
+starts the REPL worker pool; ``await runtime.rollout(...)`` rolls out G trees per task with the
+model, ``await runtime.scripted_rollout(...)`` with each task's oracle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rao_jax.agent.budget import BudgetCaps
+from rao_jax.agent.demo_policy import DemoPolicy
+from rao_jax.agent.model_policy import ModelPolicy
+from rao_jax.agent.protocol import qwen3_template, sentencepiece_template
+from rao_jax.agent.rollout import RolloutConfig, RolloutRunner
+from rao_jax.agent.sandbox import SandboxLimits, SandboxPool
+from rao_jax.agent.tree import TreeResult
+from rao_jax.checkpoint.hf import load_pretrained
+from rao_jax.config import TrainConfig
+from rao_jax.data import datasets
+from rao_jax.data.tokenizer import corpus_texts, load_tokenizer, train_sentencepiece
+from rao_jax.envs.base import Task
+from rao_jax.envs.families import open_episode
+from rao_jax.envs.oracles import make_oracle
+from rao_jax.models import ModelConfig, Qwen3
+from rao_jax.models.config import ConfigError
+from rao_jax.parallel.sharding import make_mesh, shard_model
+from rao_jax.sampling import EngineConfig, SamplingEngine, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+def resolve(path: str) -> Path:
+    """A config path: absolute, or relative to the working directory."""
+    return Path(path).expanduser()
+
+
+class TaskSet:
+    """The family's built dataset: a resumable training stream and a fixed held-out list."""
+
+    def __init__(self, config: TrainConfig):
+        data = config.data
+        self.family, self.knobs = data.family, dict(data.knobs)
+        self.data_dir = resolve(data.data_dir) if data.data_dir else Path(config.workdir) / "data"
+        try:
+            datasets.build(self.family, self.data_dir, self.knobs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"data: cannot build {self.family} tasks with knobs {self.knobs}: {err}") from None
+        self.train_source = datasets.data_source(self.family, self.data_dir, "train", self.knobs)
+        self.train_difficulties = set(data.train_difficulties)
+        self.shuffle = data.shuffle
+        self.seed = config.seed
+        if len(self.train_source) == 0:
+            raise ConfigError(f"data: the {self.family} train split is empty (knobs {self.knobs})")
+
+    def train_iterator(self, cursor: dict | None = None):
+        """An endless iterator of training tasks; ``TaskStream.state()`` is its resumable cursor."""
+        return TaskStream(self, cursor)
+
+    def tasks(self, split: str, limit: int | None = None, difficulties: Sequence[str] = ()) -> list[Task]:
+        """Tasks of ``split`` in file order, interleaved across difficulties (so a prefix covers all)."""
+        source = datasets.data_source(self.family, self.data_dir, split, self.knobs)
+        by_difficulty: dict[str, list[Task]] = {}
+        for task in datasets.task_loader(source, shuffle=False):
+            if not difficulties or task.difficulty in difficulties:
+                by_difficulty.setdefault(task.difficulty, []).append(task)
+        out: list[Task] = []
+        queues = list(by_difficulty.values())
+        while any(queues) and (limit is None or len(out) < limit):
+            for q in queues:
+                if q and (limit is None or len(out) < limit):
+                    out.append(q.pop(0))
+        return out
+
+
+class TaskStream:
+    """Training tasks in a seeded order over endless epochs, filtered by difficulty; resumable."""
+
+    def __init__(self, tasks: TaskSet, cursor: dict | None):
+        loader = datasets.task_loader(tasks.train_source, seed=tasks.seed, shuffle=tasks.shuffle, num_epochs=None)
+        self._keep = tasks.train_difficulties
+        self._it = iter(loader)
+        if cursor is not None:
+            self._it.set_state(cursor["grain"].encode() if isinstance(cursor["grain"], str) else cursor["grain"])
+
+    def take(self, n: int) -> list[Task]:
+        out: list[Task] = []
+        misses = 0
+        while len(out) < n:
+            task = next(self._it)
+            if not self._keep or task.difficulty in self._keep:
+                out.append(task)
+                misses = 0
+            else:
+                misses += 1
+                if misses > 100_000:
+                    raise ConfigError(f"data.train_difficulties {sorted(self._keep)} match no training task")
+        return out
+
+    def state(self) -> dict:
+        state = self._it.get_state()
+        return {"grain": state.decode() if isinstance(state, bytes) else state}
+
+
+def _tokenizer(config: TrainConfig, tasks: TaskSet):
+    tok = config.tokenizer
+    if tok.path:
+        path = resolve(tok.path)
+        if not path.exists():
+            raise ConfigError(f"tokenizer.path {path} does not exist")
+        return load_tokenizer(path)
+    path = Path(config.workdir) / "tokenizer.model"
+    if path.exists():
+        return load_tokenizer(path)
+    log.info("training a %d-token sentencepiece tokenizer on %d %s tasks", tok.vocab_size, tok.corpus_tasks,
+             tasks.family)
+    corpus = tasks.tasks("train", tok.corpus_tasks)
+    return train_sentencepiece(corpus_texts(corpus), tok.vocab_size, path.with_suffix(""), seed=config.seed)
+
+
+def _model(config: TrainConfig, vocab_size: int) -> tuple[Qwen3, ModelConfig]:
+    m = config.model
+    dtype, param_dtype = jnp.dtype(m.dtype), jnp.dtype(m.param_dtype)
+    if m.init_checkpoint:
+        path = resolve(m.init_checkpoint)
+        if not path.exists():
+            raise ConfigError(f"model.init_checkpoint {path} does not exist")
+        model, cfg = load_pretrained(path, dtype=dtype, param_dtype=param_dtype)
+    else:
+        path = resolve(m.config_json)
+        if not path.exists():
+            raise ConfigError(f"model.config_json {path} does not exist")
+        cfg = ModelConfig.from_json_file(path)
+        if m.vocab_from_tokenizer:
+            cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
+        model = Qwen3(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(config.seed))
+    if cfg.vocab_size < vocab_size:
+        raise ConfigError(f"the tokenizer has {vocab_size} tokens but the model's vocabulary only {cfg.vocab_size}")
+    return model, cfg
+
+
+@dataclasses.dataclass
+class Runtime:
+    config: TrainConfig
+    mesh: jax.sharding.Mesh
+    tasks: TaskSet
+    tokenizer: object
+    template: object
+    model: Qwen3
+    model_cfg: ModelConfig
+    engine: SamplingEngine
+    pool: SandboxPool | None = None
+
+    @classmethod
+    def create(cls, config: TrainConfig) -> Runtime:
+        mesh_cfg = config.mesh
+        try:
+            mesh = make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.expert, mesh_cfg.tensor)
+        except ValueError as err:
+            raise ConfigError(f"mesh: {err}") from None
+        Path(config.workdir).mkdir(parents=True, exist_ok=True)
+        tasks = TaskSet(config)
+        tokenizer = _tokenizer(config, tasks)
+        template = sentencepiece_template() if config.tokenizer.template == "sentencepiece" else qwen3_template()
+        model, cfg = _model(config, tokenizer.vocab_size)
+        shard_model(model, mesh)
+        e = config.engine
+        try:
+            engine_cfg = EngineConfig(max_rows=e.max_rows, page_size=e.page_size, num_pages=e.num_pages,
+                                      max_seq_len=e.max_seq_len, decode_steps=e.decode_steps,
+                                      max_prefill_tokens=e.max_prefill_tokens, attn_impl=e.attn_impl,
+                                      cache_dtype=e.cache_dtype, seed=config.seed)
+        except ValueError as err:
+            raise ConfigError(f"engine: {err}") from None
+        engine = SamplingEngine(model, engine_cfg)
+        return cls(config, mesh, tasks, tokenizer, template, model, cfg, engine)
+
+    @contextlib.asynccontextmanager
+    async def sandboxes(self) -> AsyncIterator[SandboxPool]:
+        r = self.config.rollout
+        limits = SandboxLimits(cpu_seconds=r.cell_cpu_seconds, wall_seconds=r.cell_wall_seconds)
+        async with SandboxPool(r.sandbox_workers, limits) as pool:
+            self.pool = pool
+            try:
+                yield pool
+            finally:
+                self.pool = None
+
+    def rollout_config(self, recursive: bool) -> RolloutConfig:
+        r = self.config.rollout
+        caps = BudgetCaps(max_depth=r.max_depth or None, max_children_per_node=r.max_children or None,
+                          max_concurrent_nodes=r.max_concurrent or None)
+        return RolloutConfig(recursive=recursive, caps=caps)
+
+    def _budgeted(self, task: Task) -> Task:
+        budget = self.config.rollout.root_budget
+        return dataclasses.replace(task, max_steps=budget) if budget else task
+
+    def _tool_docs(self, tasks: Sequence[Task]):
+        return open_episode(tasks[0]).tool_docs
+
+    def context_limit(self) -> int:
+        r, e = self.config.rollout, self.config.engine
+        return min(e.max_seq_len, r.max_context or e.max_seq_len, self.model_cfg.max_position_embeddings)
+
+    async def rollout(self, tasks: Sequence[Task], group_size: int, *, recursive: bool, temperature: float,
+                      name: str) -> list[list[TreeResult]]:
+        """``group_size`` model-driven trees per task, all in flight together; ``[task][g]``."""
+        if self.pool is None:
+            raise RuntimeError("rollout needs the sandbox pool: use `async with runtime.sandboxes():`")
+        r = self.config.rollout
+        params = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=temperature, top_k=r.top_k,
+                                top_p=r.top_p)
+        policy = ModelPolicy(self.engine, self.tokenizer, self.template, self._tool_docs(tasks), params,
+                             max_context=r.max_context or None, name=name)
+        runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=policy.end_node)
+        flat = await runner.run_group([self._budgeted(t) for t in tasks], lambda task, g: open_episode(task),
+                                      group_size)
+        return [flat[i * group_size:(i + 1) * group_size] for i in range(len(tasks))]
+
+    async def scripted_rollout(self, tasks: Sequence[Task], *, recursive: bool, record_tokens: bool = False
+                               ) -> list[TreeResult]:
+        """One oracle tree per task (each task has its own oracle object, which serves every node of
+        its tree); with ``record_tokens`` the nodes carry the tokens a model would have produced."""
+        import asyncio
+
+        if self.pool is None:
+            raise RuntimeError("scripted_rollout needs the sandbox pool: use `async with runtime.sandboxes():`")
+
+        async def one(task: Task) -> TreeResult:
+            policy = make_oracle(task, recursive)
+            on_end = None
+            if record_tokens:
+                policy = DemoPolicy(policy, self.tokenizer, self.template, open_episode(task).tool_docs,
+                                    self.context_limit())
+                on_end = policy.end_node
+            runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=on_end)
+            task = self._budgeted(task)
+            return await runner.run_tree(open_episode(task), task.max_steps, task_id=task.task_id)
+
+        return list(await asyncio.gather(*(one(t) for t in tasks)))
