@@ -1,0 +1,138 @@
+"""The memory plan of every shipped TPU config, and the tpu_scripts (syntax, shellcheck, dry run)."""
+
+import math
+import os
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from rao_jax import plan as plan_lib
+from rao_jax.config import default_config, from_config_dict
+from rao_jax.models import ModelConfig, Qwen3
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ["qwen3_4b_v5p", "qwen3_4b_v6e", "qwen3_30b_a3b_v5p", "qwen3_30b_a3b_v6e"]
+SCRIPTS = ["common", "create", "setup", "launch", "logs", "stop"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_config_fits_its_slice(name, capsys):
+    code = plan_lib.main(["--config", str(ROOT / "configs" / f"{name}.py")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "(FITS)" in out
+    cfg = plan_lib.load_config(str(ROOT / "configs" / f"{name}.py"))
+    assert cfg.slice and f"slice {cfg.slice}:" in out
+    assert (cfg.optim.learning_rate, cfg.optim.b1, cfg.optim.b2) == (3e-6, 0.9, 0.95)
+    assert (cfg.rollout.tasks_per_step, cfg.rollout.group_size, cfg.rollout.max_new_tokens) == (16, 8, 512)
+
+
+def test_over_budget_config_fails_naming_the_largest_item(tmp_path, capsys):
+    config = tmp_path / "too_small.py"
+    config.write_text(textwrap.dedent(f"""
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("base", {str(ROOT / "configs" / "qwen3_4b_v6e.py")!r})
+        base = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(base)
+
+        def get_config():
+            config = base.get_config()
+            config.slice = "v6e-1"
+            config.mesh.fsdp = 1
+            config.mesh.tensor = 1
+            config.train.micro_batch_rows = 1
+            return config
+    """))
+    assert plan_lib.main(["--config", str(config)]) == 1
+    captured = capsys.readouterr()
+    assert "OVER BUDGET" in captured.out
+    assert "OVER BUDGET on v6e-1" in captured.err and "largest item: kv page pool" in captured.err
+
+
+def test_mesh_must_match_the_slice(capsys):
+    assert plan_lib.main(["--config", str(ROOT / "configs" / "qwen3_4b_v5p.py"), "--slice", "v5p-64"]) == 2
+    assert "32 chips" in capsys.readouterr().err
+
+
+def test_slice_names():
+    assert plan_lib.parse_slice("v5p-16").chips == 8 and plan_lib.parse_slice("v5p-16").hosts == 2
+    assert plan_lib.parse_slice("v6e-8").hosts == 1 and plan_lib.parse_slice("v6e-64").hosts == 16
+    with pytest.raises(ValueError):
+        plan_lib.parse_slice("v4-8")
+
+
+def test_tiny_parameter_bytes_equal_the_real_model():
+    d = default_config()
+    d.slice = "v6e-1"
+    d.engine.num_pages = 256
+    d.train.micro_batch_rows = 1
+    cfg = from_config_dict(d)
+    p = plan_lib.plan(cfg)
+    model_cfg = ModelConfig.from_json_file(ROOT / cfg.model.config_json)
+    state = jax.jit(lambda: nnx.state(Qwen3(model_cfg, param_dtype=jnp.float32, rngs=nnx.Rngs(0)), nnx.Param))()
+    real = sum(x.nbytes for x in jax.tree.leaves(state))
+    params = next(i for i in p.items if i.name == "parameters")
+    assert params.bytes == real
+    assert p.param_count * 4 == real
+    kv = next(i for i in p.items if i.name == "kv page pool")
+    assert kv.bytes == model_cfg.num_hidden_layers * 256 * 16 * 2 * model_cfg.num_key_value_heads * \
+        model_cfg.head_dim * 4
+
+
+def test_sharded_parameter_bytes_split_over_the_mesh():
+    model_cfg = ModelConfig.from_json_file(ROOT / "configs/models/qwen3_4b.json")
+    leaves = plan_lib.param_leaves(plan_lib.abstract_model(model_cfg, "bfloat16"))
+    whole = sum(math.prod(s) for _, s, _ in leaves) * 2
+    mesh = jax.sharding.AbstractMesh((1, 2, 1, 4), ("data", "fsdp", "expert", "tensor"))
+    sharded = plan_lib.sharded_bytes(leaves, mesh, plan_lib.TRAIN_RULES, 2)
+    norms = sum(math.prod(s) for _, s, axes in leaves if axes == ("norm",)) * 2
+    assert sharded == pytest.approx((whole - norms) / 8 + norms)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_syntax_and_shellcheck(script):
+    path = ROOT / "tpu_scripts" / f"{script}.sh"
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(os.sys.executable).parent))
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed")
+    result = subprocess.run([shellcheck, "-x", str(path)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+EXPECTED = {
+    "create": ["gcloud compute tpus queued-resources create rao-v5p-64-qr", "--accelerator-type=v5p-64",
+               "--runtime-version=v2-alpha-tpuv5", "--node-id=rao-v5p-64"],
+    "setup": ["git -C", "gcloud compute tpus tpu-vm scp", "--worker=all", "pip install -q -e",
+              "gs://b/models/Qwen3-30B-A3B"],
+    "launch": ["gcloud compute tpus tpu-vm ssh rao-v5p-64", "--worker=all",
+               "-m rao_jax.train --config configs/qwen3_30b_a3b_v5p.py", "--config.workdir=gs://b/rao/runs/",
+               "--config.train.steps=5"],
+    "logs": ["gcloud compute tpus tpu-vm ssh rao-v5p-64", "--worker=0", "tail"],
+    "stop": ["--worker=all", "kill", "gcloud compute tpus queued-resources delete rao-v5p-64-qr", "--quiet"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_dry_run_prints_the_gcloud_commands(script):
+    env = dict(os.environ, PROJECT="proj", GCS_BUCKET="gs://b", CONFIG="configs/qwen3_30b_a3b_v5p.py")
+    result = subprocess.run(["bash", str(ROOT / "tpu_scripts" / f"{script}.sh"), "--dry-run",
+                             "--config.train.steps=5"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    for want in EXPECTED[script] + ["--project=proj"] * (script != "setup"):
+        assert want in result.stdout, (want, result.stdout)
+
+
+def test_direct_tpu_vm_create_and_delete():
+    env = dict(os.environ, DRY_RUN="1", QUEUED="0", CONFIG="configs/qwen3_4b_v6e.py")
+    create = subprocess.run(["bash", str(ROOT / "tpu_scripts/create.sh")], env=env, capture_output=True, text=True)
+    assert "gcloud compute tpus tpu-vm create rao-v6e-8" in create.stdout
+    assert "--version=v2-alpha-tpuv6e" in create.stdout
+    stop = subprocess.run(["bash", str(ROOT / "tpu_scripts/stop.sh")], env=env, capture_output=True, text=True)
+    assert "gcloud compute tpus tpu-vm delete rao-v6e-8" in stop.stdout
