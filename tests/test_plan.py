@@ -112,7 +112,7 @@ EXPECTED = {
     "setup": ["git -C", "gcloud compute tpus tpu-vm scp", "--worker=all", "pip install -q -e",
               "gs://b/models/Qwen3-30B-A3B"],
     "launch": ["gcloud compute tpus tpu-vm ssh rao-v5p-64", "--worker=all",
-               "-m rao_jax.train --config configs/qwen3_30b_a3b_v5p.py", "--config.workdir=gs://b/rao/runs/",
+               "-m rao_jax.train --distributed --config configs/qwen3_30b_a3b_v5p.py", "--config.workdir=gs://b/rao/runs/",
                "--config.train.steps=5"],
     "logs": ["gcloud compute tpus tpu-vm ssh rao-v5p-64", "--worker=0", "tail"],
     "stop": ["--worker=all", "kill", "gcloud compute tpus queued-resources delete rao-v5p-64-qr", "--quiet"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts `python -m rao_jax.train --config CONFIG` on every host (--worker=all) in the background; the
-# trainer calls jax.distributed.initialize() when it runs on more than one host. Extra arguments are
-# passed on as config overrides, e.g. ./launch.sh --config.train.steps=50
+# trainer is started with --distributed, so it calls jax.distributed.initialize() before anything else.
+# Extra arguments are passed on as config overrides, e.g. ./launch.sh --config.train.steps=50
 set -euo pipefail
 # shellcheck source=tpu_scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -12,6 +12,6 @@ for arg in "${ARGS[@]+"${ARGS[@]}"}"; do
   overrides+=" $(printf '%q' "${arg}")"
 done
 
-train="\$HOME/${REMOTE_VENV}/bin/python -m rao_jax.train --config ${CONFIG} --config.workdir=${WORKDIR} \
+train="\$HOME/${REMOTE_VENV}/bin/python -m rao_jax.train --distributed --config ${CONFIG} --config.workdir=${WORKDIR} \
 --config.model.init_checkpoint=${CHECKPOINT_DIR} --config.tokenizer.path=${CHECKPOINT_DIR}${overrides}"
 tpu_ssh all "cd ${REMOTE_DIR} || exit 1; nohup ${train} > \$HOME/${REMOTE_LOG} 2>&1 < /dev/null & echo \$! > \$HOME/${REMOTE_PID}"
