@@ -1,8 +1,15 @@
-"""One RAO policy update: packed rows -> token log-probs -> CISPO / PPO loss -> optax step.
+"""One RAO policy update: packed rows -> token log-probs and entropies -> loss -> optax step.
 
-Gradients may be accumulated over micro-batches of rows. The loss stays the global token mean over
-every response token of the step: each micro-batch's token-mean loss is weighted by its share of the
-step's loss tokens, so splitting a batch changes memory use, not the update.
+The loss is CISPO (default), PPO-clip or SFT, plus the optional entropy bonus and KL-to-reference
+penalty (``LossConfig``). Gradients may be accumulated over micro-batches of rows. Every term stays
+the global token mean over every loss token of the step: each micro-batch's token-mean loss is
+weighted by its share of the step's loss tokens, so splitting a batch changes memory use, not the
+update.
+
+Batch fields (``[rows, t]``, targets shifted as in ``packing``): ``BATCH_FIELDS`` always, and
+``ref_logp`` (f32, a frozen reference model's log-prob of each target, 0 off the loss tokens) when
+the KL term is on; ``reference_logprobs`` computes it. ``train_step`` returns ``STEP_METRIC_KEYS``
+for every loss, with zeros where a metric means nothing (see ``losses.objective``).
 """
 
 from __future__ import annotations
@@ -15,27 +22,61 @@ import optax
 from flax import nnx
 
 from rao_jax.models.qwen3 import Qwen3
-from rao_jax.rl.losses import cispo_loss, ppo_loss
-from rao_jax.rl.packing import PackedBatch, token_logprobs
+from rao_jax.rl.losses import MEAN_METRICS, METRIC_KEYS, LossConfig, objective
+from rao_jax.rl.packing import PackedBatch, token_logprobs, token_logprobs_and_entropy
 
-LOSSES = {"cispo": cispo_loss, "ppo": ppo_loss}
 BATCH_FIELDS = ("tokens", "positions", "segment_ids", "targets", "behaviour_logp", "advantage", "loss_mask")
+OPTIONAL_BATCH_FIELDS = ("ref_logp",)
+STEP_METRIC_KEYS = ("loss", "grad_norm", *METRIC_KEYS)
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """The paper's full fine-tune settings by default (RAO_SPEC section 4)."""
+    """The paper's full fine-tune settings by default (RAO_SPEC section 4): AdamW at a constant lr.
+
+    Attributes:
+        warmup_steps: linear warmup from 0 to ``learning_rate`` over this many steps (0: none).
+        schedule: ``"constant"`` (the paper's) or ``"cosine"`` (decay to ``final_lr_ratio * learning_rate``
+            at ``total_steps``, warmup included).
+        total_steps: length of the cosine schedule; required for ``"cosine"``.
+        final_lr_ratio: the cosine schedule's floor, as a fraction of ``learning_rate``.
+    """
 
     learning_rate: float = 3e-6
     b1: float = 0.9
     b2: float = 0.95
     weight_decay: float = 0.017
     grad_clip: float = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    total_steps: int | None = None
+    final_lr_ratio: float = 0.0
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.schedule == "cosine" and (self.total_steps is None or self.total_steps <= self.warmup_steps):
+            raise ValueError(f"the cosine schedule needs total_steps > warmup_steps ({self.warmup_steps}), "
+                             f"got {self.total_steps}")
+
+
+def learning_rate_schedule(cfg: OptimConfig) -> float | optax.Schedule:
+    """The lr as optax takes it: a plain float for the constant, warmup-free default."""
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, cfg.total_steps,
+                                                  end_value=cfg.final_lr_ratio * cfg.learning_rate)
+    if cfg.warmup_steps == 0:
+        return cfg.learning_rate
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
+                                 optax.constant_schedule(cfg.learning_rate)], [cfg.warmup_steps])
 
 
 def make_optimizer(model: Qwen3, cfg: OptimConfig = OptimConfig()) -> nnx.Optimizer:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                     optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+                     optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -43,43 +84,113 @@ def batch_arrays(batch: PackedBatch) -> dict[str, jax.Array]:
     return {name: jnp.asarray(getattr(batch, name)) for name in BATCH_FIELDS}
 
 
-def _micro_loss(model: Qwen3, micro: dict, total_tokens, *, loss: str, chunk: int):
-    logp = token_logprobs(model, micro["tokens"], micro["positions"], micro["segment_ids"], micro["targets"],
-                          chunk=chunk)
-    value, metrics = LOSSES[loss](logp, micro["behaviour_logp"], micro["advantage"], micro["loss_mask"])
+def _split_rows(batch: dict, micro_batches: int) -> dict:
+    """``[rows, ...] -> [micro_batches, rows // micro_batches, ...]``, micro-batch k taking rows k, k + n, ...
+
+    Strided rather than contiguous so that rows sharded over devices stay spread over all of them.
+    """
+    rows = next(iter(batch.values())).shape[0]
+    return {name: x.reshape(rows // micro_batches, micro_batches, *x.shape[1:]).swapaxes(0, 1)
+            for name, x in batch.items()}
+
+
+def _micro_loss(model: Qwen3, micro: dict, total_tokens, *, cfg: LossConfig, chunk: int):
+    logp, entropy = token_logprobs_and_entropy(model, micro["tokens"], micro["positions"], micro["segment_ids"],
+                                               micro["targets"], chunk=chunk)
+    if cfg.entropy_coef == 0:
+        entropy = jax.lax.stop_gradient(entropy)  # logged only: no backward pass through it
+    value, metrics = objective(cfg, logp, entropy, micro["behaviour_logp"], micro["advantage"], micro["loss_mask"],
+                               micro.get("ref_logp"))
     share = jnp.sum(micro["loss_mask"]) / jnp.maximum(total_tokens, 1.0)
     return value * share, metrics
 
 
-@nnx.jit(static_argnames=("loss", "micro_batches", "chunk"))
-def train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, loss: str = "cispo",
-               micro_batches: int = 1, chunk: int = 256) -> dict[str, jax.Array]:
+def train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, loss: str | LossConfig = "cispo",
+               max_weight: float | None = None, eps_low: float | None = None, eps_high: float | None = None,
+               kl_coef: float | None = None, entropy_coef: float | None = None, micro_batches: int = 1,
+               chunk: int = 256) -> dict[str, jax.Array]:
     """Updates ``model`` in place from one packed batch; returns the loss and metrics.
 
     Args:
-        batch: ``batch_arrays(pack_sequences(...))``; rows must split evenly into ``micro_batches``.
-        loss: ``"cispo"`` (default) or ``"ppo"``.
-        micro_batches: gradient accumulation steps over row groups.
+        batch: ``batch_arrays(pack_sequences(...))``, plus ``ref_logp`` when ``kl_coef > 0`` (and then
+            ``kl_ref`` is logged whatever ``kl_coef``); rows must split evenly into ``micro_batches``.
+        loss: ``"cispo"`` (default), ``"ppo"``, ``"sft"``, or a whole ``LossConfig``.
+        max_weight, eps_low, eps_high, kl_coef, entropy_coef: override the matching ``LossConfig``
+            field (None keeps the config's, by default the paper's). Static: a new value recompiles.
+        micro_batches: gradient accumulation steps over row groups (one traced copy, a scan).
         chunk: positions per log-prob chunk (the ``[tokens, vocab]`` logits are never whole).
+
+    Returns:
+        ``STEP_METRIC_KEYS``: ``loss`` (the optimised value, all terms), ``policy_loss`` (CISPO / PPO /
+        SFT term alone), ``entropy`` and ``kl_ref`` (token means; ``kl_ref`` is 0 without ``ref_logp``),
+        ``is_weight_mean``, ``is_weight_max``, ``approx_kl`` (KL(behaviour || current)), ``clip_fraction``
+        (these four are 0 for SFT), ``tokens`` (loss tokens of the step) and ``grad_norm`` (before clipping).
+
+    Raises:
+        ValueError: rows that do not split into ``micro_batches``, ``kl_coef > 0`` without ``ref_logp``,
+            or an invalid loss configuration.
     """
+    cfg = loss if isinstance(loss, LossConfig) else LossConfig(loss=loss)
+    overrides = dict(max_weight=max_weight, eps_low=eps_low, eps_high=eps_high, kl_coef=kl_coef,
+                     entropy_coef=entropy_coef)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     rows = batch["tokens"].shape[0]
     if rows % micro_batches:
         raise ValueError(f"{rows} rows do not split into {micro_batches} micro-batches")
+    if cfg.kl_coef > 0 and "ref_logp" not in batch:
+        raise ValueError("kl_coef > 0 needs the batch field 'ref_logp' (see reference_logprobs)")
+    unknown = set(batch) - set(BATCH_FIELDS) - set(OPTIONAL_BATCH_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown batch fields {sorted(unknown)}")
+    return _train_step(model, optimizer, batch, cfg=cfg, micro_batches=micro_batches, chunk=chunk)
+
+
+@nnx.jit(static_argnames=("cfg", "micro_batches", "chunk"))
+def _train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, cfg: LossConfig, micro_batches: int,
+                chunk: int) -> dict[str, jax.Array]:
     total_tokens = jnp.sum(batch["loss_mask"])
-    grad_fn = nnx.value_and_grad(lambda m, micro, n: _micro_loss(m, micro, n, loss=loss, chunk=chunk), has_aux=True)
-    grads, value, metrics = None, 0.0, []
-    size = rows // micro_batches
-    for k in range(micro_batches):  # static: one traced copy per micro-batch
-        micro = {name: x[k * size:(k + 1) * size] for name, x in batch.items()}
-        (v, m), g = grad_fn(model, micro, total_tokens)
-        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-        value = value + v
-        metrics.append(m)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(p, micro):
+        return _micro_loss(nnx.merge(graphdef, p, rest), micro, total_tokens, cfg=cfg, chunk=chunk)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if micro_batches == 1:
+        (value, metrics), grads = grad_fn(params, batch)
+        metrics = jax.tree.map(lambda x: x[None], metrics)
+    else:
+        def accumulate(acc, micro):
+            (v, m), g = grad_fn(params, micro)
+            return jax.tree.map(jnp.add, acc, g), (v, m)
+
+        grads, (values, metrics) = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params),
+                                                _split_rows(batch, micro_batches))
+        value = jnp.sum(values)
     grad_norm = optax.tree.norm(grads)
     optimizer.update(model, grads)
-    weights = jnp.stack([m["tokens"] for m in metrics]) / jnp.maximum(total_tokens, 1.0)
-    out = {name: jnp.sum(jnp.stack([m[name] for m in metrics]) * weights)
-           for name in ("is_weight_mean", "approx_kl", "clip_fraction")}
-    out.update(loss=value, grad_norm=grad_norm, tokens=total_tokens,
-               is_weight_max=jnp.max(jnp.stack([m["is_weight_max"] for m in metrics])))
+    weights = metrics["tokens"] / jnp.maximum(total_tokens, 1.0)
+    out = {name: jnp.sum(metrics[name] * weights) for name in MEAN_METRICS}
+    out.update(loss=value, grad_norm=grad_norm, tokens=total_tokens, is_weight_max=jnp.max(metrics["is_weight_max"]))
     return out
+
+
+@nnx.jit(static_argnames=("chunk", "micro_batches"))
+def reference_logprobs(ref_model: Qwen3, batch: dict, chunk: int = 256, micro_batches: int = 1) -> jax.Array:
+    """The batch field ``ref_logp``: ``ref_model``'s log-prob of every target, 0 off the loss tokens.
+
+    ``ref_model`` is a frozen copy (e.g. ``nnx.clone`` of the initial policy, never given to an
+    optimizer). ``micro_batches`` row groups are run one after another to bound activation memory.
+    """
+    def one(micro):
+        logp = token_logprobs(ref_model, micro["tokens"], micro["positions"], micro["segment_ids"],
+                              micro["targets"], chunk=chunk)
+        return jnp.where(micro["loss_mask"] > 0, logp, 0.0)
+
+    fields = {name: batch[name] for name in ("tokens", "positions", "segment_ids", "targets", "loss_mask")}
+    rows = fields["tokens"].shape[0]
+    if rows % micro_batches:
+        raise ValueError(f"{rows} rows do not split into {micro_batches} micro-batches")
+    if micro_batches == 1:
+        return jax.lax.stop_gradient(one(fields))
+    out = jax.lax.map(one, _split_rows(fields, micro_batches))  # [micro_batches, rows // micro_batches, t]
+    return jax.lax.stop_gradient(out.swapaxes(0, 1).reshape(rows, -1))

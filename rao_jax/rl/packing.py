@@ -102,6 +102,21 @@ def token_logprobs(model: Qwen3, tokens: Array, positions: Array, segment_ids: A
     The ``[tokens, vocab]`` logits are never materialised whole, in the forward or (thanks to
     rematerialising each chunk) in the backward pass.
     """
+    return _chunked_logprobs(model, tokens, positions, segment_ids, targets, chunk=chunk, with_entropy=False)[0]
+
+
+def token_logprobs_and_entropy(model: Qwen3, tokens: Array, positions: Array, segment_ids: Array, targets: Array,
+                               *, chunk: int = 256) -> tuple[Float[Array, "r t"], Float[Array, "r t"]]:
+    """``token_logprobs`` and the policy's entropy ``-sum_v pi(v) log pi(v)`` at every position.
+
+    Both come from the same rematerialised chunk of log-softmax, so the entropy (and its gradient,
+    for an entropy bonus) costs no ``[tokens, vocab]`` buffer either.
+    """
+    return _chunked_logprobs(model, tokens, positions, segment_ids, targets, chunk=chunk, with_entropy=True)
+
+
+def _chunked_logprobs(model: Qwen3, tokens: Array, positions: Array, segment_ids: Array, targets: Array, *,
+                      chunk: int, with_entropy: bool) -> tuple[Array, Array | None]:
     hidden = model.forward(tokens, positions, segment_ids).hidden
     r, t, d = hidden.shape
     chunk = min(chunk, t)
@@ -112,8 +127,17 @@ def token_logprobs(model: Qwen3, tokens: Array, positions: Array, segment_ids: A
     def one(args):
         h, y = args  # [r, chunk, d], [r, chunk]
         logp = jax.nn.log_softmax(model.logits(h), axis=-1)
-        return jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
+        picked = jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
+        if not with_entropy:
+            return picked
+        return picked, -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+    def unchunk(x):  # [t // chunk, r, chunk] -> [r, t]
+        return x.transpose(1, 0, 2).reshape(r, t)
 
     hs = hidden.reshape(r, t // chunk, chunk, d).transpose(1, 0, 2, 3)
     ys = targets.reshape(r, t // chunk, chunk).transpose(1, 0, 2)
-    return jax.lax.map(one, (hs, ys)).transpose(1, 0, 2).reshape(r, t)
+    out = jax.lax.map(one, (hs, ys))
+    if not with_entropy:
+        return unchunk(out), None
+    return unchunk(out[0]), unchunk(out[1])

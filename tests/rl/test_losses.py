@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rao_jax.rl.losses import cispo_loss, ppo_loss
+from rao_jax.rl.losses import LOSS_NAMES, METRIC_KEYS, LossConfig, cispo_loss, objective, ppo_loss
 
 RNG = np.random.default_rng(0)
 LOGP = (-RNG.uniform(0.1, 3.0, (3, 7))).astype(np.float32)
@@ -68,3 +68,57 @@ def test_on_policy_tokens_give_the_plain_policy_gradient():
         assert float(metrics["clip_fraction"]) == 0.0
     grad = jax.grad(lambda lp: ppo_loss(lp, LOGP, ADV, MASK)[0])(jnp.asarray(LOGP))
     np.testing.assert_allclose(np.asarray(grad), -ADV * MASK / MASK.sum(), atol=1e-6)
+
+
+REF = (LOGP + RNG.normal(0, 0.5, (3, 7))).astype(np.float32)
+ENT = RNG.uniform(0.5, 4.0, (3, 7)).astype(np.float32)
+
+
+def test_objective_terms_match_the_per_token_loop():
+    """cispo - 0.1 * entropy + 0.3 * k3(ref - logp): value and gradients wrt logp and entropy."""
+    cfg = LossConfig(max_weight=3.0, entropy_coef=0.1, kl_coef=0.3)
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda lp, ent: objective(cfg, lp, ent, OLD, ADV, MASK, REF)[0], argnums=(0, 1)))
+    value, (g_logp, g_ent) = value_and_grad(jnp.asarray(LOGP), jnp.asarray(ENT))
+    pg_value, pg_grad = _loop_cispo(LOGP.astype(np.float64), OLD.astype(np.float64), ADV, MASK, max_weight=3.0)
+    n, on = MASK.sum(), MASK > 0
+    d = (REF - LOGP).astype(np.float64)
+    kl = np.where(on, np.exp(d) - 1 - d, 0.0)
+    assert float(value) == pytest.approx(pg_value - 0.1 * (ENT * MASK).sum() / n + 0.3 * kl.sum() / n, rel=1e-5)
+    np.testing.assert_allclose(np.asarray(g_logp), pg_grad + 0.3 * np.where(on, 1 - np.exp(d), 0.0) / n, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(g_ent), -0.1 * MASK / n, atol=1e-7)
+    _, metrics = objective(cfg, jnp.asarray(LOGP), jnp.asarray(ENT), OLD, ADV, MASK, REF)
+    assert float(metrics["kl_ref"]) == pytest.approx(kl.sum() / n, rel=1e-5)
+    assert float(metrics["entropy"]) == pytest.approx((ENT * MASK).sum() / n, rel=1e-5)
+
+
+@pytest.mark.parametrize("name, plain", [("cispo", cispo_loss), ("ppo", ppo_loss)])
+def test_objective_defaults_are_exactly_the_plain_loss(name, plain):
+    v1, g1 = jax.value_and_grad(lambda lp: objective(LossConfig(loss=name), lp, ENT, OLD, ADV, MASK, REF)[0])(
+        jnp.asarray(LOGP))
+    v2, g2 = jax.value_and_grad(lambda lp: plain(lp, OLD, ADV, MASK)[0])(jnp.asarray(LOGP))
+    assert float(v1) == float(v2)
+    np.testing.assert_array_equal(np.asarray(g1), np.asarray(g2))
+
+
+def test_sft_and_one_metric_schema():
+    value, grad = jax.value_and_grad(lambda lp: objective(LossConfig(loss="sft"), lp, ENT, OLD, ADV, MASK)[0])(
+        jnp.asarray(LOGP))
+    assert float(value) == pytest.approx(-(LOGP * MASK).sum() / MASK.sum(), rel=1e-6)
+    np.testing.assert_allclose(np.asarray(grad), -MASK / MASK.sum(), atol=1e-7)
+    for name in LOSS_NAMES:
+        for ref in (None, REF):
+            _, metrics = objective(LossConfig(loss=name), jnp.asarray(LOGP), ENT, OLD, ADV, MASK, ref)
+            assert set(metrics) == set(METRIC_KEYS)
+    with pytest.raises(ValueError, match="needs the reference log-probs"):
+        objective(LossConfig(kl_coef=0.1), jnp.asarray(LOGP), ENT, OLD, ADV, MASK)
+    with pytest.raises(ValueError, match="unknown loss"):
+        LossConfig(loss="grpo")
+
+
+def test_masked_tokens_cannot_overflow_the_metrics():
+    logp = LOGP.copy()
+    logp[MASK == 0] = -200.0  # exp(200) is inf in float32; off the mask it must not reach the sums
+    for name in LOSS_NAMES:
+        value, metrics = objective(LossConfig(loss=name, kl_coef=0.1), jnp.asarray(logp), ENT, OLD, ADV, MASK, REF)
+        assert np.isfinite(float(value)) and all(np.isfinite(float(v)) for v in metrics.values())
