@@ -1,0 +1,365 @@
+"""RAO training: ``python -m rao_jax.train --config configs/x.py [--config.a.b=v ...]``.
+
+One RL step (RAO_SPEC sections 1-4; see docs in ``rao_jax.config``):
+
+1. draw ``rollout.tasks_per_step`` root tasks from the resumable task stream;
+2. roll out ``rollout.group_size`` trees per task, every live node of every tree decoding together
+   in the in-process sampler, which reads the learner's current parameters (synchronous: the
+   trees are sampled by the policy being updated, ``rl.staleness = 0``);
+3. node rewards, shared-root leave-one-out advantages (one vectorised call), packed rows;
+4. one optimizer update (CISPO by default) over all rows, micro-batched to bound memory.
+
+Optionally the run starts with a supervised warm start (``sft.steps``) on oracle demonstrations
+packed the same way. Held-out evaluation runs every ``train.eval_every`` steps and at the end.
+
+Resuming: checkpoints (Orbax, atomic) hold the parameters, the optimizer state, the phase and step,
+the task stream's cursor and the rng derivation (the sampler is reseeded from ``(seed, step)`` at
+every step). Re-running the same command continues from the latest checkpoint: the next step sees
+the tasks an uninterrupted run would have seen, and ``metrics.jsonl`` is cut back to the restored
+step so it tells one history. Outputs in ``workdir``: ``checkpoints/``, ``metrics.jsonl``, ``tb/``
+(TensorBoard), ``eval/step_N.json``, ``tokenizer.model`` (trained tokenizers), ``hf/`` (export).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from flax import nnx
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from rao_jax import metrics
+from rao_jax.checkpoint.hf import save_pretrained
+from rao_jax.checkpoint.orbax_io import CheckpointStore, save_model_checkpoint
+from rao_jax.config import TrainConfig, from_config_dict, to_dict
+from rao_jax.evaluate import evaluate
+from rao_jax.models.config import ConfigError
+from rao_jax.rl.batch import AdvantageConfig, build_batch, pack_padded
+from rao_jax.rl.learner import OptimConfig, batch_arrays, make_optimizer, reference_logprobs, train_step
+from rao_jax.rl.losses import LossConfig
+from rao_jax.rl.packing import NodeSequence
+from rao_jax.runtime import Runtime
+
+log = logging.getLogger("rao_jax.train")
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one JSON object per line) and TensorBoard scalars when tensorboardX is installed."""
+
+    def __init__(self, workdir: Path, resume_step: int | None):
+        self.path = workdir / "metrics.jsonl"
+        if self.path.exists():
+            keep = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if resume_step is not None and record.get("step", 0) <= resume_step:
+                    keep.append(line)
+            self.path.write_text("".join(line + "\n" for line in keep))
+        self._file = self.path.open("a")
+        try:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(workdir / "tb"))
+        except ImportError:
+            self._tb = None
+            log.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, default=_json_default) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            prefix = record.get("kind", "train")
+            for key, value in record.items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
+                    self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _json_default(value):
+    if isinstance(value, np.generic | jax.Array):
+        return np.asarray(value).item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _scalars(out: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in out.items()}
+
+
+class Trainer:
+    """The training loop over one ``Runtime`` (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, *, progress: bool = True):
+        self.config = config
+        self.workdir = Path(config.workdir)
+        self.runtime = Runtime.create(config)
+        self.model = self.runtime.model
+        o = config.optim
+        self.rl_optimizer = make_optimizer(self.model, OptimConfig(
+            learning_rate=o.learning_rate, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, grad_clip=o.grad_clip))
+        self.sft_optimizer = (make_optimizer(self.model, OptimConfig(
+            learning_rate=config.sft.learning_rate, b1=o.b1, b2=o.b2, weight_decay=0.0, grad_clip=o.grad_clip))
+            if config.sft.steps else None)
+        self.store = CheckpointStore(self.workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
+                                     async_save=False)
+        self.progress = progress
+        self.sft_done = 0
+        self.rl_done = 0
+        self.ref_model = None
+        cursor = self._resume()
+        self.stream = self.runtime.tasks.train_iterator(cursor)
+        self.log = MetricsLog(self.workdir, self.global_step if cursor is not None or self.sft_done else None)
+        self.adv = AdvantageConfig(**{k: getattr(config.rl, k) for k in (
+            "bonus", "lam", "beta", "cap", "baseline", "normalize_std", "drop_zero_signal")})
+        (self.workdir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+
+    @property
+    def global_step(self) -> int:
+        return self.sft_done + self.rl_done
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def _resume(self) -> dict | None:
+        step = self.store.latest_step()
+        if step is None:
+            return None
+        meta = self.store.metadata(step)
+        phase = meta.get("phase")
+        optimizer = self.sft_optimizer if phase == "sft" else self.rl_optimizer
+        if optimizer is None:
+            raise ConfigError(f"the checkpoint at {self.store.directory} (step {step}) is in the SFT phase but "
+                              "sft.steps is 0 in this config")
+        params = nnx.state(self.model, nnx.Param)
+        opt_state = nnx.state(optimizer)
+        try:
+            restored = self.store.restore(step, params=nnx.to_pure_dict(params), opt_state=nnx.to_pure_dict(opt_state))
+        except (ValueError, KeyError) as err:
+            raise ConfigError(f"cannot resume from {self.store.directory} step {step}: its shapes do not match "
+                              f"this config's model / optimizer ({err})") from None
+        nnx.replace_by_pure_dict(params, restored.params)
+        nnx.update(self.model, params)
+        nnx.replace_by_pure_dict(opt_state, restored.opt_state)
+        nnx.update(optimizer, opt_state)
+        self.sft_done, self.rl_done = meta["sft_step"], meta["rl_step"]
+        log.info("resumed from %s step %d (sft %d, rl %d)", self.store.directory, step, self.sft_done, self.rl_done)
+        print(f"resumed from step {step} (sft {self.sft_done}, rl {self.rl_done})", file=sys.stderr)
+        return meta.get("cursor")
+
+    def _checkpoint(self, phase: str) -> None:
+        optimizer = self.sft_optimizer if phase == "sft" else self.rl_optimizer
+        meta = {"phase": phase, "sft_step": self.sft_done, "rl_step": self.rl_done, "cursor": self.stream.state(),
+                "rng": {"seed": self.config.seed, "sampler_seed": "seed * 1_000_003 + global step"},
+                "config": to_dict(self.config)}
+        save_model_checkpoint(self.store, self.global_step, self.model,
+                              opt_state=nnx.to_pure_dict(nnx.state(optimizer)), metadata=meta)
+
+    # ---- phases -----------------------------------------------------------------------------
+
+    async def _demonstrations(self) -> list[NodeSequence]:
+        sft = self.config.sft
+        tasks = self.runtime.tasks.tasks("train", sft.num_tasks, sft.difficulties)
+        trees = await self.runtime.scripted_rollout(tasks, recursive=sft.recursive, record_tokens=True)
+        sequences = [NodeSequence(np.asarray(n.tokens, np.int32), np.asarray(n.loss_mask, np.float32),
+                                  np.zeros(len(n.tokens), np.float32), 1.0)
+                     for tree in trees for n in tree.nodes
+                     if n.tokens and any(n.loss_mask) and len(n.tokens) <= self.config.train.row_len]
+        solved = sum(t.root.success for t in trees)
+        print(f"warm start: {len(sequences)} node demonstrations from {len(trees)} oracle trees "
+              f"({solved:.0f} solved)", file=sys.stderr)
+        if not sequences:
+            raise ConfigError("sft: the oracle produced no demonstrations that fit train.row_len")
+        return sequences
+
+    async def _sft(self) -> None:
+        sft, train = self.config.sft, self.config.train
+        demos = await self._demonstrations()
+        order = list(range(len(demos)))
+        random.Random(self.config.seed).shuffle(order)
+        per_row = max(1, train.row_len // max(1, int(np.mean([len(d.tokens) for d in demos]))))
+        take = max(1, sft.rows * per_row * 3 // 4)   # demonstrations per step, to fill ~sft.rows rows
+        bar = tqdm(total=sft.steps, initial=self.sft_done, desc="warm start", disable=not self.progress)
+        while self.sft_done < sft.steps:
+            start = (self.sft_done * take) % len(order)
+            chosen = [demos[order[(start + i) % len(order)]] for i in range(min(take, len(order)))]
+            out = self._update(pack_padded(chosen, train.row_len), self.sft_optimizer, loss="sft")
+            self.sft_done += 1
+            bar.update(1)
+            bar.set_postfix(nll=f"{out['loss']:.3f}")
+            self.log.write({"kind": "sft", "step": self.global_step, **out})
+            if self.sft_done % train.checkpoint_every == 0 or self.sft_done == sft.steps:
+                self._checkpoint("sft" if self.sft_done < sft.steps else "rl")
+        bar.close()
+
+    def _update(self, packed, optimizer, *, loss: str) -> dict[str, float]:
+        rows = len(packed.tokens)
+        micro = max(1, rows // self.config.train.micro_batch_rows)
+        chunk = self.config.train.logprob_chunk
+        batch = batch_arrays(packed)
+        if loss == "sft":
+            cfg = LossConfig(loss="sft")
+        else:
+            rl = self.config.rl
+            cfg = LossConfig(loss=rl.loss, max_weight=rl.max_weight, eps_low=rl.eps_low, eps_high=rl.eps_high,
+                             kl_coef=rl.kl_coef, entropy_coef=rl.entropy_coef)
+            if rl.kl_coef > 0:
+                batch["ref_logp"] = reference_logprobs(self._reference(), batch, chunk, micro)
+        out = train_step(self.model, optimizer, batch, loss=cfg, micro_batches=micro, chunk=chunk)
+        return _scalars(out) | {"rows": float(rows)}
+
+    def _reference(self):
+        """The KL reference: the policy as RL began (after any warm start), kept in ``<workdir>/reference``."""
+        if self.ref_model is None:
+            store = CheckpointStore(self.workdir / "reference", max_to_keep=1, async_save=False)
+            self.ref_model = nnx.clone(self.model)
+            if store.latest_step() is None:
+                save_model_checkpoint(store, 0, self.ref_model)
+            else:
+                params = nnx.state(self.ref_model, nnx.Param)
+                nnx.replace_by_pure_dict(params, store.restore(0, params=nnx.to_pure_dict(params)).params)
+                nnx.update(self.ref_model, params)
+            store.close()
+        return self.ref_model
+
+    async def _rl_step(self) -> dict[str, Any]:
+        cfg = self.config
+        tasks = self.stream.take(cfg.rollout.tasks_per_step)
+        self.runtime.engine.reseed(cfg.seed * 1_000_003 + self.global_step)
+        start = time.time()
+        groups = await self.runtime.rollout(tasks, cfg.rollout.group_size, recursive=cfg.rollout.recursive,
+                                            temperature=cfg.rollout.temperature, name=f"step{self.global_step}")
+        rollout_seconds = time.time() - start
+        step = build_batch(groups, self.adv, row_len=cfg.train.row_len)
+        record: dict[str, Any] = {"kind": "train", "step": self.global_step + 1, "rl_step": self.rl_done + 1,
+                                  "tasks": [t.task_id for t in tasks], "rollout_seconds": rollout_seconds,
+                                  **step.stats, **_tree_stats(groups)}
+        if step.batch is not None:
+            start = time.time()
+            record.update(self._update(step.batch, self.rl_optimizer, loss=cfg.rl.loss))
+            record["update_seconds"] = time.time() - start
+        else:
+            record["skipped_update"] = 1.0  # every group was zero-signal: nothing to learn from
+        self.rl_done += 1
+        return record
+
+    async def _evaluate(self, final: bool = False) -> dict[str, Any]:
+        ev = self.config.eval
+        tasks = self.runtime.tasks.tasks(ev.split, ev.num_tasks, ev.difficulties)
+        summaries, trees = await evaluate(self.runtime, tasks, ev.modes, temperature=ev.temperature,
+                                          tag=f"eval{self.global_step}")
+        out = self.workdir / "eval"
+        out.mkdir(exist_ok=True)
+        (out / f"step_{self.global_step}.json").write_text(metrics.to_json(summaries))
+        _write_example_trees(out, self.global_step, trees)
+        record = {"kind": "eval", "step": self.global_step}
+        for mode, summary in summaries.items():
+            record[f"{mode}_success"] = summary["all"]["success"]
+            for difficulty, bucket in summary["by_difficulty"].items():
+                record[f"{mode}_success_{difficulty}"] = bucket["success"]
+        self.log.write(record)
+        tqdm.write(f"eval at step {self.global_step}:\n{metrics.format_table(summaries)}")
+        return summaries
+
+    async def run(self) -> dict[str, Any]:
+        cfg = self.config
+        async with self.runtime.sandboxes():
+            if self.sft_done < cfg.sft.steps:
+                await self._sft()
+            if self.rl_done == 0 and cfg.train.eval_every and not self._evaluated_initial():
+                await self._evaluate()
+            bar = tqdm(total=cfg.train.steps, initial=self.rl_done, desc="RAO", disable=not self.progress)
+            last: dict[str, Any] = {}
+            while self.rl_done < cfg.train.steps:
+                last = await self._rl_step()
+                self.log.write(last)
+                bar.update(1)
+                bar.set_postfix(success=f"{last['success']:.2f}", reward=f"{last['root_reward']:.2f}",
+                                loss=f"{last.get('loss', float('nan')):.3f}")
+                if self.rl_done % cfg.train.checkpoint_every == 0 or self.rl_done == cfg.train.steps:
+                    self._checkpoint("rl")
+                if cfg.train.eval_every and self.rl_done % cfg.train.eval_every == 0 and \
+                        self.rl_done != cfg.train.steps:
+                    await self._evaluate()
+            bar.close()
+            summaries = await self._evaluate(final=True)
+        if cfg.train.export_hf:
+            path = save_pretrained(self.model, self.runtime.model_cfg, self.workdir / "hf", dtype="float32",
+                                   tokenizer_dir=self.workdir if (self.workdir / "tokenizer.model").exists() else None,
+                                   overwrite=True)
+            print(f"exported the policy to {path}", file=sys.stderr)
+        self.store.close()
+        self.log.close()
+        return {"last_step": last, "eval": summaries}
+
+    def _evaluated_initial(self) -> bool:
+        return (self.workdir / "eval" / f"step_{self.global_step}.json").exists()
+
+
+def _tree_stats(groups) -> dict[str, float]:
+    trees = [t for g in groups for t in g]
+    return {"depth_mean": float(np.mean([t.max_depth for t in trees])),
+            "nodes_per_tree": float(np.mean([len(t.nodes) for t in trees])),
+            "model_calls": float(np.mean([t.model_calls for t in trees])),
+            "response_tokens": float(sum(n.response_token_count or 0 for t in trees for n in t.nodes))}
+
+
+def _write_example_trees(folder: Path, step: int, trees: dict[str, Sequence]) -> None:
+    """Keeps one solved tree per mode (the deepest) as a JSONL trace next to the eval results."""
+    from rao_jax.agent.trace import write_trace
+
+    for mode, results in trees.items():
+        solved = [t for t in results if t.root.success >= 1.0]
+        if solved:
+            best = max(solved, key=lambda t: (t.max_depth, len(t.nodes)))
+            write_trace(best, folder / f"trees_step{step}_{mode}")
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Runs (or resumes) training as configured; returns the last step's metrics and the final eval."""
+    trainer = Trainer(config, progress=progress)
+    return asyncio.run(trainer.run())
+
+
+def _define_flags():
+    config = config_flags.DEFINE_config_file("config", None, "trainer config file (configs/*.py)", lock_config=True)
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host TPU pods)")
+    flags.DEFINE_bool("progress", True, "show progress bars")
+    flags.mark_flag_as_required("config")
+    return config
+
+
+def main(argv: list[str], config_flag) -> None:
+    del argv
+    FLAGS = flags.FLAGS
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every checkpoint step at INFO
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    try:
+        config = from_config_dict(config_flag.value)
+        train(config, progress=FLAGS.progress)
+    except ConfigError as err:
+        print(f"train: config error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _flag = _define_flags()
+    app.run(lambda argv: main(argv, _flag))
