@@ -16,6 +16,9 @@ must be divisible by ``ep`` (a ``ValueError`` otherwise). The router, the top-k 
   dimension, stored over ``fsdp``, is gathered on entry). Flattened tokens ``[n, d]`` are split over
   all the other axes (``data``, ``fsdp``, ``expert``, ...) and replicated over ``tensor``; ``n`` is
   zero-padded to a multiple of that shard count (padding rows are computed and thrown away).
+  Auto axes are laid out by ``shard_map`` itself; on a mesh with explicit axes (the default of
+  ``jax.make_mesh``) the inputs are ``reshard``-ed to these specs and the output back to the
+  tokens' incoming layout.
 * Dispatch. Each device sorts its ``rows = n_local * k`` (token, slot) pairs by expert, so rows
   for one destination (``expert_id // (E / ep)``) are contiguous, and writes each row into a fixed
   ``[ep, C, d]`` send buffer at ``(destination, rank within destination)`` together with its local
@@ -149,6 +152,8 @@ class MoEBlock(nnx.Module):
         tensor = self.tensor_axis if tp > 1 and f % tp == 0 else None
         token_axes = tuple(a for a in mesh.axis_names if a != tensor)
         shards = math.prod(mesh.shape[a] for a in token_axes)
+        explicit = any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+        x_spec = jax.typeof(x).sharding.spec if explicit else None
         pad = -n % shards
         if pad:
             x = jnp.pad(x, ((0, pad), (0, 0)))
@@ -190,9 +195,18 @@ class MoEBlock(nnx.Module):
             return out, dropped
 
         tok = P(token_axes, None)
-        run = jax.shard_map(local, mesh=mesh, out_specs=(tok, P()),
-                            in_specs=(tok, tok, tok, P(axis, None, tensor), P(axis, None, tensor),
-                                      P(axis, tensor, None)))
-        out, dropped = run(x, experts, weights, self.gate[...].astype(self.dtype),
-                           self.up[...].astype(self.dtype), self.down[...].astype(self.dtype))
-        return out[:n], dropped
+        specs = (tok, tok, tok, P(axis, None, tensor), P(axis, None, tensor), P(axis, tensor, None))
+        args = (x, experts, weights, self.gate[...].astype(self.dtype), self.up[...].astype(self.dtype),
+                self.down[...].astype(self.dtype))
+        if explicit:
+            # Explicit axes (``jax.make_mesh``'s default): shard_map wants its inputs already laid out,
+            # and the result goes back to the layout of the tokens that came in.
+            args = tuple(jax.sharding.reshard(a, s) for a, s in zip(args, specs, strict=True))
+        run = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(tok, P()))
+        out, dropped = run(*args)
+        if explicit:
+            out = jax.sharding.reshard(out, P() if pad else x_spec)
+        out = out[:n]
+        if explicit and pad:
+            out = jax.sharding.reshard(out, x_spec)
+        return out, dropped

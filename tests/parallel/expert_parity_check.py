@@ -4,8 +4,8 @@
 
 * ``data2_expert4`` / ``fsdp2_expert2_tensor2``: on that mesh, the model's logits and the packed
   CISPO loss and its gradients, against one device.
-* ``layer``: the MoE layer alone (forward and router stats) on both meshes, with a token count that
-  needs padding; a tight capacity drops rows and counts them; E % ep != 0 is refused.
+* ``layer``: the MoE layer alone (forward and router stats) on both meshes and on an explicit-axes
+  mesh, with a token count that needs padding; a tight capacity drops rows and counts them; E % ep != 0 is refused.
 """
 
 from __future__ import annotations
@@ -95,6 +95,15 @@ def layer_parity() -> dict:
         result[name] = {"out_diff": max_diff(out_1, out_8), "dropped": float(stats_8.dropped),
                         "stats_rel_diff": max_diff(stats_1, stats_8) / float(stats_1.tokens),
                         "all_to_all_in_hlo": "all_to_all" in hlo or "all-to-all" in hlo}
+    # A mesh with explicit axes (jax.make_mesh's default), tokens sharded by row: same result and layout.
+    explicit = jax.make_mesh((2, 1, 4, 1), ("data", "fsdp", "expert", "tensor"),
+                             axis_types=(jax.sharding.AxisType.Explicit,) * 4)
+    with jax.set_mesh(explicit):
+        x_rows = jax.sharding.reshard(x, jax.sharding.PartitionSpec("data", None, None))
+        fresh = MoEBlock(CONFIG, param_dtype=jnp.float32, dtype=jnp.float32, rngs=nnx.Rngs(1))  # same weights
+        out_e, _ = layer_fn(fresh, x_rows, mask)
+    result["explicit"] = {"out_diff": max_diff(out_1, out_e),
+                          "same_layout": str(out_e.sharding.spec) == str(x_rows.sharding.spec)}
     # A tight capacity drops rows and says so; capacity factor ep (C = rows) is exact again.
     mesh = make_mesh(data=2, expert=4)
     with jax.set_mesh(mesh):

@@ -43,6 +43,7 @@ def test_expert_parallel_layer_capacity_and_errors():
         m = r[mesh]
         assert m["out_diff"] <= TOL and m["stats_rel_diff"] <= TOL and m["dropped"] == 0, r
         assert m["all_to_all_in_hlo"], r
+    assert r["explicit"]["out_diff"] <= TOL and r["explicit"]["same_layout"], r
     cap = r["capacity"]
     assert cap["tight_dropped"] > 0 and cap["tight_diff"] > TOL, r  # drops are counted and do change the result
     assert cap["full_dropped"] == 0 and cap["full_diff"] <= TOL, r
