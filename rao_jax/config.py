@@ -270,6 +270,7 @@ class SFTSection:
         num_tasks: training tasks whose oracle trees are the demonstrations.
         difficulties: only demonstrations from these buckets (empty: all).
         recursive: demonstrate the recursive oracle (False: the flat one).
+        oracle_knobs: keyword arguments of the family's oracle (``rao_jax.envs.oracles.make_oracle``).
     """
 
     steps: int = 0
@@ -278,6 +279,7 @@ class SFTSection:
     num_tasks: int = 64
     difficulties: tuple[str, ...] = ()
     recursive: bool = True
+    oracle_knobs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         _need(self.steps >= 0 and self.rows >= 1 and self.num_tasks >= 1,

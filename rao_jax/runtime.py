@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -187,8 +188,17 @@ class Runtime:
                                       cache_dtype=e.cache_dtype, seed=config.seed)
         except ValueError as err:
             raise ConfigError(f"engine: {err}") from None
-        engine = SamplingEngine(model, engine_cfg)
+        # Synchronous RL samples with the learner's own parameters; with staleness the sampler gets a
+        # copy that the trainer refreshes after each update (``sync_sampler``), so rollouts can run
+        # while the learner updates.
+        sampler_model = model if config.rl.staleness == 0 else nnx.clone(model)
+        engine = SamplingEngine(sampler_model, engine_cfg)
         return cls(config, mesh, tasks, tokenizer, template, model, cfg, engine)
+
+    def sync_sampler(self) -> None:
+        """Copies the learner's parameters into the sampler's model (a no-op when they are the same)."""
+        if self.engine.model is not self.model:
+            nnx.update(self.engine.model, nnx.state(self.model, nnx.Param))
 
     @contextlib.asynccontextmanager
     async def sandboxes(self) -> AsyncIterator[SandboxPool]:
@@ -233,8 +243,8 @@ class Runtime:
                                       group_size)
         return [flat[i * group_size:(i + 1) * group_size] for i in range(len(tasks))]
 
-    async def scripted_rollout(self, tasks: Sequence[Task], *, recursive: bool, record_tokens: bool = False
-                               ) -> list[TreeResult]:
+    async def scripted_rollout(self, tasks: Sequence[Task], *, recursive: bool, record_tokens: bool = False,
+                               oracle_knobs: Mapping[str, Any] | None = None) -> list[TreeResult]:
         """One oracle tree per task (each task has its own oracle object, which serves every node of
         its tree); with ``record_tokens`` the nodes carry the tokens a model would have produced."""
         import asyncio
@@ -243,7 +253,7 @@ class Runtime:
             raise RuntimeError("scripted_rollout needs the sandbox pool: use `async with runtime.sandboxes():`")
 
         async def one(task: Task) -> TreeResult:
-            policy = make_oracle(task, recursive)
+            policy = make_oracle(task, recursive, **dict(oracle_knobs or {}))
             on_end = None
             if record_tokens:
                 policy = DemoPolicy(policy, self.tokenizer, self.template, open_episode(task).tool_docs,

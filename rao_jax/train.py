@@ -176,7 +176,8 @@ class Trainer:
     async def _demonstrations(self) -> list[NodeSequence]:
         sft = self.config.sft
         tasks = self.runtime.tasks.tasks("train", sft.num_tasks, sft.difficulties)
-        trees = await self.runtime.scripted_rollout(tasks, recursive=sft.recursive, record_tokens=True)
+        trees = await self.runtime.scripted_rollout(tasks, recursive=sft.recursive, record_tokens=True,
+                                                    oracle_knobs=sft.oracle_knobs)
         sequences = [NodeSequence(np.asarray(n.tokens, np.int32), np.asarray(n.loss_mask, np.float32),
                                   np.zeros(len(n.tokens), np.float32), 1.0)
                      for tree in trees for n in tree.nodes
