@@ -112,3 +112,31 @@ def test_bad_configs_fail_at_start_with_a_clear_message(tmp_path, overrides, mes
 
     with pytest.raises(ConfigError, match=message):
         Runtime.create(from_config_dict(_config(workdir=str(tmp_path), **overrides)))
+
+
+@pytest.mark.timeout(900)
+def test_warm_start_then_rl_then_evaluate_cli_on_the_checkpoint(tmp_path, capsys):
+    """SFT on oracle demonstrations lowers the demonstrations' NLL; the RL step, the eval table and
+    ``rao_jax.evaluate`` run on the checkpoint (oracle mode solves the held-out tasks)."""
+    from rao_jax import evaluate
+    from rao_jax.train import train
+
+    workdir = tmp_path / "run"
+    config = from_config_dict(_config(**{
+        "workdir": str(workdir), "rollout.root_budget": 0, "sft.steps": 3, "sft.num_tasks": 4, "sft.rows": 2,
+        "sft.learning_rate": 3e-3, "train.steps": 1, "eval.modes": ["recursive", "oracle"], "eval.num_tasks": 2}))
+    out = train(config, progress=False)
+    sft = [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "sft"]
+    assert [r["step"] for r in sft] == [1, 2, 3]
+    assert sft[-1]["loss"] < sft[0]["loss"]          # the warm start fits its demonstrations
+    assert out["eval"]["oracle"]["all"]["success"] == 1.0
+    assert _records(workdir)[0]["step"] == 4         # RL steps count on from the warm start
+
+    capsys.readouterr()
+    result = evaluate.run(config, str(workdir / "checkpoints"), modes=("recursive", "oracle"), num_tasks=2,
+                          out=str(tmp_path / "eval.json"))
+    printed = capsys.readouterr().out
+    assert "checkpoint step 4" in printed and "oracle" in printed and "recursive" in printed
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["oracle"]["all"]["success"] == result["oracle"]["all"]["success"] == 1.0
+    assert saved["recursive"]["all"]["trees"] == 2
