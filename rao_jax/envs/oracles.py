@@ -14,8 +14,10 @@ each child its share of the gold plan through that object, keyed by (tree, paren
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import re
 from typing import Any
 
 from rao_jax.agent.policy import NodeView
@@ -102,6 +104,152 @@ class TextCraftOracle:
 
 def _key(targets: dict[str, int]) -> str:
     return json.dumps(targets, sort_keys=True)
+
+
+class ObservableCraftOracle:
+    """A TextCraft oracle a model can imitate: every action is a function of what the node sees.
+
+    ``TextCraftOracle`` knows the initial inventory and hands each child a precomputed share of the
+    gold plan, information no node's context holds. This oracle decides only from the node's goal (its
+    prompt), its budget (stated in the prompt) and its observations:
+
+    - step 0: ``print(get_info(['X'])[0]['recipes'][0])`` shows the recipe of the target X;
+    - recursive: launch one sub-agent per craftable ingredient (an item whose name's tier digit is not
+      0; all in one ``asyncio.gather`` when ``parallel``, else one after the other in one cell), asking
+      for the recipe count times ``n``, the recipe executions; each gets an equal share of the budget,
+      ``(B - 3) // k - 1`` for k launches from a node of budget B, so the node keeps a step to craft;
+    - then craft X from the recipe and finish in the same cell (a leaf does this right after step 0).
+
+    The arithmetic is written as Python (``n = -(-2 // 3)``, ``{'m2a': 2 * n}``), so imitating it means
+    copying numbers from the goal and the observation, never computing them. Inventory is never read:
+    a node crafts what it needs even if stock is held, so trees may use more base material than the
+    gold plan (tasks need an ``inventory_buffer`` that covers the rounding of every node).
+
+    Flat (or ``recursive=False``): the same procedure as one depth-first script in a single REPL, one
+    ``get_info`` step per item of the tree and one craft step per item, with variables ``n_<item>``.
+    The oracle parses its own ``get_info`` observations; if one is not a recipe (an error), it finishes
+    with a failure message.
+    """
+
+    def __init__(self, task: Task | None, recursive: bool, parallel: bool = True):
+        del task   # nothing of the task beyond what each node sees is used
+        self.recursive = recursive
+        self.parallel = parallel
+
+    async def act(self, view: NodeView) -> str:
+        return self.action_for(view)
+
+    def action_for(self, view: NodeView) -> str:
+        """The node's next action: a pure function of its goal, its budget and its past steps."""
+        targets = dict(view.goal.spec["targets"])
+        if not (self.recursive and view.recursive):
+            walk = _FlatWalk(targets)
+            text = walk.next_action(None)
+            for step in view.steps:
+                text = walk.next_action(step.observation)
+            return text
+        if not view.steps:
+            return _lookup(next(iter(targets)))
+        if len(targets) != 1:
+            return action("One target per agent.", "finish('cannot: several targets')")
+        item, count = next(iter(targets.items()))
+        recipe = _read_recipe(view.steps[0].observation)
+        if recipe is None:
+            return action("The recipe lookup failed.", "finish('failed: no recipe')")
+        subs = [(name, c) for name, c in recipe["ingredients"].items() if _is_crafted(name)]
+        craft = _craft_code(item, recipe, "n") + "\nfinish('done')"
+        runs = f"n = -(-{count} // {recipe['result_count']})"
+        if len(view.steps) == 1 and subs:
+            b = view.budget_left + 1   # the budget the prompt stated: one step (the lookup) is spent
+            budget = f"b = ({b} - 3) // {len(subs)} - 1"
+            goals = [f"{{{name!r}: {c} * n}}" for name, c in subs]
+            if self.parallel:
+                calls = ", ".join(f"launch_subagent({g}, b)" for g in goals)
+                code = f"{runs}\n{budget}\nprint(await asyncio.gather({calls}))"
+            else:
+                code = f"{runs}\n{budget}\nfor g in [{', '.join(goals)}]:\n    print(await launch_subagent(g, b))"
+            names = ", ".join(name for name, _ in subs)
+            return action(f"Get {names} from sub-agents.", code)
+        if len(view.steps) == 1:
+            return action(f"Craft {item}.", f"{runs}\n{craft}")
+        if len(view.steps) == 2 and subs:
+            return action(f"Craft {item}.", craft)
+        return action("Crafting failed.", "finish('failed')")
+
+
+def _lookup(item: str) -> str:
+    return action(f"Look up the recipe of {item}.", f"print(get_info([{item!r}])[0]['recipes'][0])")
+
+
+def _is_crafted(name: str) -> bool:
+    """Whether an item is crafted, from its name: tiny-world names are ``<domain><tier><letter>``,
+    paper-world names ``<domain>_raw_NN`` for base materials."""
+    if "_raw_" in name:
+        return False
+    digits = re.match(r"[a-z]+(\d+)", name)
+    return not digits or digits.group(1) != "0"
+
+
+def _read_recipe(observation: str) -> dict[str, Any] | None:
+    try:
+        recipe = ast.literal_eval(observation.strip().splitlines()[0])
+    except (ValueError, SyntaxError, IndexError):
+        return None
+    if not isinstance(recipe, dict) or "ingredients" not in recipe or "result_count" not in recipe:
+        return None
+    return recipe
+
+
+def _craft_code(item: str, recipe: dict[str, Any], runs: str) -> str:
+    parts = ", ".join(f"{name!r}: {c} * {runs}" for name, c in recipe["ingredients"].items())
+    return f"print(craft({{{parts}}}, ({item!r}, {recipe['result_count']} * {runs})))"
+
+
+class _FlatWalk:
+    """The flat observable oracle's depth-first walk over the crafting tree, one step per action."""
+
+    def __init__(self, targets: dict[str, int]):
+        # Frames: [item, amount expression, recipe or None, index of the next ingredient to visit].
+        self.stack: list[list[Any]] = [[item, str(count), None, 0] for item, count in reversed(targets.items())]
+        self.pending: list[Any] | None = None   # the frame whose get_info observation comes next
+        self.done = False
+
+    def next_action(self, observation: str | None) -> str:
+        prefix = ""
+        if self.pending is not None:
+            recipe = _read_recipe(observation or "")
+            if recipe is None:
+                return action("The recipe lookup failed.", "finish('failed: no recipe')")
+            item, amount = self.pending[0], self.pending[1]
+            self.pending[2] = recipe
+            self.pending = None
+            # The runs of an item are fixed as soon as its recipe is read: its ingredients' amounts use them.
+            prefix = f"n_{item} = -(-({amount}) // {recipe['result_count']})\n"
+        text = self._next(prefix)
+        return text
+
+    def _next(self, prefix: str) -> str:
+        while self.stack:
+            frame = self.stack[-1]
+            item, amount, recipe, index = frame
+            if recipe is None:
+                self.pending = frame
+                return action(f"Look up the recipe of {item}.",
+                              prefix + f"print(get_info([{item!r}])[0]['recipes'][0])")
+            subs = [(name, c) for name, c in recipe["ingredients"].items() if _is_crafted(name)]
+            var = f"n_{item}"
+            if index < len(subs):
+                frame[3] += 1
+                name, c = subs[index]
+                self.stack.append([name, f"{c} * {var}", None, 0])
+                continue
+            self.stack.pop()
+            code = prefix + _craft_code(item, recipe, var)
+            if not self.stack:
+                self.done = True
+                code += "\nfinish('done')"
+            return action(f"Craft {item}.", code)
+        return action("Done.", prefix + "finish('done')")
 
 
 class RowsOracle:
@@ -224,6 +372,8 @@ def hop_budget(task: Task) -> int:
 def make_oracle(task: Task, recursive: bool, **knobs: Any):
     """The oracle policy of ``task``'s family."""
     if task.family in ("textcraft_synth", "textcraft_minecraft"):
+        if knobs.pop("observable", False):
+            return ObservableCraftOracle(task, recursive, **knobs)
         return TextCraftOracle(task, recursive, **knobs)
     if task.family == labeled_rows.FAMILY:
         return RowsOracle(task, recursive, **knobs)
