@@ -162,7 +162,9 @@ class RLSection:
         loss: ``"cispo"`` or ``"ppo"``; max_weight (CISPO), eps_low / eps_high (PPO).
         kl_coef: weight of a KL penalty to the initial policy (0: off, as in the paper).
         entropy_coef: weight of an entropy bonus (0: off); entropy is logged either way.
-        staleness: policy versions a rollout may lag the learner (0: synchronous).
+        staleness: policy versions a rollout may lag the learner (0: synchronous). With s > 0 the
+            sampler works on a copy of the parameters refreshed after every update, and the rollouts
+            of the next s steps run while the learner updates.
     """
 
     bonus: str = "mean"
@@ -185,7 +187,7 @@ class RLSection:
         _need(self.baseline in ("loo", "mean"), f"rl.baseline must be loo or mean, got {self.baseline!r}")
         _need(self.loss in ("cispo", "ppo"), f"rl.loss must be cispo or ppo, got {self.loss!r}")
         _need(self.kl_coef >= 0 and self.entropy_coef >= 0, "rl.kl_coef and rl.entropy_coef must be >= 0")
-        _need(self.staleness == 0, "rl.staleness > 0 (asynchronous rollouts) is not implemented yet; use 0")
+        _need(self.staleness >= 0, "rl.staleness must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

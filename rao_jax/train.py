@@ -23,6 +23,9 @@ step so it tells one history. Outputs in ``workdir``: ``checkpoints/``, ``metric
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
+import functools
 import json
 import logging
 import random
@@ -53,6 +56,18 @@ from rao_jax.rl.packing import NodeSequence
 from rao_jax.runtime import Runtime
 
 log = logging.getLogger("rao_jax.train")
+
+
+@dataclasses.dataclass
+class _Pending:
+    """The rollout of one RL step, in flight."""
+
+    rl_step: int              # 1-based RL step these trees will train
+    tasks: list
+    cursor: dict              # the task stream's cursor right after drawing ``tasks``
+    policy_version: int       # RL updates done when sampling began
+    started: float
+    trees: asyncio.Future
 
 
 class MetricsLog:
@@ -126,6 +141,7 @@ class Trainer:
         self.ref_model = None
         cursor = self._resume()
         self.stream = self.runtime.tasks.train_iterator(cursor)
+        self._cursor = self.stream.state()  # the cursor after the tasks of the last trained step
         self.log = MetricsLog(self.workdir, self.global_step if cursor is not None or self.sft_done else None)
         self.adv = AdvantageConfig(**{k: getattr(config.rl, k) for k in (
             "bonus", "lam", "beta", "cap", "baseline", "normalize_std", "drop_zero_signal")})
@@ -165,7 +181,7 @@ class Trainer:
 
     def _checkpoint(self, phase: str) -> None:
         optimizer = self.sft_optimizer if phase == "sft" else self.rl_optimizer
-        meta = {"phase": phase, "sft_step": self.sft_done, "rl_step": self.rl_done, "cursor": self.stream.state(),
+        meta = {"phase": phase, "sft_step": self.sft_done, "rl_step": self.rl_done, "cursor": self._cursor,
                 "rng": {"seed": self.config.seed, "sampler_seed": "seed * 1_000_003 + global step"},
                 "config": to_dict(self.config)}
         save_model_checkpoint(self.store, self.global_step, self.model,
@@ -239,25 +255,39 @@ class Trainer:
             store.close()
         return self.ref_model
 
-    async def _rl_step(self) -> dict[str, Any]:
+    def _launch(self, rl_step: int) -> _Pending:
+        """Draws the tasks of RL step ``rl_step`` and starts rolling out their trees."""
         cfg = self.config
         tasks = self.stream.take(cfg.rollout.tasks_per_step)
-        self.runtime.engine.reseed(cfg.seed * 1_000_003 + self.global_step)
-        start = time.time()
-        groups = await self.runtime.rollout(tasks, cfg.rollout.group_size, recursive=cfg.rollout.recursive,
-                                            temperature=cfg.rollout.temperature, name=f"step{self.global_step}")
-        rollout_seconds = time.time() - start
+        if cfg.rl.staleness == 0:  # synchronous: the sampler's rng depends on the step alone
+            self.runtime.engine.reseed(cfg.seed * 1_000_003 + self.sft_done + rl_step - 1)
+        rollout = self.runtime.rollout(tasks, cfg.rollout.group_size, recursive=cfg.rollout.recursive,
+                                       temperature=cfg.rollout.temperature, name=f"step{rl_step}")
+        return _Pending(rl_step, tasks, self.stream.state(), self.rl_done, time.time(), asyncio.ensure_future(rollout))
+
+    async def _finish(self, pending: _Pending) -> dict[str, Any]:
+        """Waits for a step's trees, then rewards, advantages and one update."""
+        cfg = self.config
+        groups = await pending.trees
+        rollout_seconds = time.time() - pending.started
         step = build_batch(groups, self.adv, row_len=cfg.train.row_len)
-        record: dict[str, Any] = {"kind": "train", "step": self.global_step + 1, "rl_step": self.rl_done + 1,
-                                  "tasks": [t.task_id for t in tasks], "rollout_seconds": rollout_seconds,
+        record: dict[str, Any] = {"kind": "train", "step": self.sft_done + pending.rl_step, "rl_step": pending.rl_step,
+                                  "tasks": [t.task_id for t in pending.tasks], "rollout_seconds": rollout_seconds,
+                                  "policy_lag": float(self.rl_done - pending.policy_version),
                                   **step.stats, **_tree_stats(groups)}
         if step.batch is not None:
             start = time.time()
-            record.update(self._update(step.batch, self.rl_optimizer, loss=cfg.rl.loss))
+            update = functools.partial(self._update, step.batch, self.rl_optimizer, loss=cfg.rl.loss)
+            if cfg.rl.staleness:  # in a thread, so the rollouts already in flight keep going
+                record.update(await asyncio.get_running_loop().run_in_executor(None, update))
+            else:
+                record.update(update())
             record["update_seconds"] = time.time() - start
         else:
             record["skipped_update"] = 1.0  # every group was zero-signal: nothing to learn from
         self.rl_done += 1
+        self._cursor = pending.cursor
+        self.runtime.sync_sampler()
         return record
 
     async def _evaluate(self, final: bool = False) -> dict[str, Any]:
@@ -287,8 +317,17 @@ class Trainer:
                 await self._evaluate()
             bar = tqdm(total=cfg.train.steps, initial=self.rl_done, desc="RAO", disable=not self.progress)
             last: dict[str, Any] = {}
+            if cfg.rl.staleness:
+                self.runtime.engine.reseed(cfg.seed * 1_000_003 + self.global_step)
+            # Up to 1 + staleness steps' rollouts are in flight: with staleness s, the trees a step
+            # trains on were sampled by a policy at most s updates older than the one being updated.
+            inflight: collections.deque[_Pending] = collections.deque()
+            next_step = self.rl_done + 1
             while self.rl_done < cfg.train.steps:
-                last = await self._rl_step()
+                while next_step <= cfg.train.steps and len(inflight) <= cfg.rl.staleness:
+                    inflight.append(self._launch(next_step))
+                    next_step += 1
+                last = await self._finish(inflight.popleft())
                 self.log.write(last)
                 bar.update(1)
                 bar.set_postfix(success=f"{last['success']:.2f}", reward=f"{last['root_reward']:.2f}",
