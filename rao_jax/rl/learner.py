@@ -23,11 +23,11 @@ from flax import nnx
 
 from rao_jax.models.qwen3 import Qwen3
 from rao_jax.rl.losses import MEAN_METRICS, METRIC_KEYS, LossConfig, objective
-from rao_jax.rl.packing import PackedBatch, token_logprobs, token_logprobs_and_entropy
+from rao_jax.rl.packing import PackedBatch, token_logprobs, token_logprobs_entropy_aux
 
 BATCH_FIELDS = ("tokens", "positions", "segment_ids", "targets", "behaviour_logp", "advantage", "loss_mask")
 OPTIONAL_BATCH_FIELDS = ("ref_logp",)
-STEP_METRIC_KEYS = ("loss", "grad_norm", *METRIC_KEYS)
+STEP_METRIC_KEYS = ("loss", "grad_norm", "router_aux", *METRIC_KEYS)
 SCHEDULES = ("constant", "cosine")
 
 
@@ -94,15 +94,18 @@ def _split_rows(batch: dict, micro_batches: int) -> dict:
             for name, x in batch.items()}
 
 
-def _micro_loss(model: Qwen3, micro: dict, total_tokens, *, cfg: LossConfig, chunk: int):
-    logp, entropy = token_logprobs_and_entropy(model, micro["tokens"], micro["positions"], micro["segment_ids"],
-                                               micro["targets"], chunk=chunk)
+def _micro_loss(model: Qwen3, micro: dict, total_tokens, *, cfg: LossConfig, chunk: int, micro_batches: int):
+    logp, entropy, router_aux = token_logprobs_entropy_aux(model, micro["tokens"], micro["positions"],
+                                                           micro["segment_ids"], micro["targets"], chunk=chunk)
     if cfg.entropy_coef == 0:
         entropy = jax.lax.stop_gradient(entropy)  # logged only: no backward pass through it
     value, metrics = objective(cfg, logp, entropy, micro["behaviour_logp"], micro["advantage"], micro["loss_mask"],
                                micro.get("ref_logp"))
     share = jnp.sum(micro["loss_mask"]) / jnp.maximum(total_tokens, 1.0)
-    return value * share, metrics
+    # MoE models also minimise their router's load-balancing loss (as Hugging Face training does),
+    # averaged over micro-batches; it is 0 for dense models.
+    metrics["router_aux"] = router_aux
+    return value * share + model.cfg.router_aux_loss_coef * router_aux / micro_batches, metrics
 
 
 def train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, loss: str | LossConfig = "cispo",
@@ -121,7 +124,9 @@ def train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, loss: str
         chunk: positions per log-prob chunk (the ``[tokens, vocab]`` logits are never whole).
 
     Returns:
-        ``STEP_METRIC_KEYS``: ``loss`` (the optimised value, all terms), ``policy_loss`` (CISPO / PPO /
+        ``STEP_METRIC_KEYS``: ``loss`` (the optimised value, all terms, including
+        ``router_aux_loss_coef * router_aux`` for MoE models), ``router_aux`` (the MoE load-balancing
+        loss, mean over micro-batches; 0 for dense models), ``policy_loss`` (CISPO / PPO /
         SFT term alone), ``entropy`` and ``kl_ref`` (token means; ``kl_ref`` is 0 without ``ref_logp``),
         ``is_weight_mean``, ``is_weight_max``, ``approx_kl`` (KL(behaviour || current)), ``clip_fraction``
         (these four are 0 for SFT), ``tokens`` (loss tokens of the step) and ``grad_norm`` (before clipping).
@@ -152,7 +157,8 @@ def _train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, cfg: Los
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss_fn(p, micro):
-        return _micro_loss(nnx.merge(graphdef, p, rest), micro, total_tokens, cfg=cfg, chunk=chunk)
+        return _micro_loss(nnx.merge(graphdef, p, rest), micro, total_tokens, cfg=cfg, chunk=chunk,
+                           micro_batches=micro_batches)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if micro_batches == 1:
@@ -170,7 +176,8 @@ def _train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, cfg: Los
     optimizer.update(model, grads)
     weights = metrics["tokens"] / jnp.maximum(total_tokens, 1.0)
     out = {name: jnp.sum(metrics[name] * weights) for name in MEAN_METRICS}
-    out.update(loss=value, grad_norm=grad_norm, tokens=total_tokens, is_weight_max=jnp.max(metrics["is_weight_max"]))
+    out.update(loss=value, grad_norm=grad_norm, tokens=total_tokens, is_weight_max=jnp.max(metrics["is_weight_max"]),
+               router_aux=jnp.mean(metrics["router_aux"]))
     return out
 
 

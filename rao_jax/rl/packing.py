@@ -112,12 +112,20 @@ def token_logprobs_and_entropy(model: Qwen3, tokens: Array, positions: Array, se
     Both come from the same rematerialised chunk of log-softmax, so the entropy (and its gradient,
     for an entropy bonus) costs no ``[tokens, vocab]`` buffer either.
     """
+    return _chunked_logprobs(model, tokens, positions, segment_ids, targets, chunk=chunk, with_entropy=True)[:2]
+
+
+def token_logprobs_entropy_aux(
+        model: Qwen3, tokens: Array, positions: Array, segment_ids: Array, targets: Array, *, chunk: int = 256,
+) -> tuple[Float[Array, "r t"], Float[Array, "r t"], Float[Array, ""]]:
+    """``token_logprobs_and_entropy`` plus the forward's MoE load-balancing loss (0 for dense models)."""
     return _chunked_logprobs(model, tokens, positions, segment_ids, targets, chunk=chunk, with_entropy=True)
 
 
 def _chunked_logprobs(model: Qwen3, tokens: Array, positions: Array, segment_ids: Array, targets: Array, *,
-                      chunk: int, with_entropy: bool) -> tuple[Array, Array | None]:
-    hidden = model.forward(tokens, positions, segment_ids).hidden
+                      chunk: int, with_entropy: bool) -> tuple[Array, Array | None, Array]:
+    out = model.forward(tokens, positions, segment_ids)
+    hidden = out.hidden
     r, t, d = hidden.shape
     chunk = min(chunk, t)
     if t % chunk:
@@ -137,7 +145,7 @@ def _chunked_logprobs(model: Qwen3, tokens: Array, positions: Array, segment_ids
 
     hs = hidden.reshape(r, t // chunk, chunk, d).transpose(1, 0, 2, 3)
     ys = targets.reshape(r, t // chunk, chunk).transpose(1, 0, 2)
-    out = jax.lax.map(one, (hs, ys))
+    picked = jax.lax.map(one, (hs, ys))
     if not with_entropy:
-        return unchunk(out), None
-    return unchunk(out[0]), unchunk(out[1])
+        return unchunk(picked), None, out.aux_loss
+    return unchunk(picked[0]), unchunk(picked[1]), out.aux_loss

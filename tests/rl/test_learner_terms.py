@@ -17,6 +17,7 @@ from rao_jax.rl.learner import (
     OptimConfig,
     batch_arrays,
     learning_rate_schedule,
+    make_optimizer,
     reference_logprobs,
     train_step,
 )
@@ -163,3 +164,16 @@ def test_learning_rate_schedules():
         OptimConfig(schedule="cosine")
     with pytest.raises(ValueError, match="unknown schedule"):
         OptimConfig(schedule="linear")
+
+
+def test_moe_models_add_the_scaled_router_load_balancing_loss():
+    b = _batch()
+    model = Qwen3(tiny_config("qwen3_moe", num_hidden_layers=1, router_aux_loss_coef=0.5), rngs=nnx.Rngs(0))
+    out = model.forward(b["tokens"], b["positions"], b["segment_ids"])
+    policy_only, _ = cispo_loss(_logp(model, b), b["behaviour_logp"], b["advantage"], b["loss_mask"])
+    metrics = train_step(model, make_optimizer(model), b, chunk=8)
+    assert float(metrics["router_aux"]) == pytest.approx(float(out.aux_loss), rel=1e-5)
+    assert float(out.aux_loss) > 0
+    assert float(metrics["loss"]) == pytest.approx(float(policy_only) + 0.5 * float(out.aux_loss), rel=1e-5)
+    dense = _model()
+    assert float(train_step(dense, make_optimizer(dense), b, chunk=8)["router_aux"]) == 0.0
