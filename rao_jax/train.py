@@ -49,6 +49,7 @@ from rao_jax.checkpoint.orbax_io import CheckpointStore, save_model_checkpoint
 from rao_jax.config import TrainConfig, from_config_dict, to_dict
 from rao_jax.evaluate import evaluate
 from rao_jax.models.config import ConfigError
+from rao_jax.parallel.sharding import BATCH_AXES, batch_sharding
 from rao_jax.rl.batch import AdvantageConfig, build_batch, pack_padded
 from rao_jax.rl.learner import OptimConfig, batch_arrays, make_optimizer, reference_logprobs, train_step
 from rao_jax.rl.losses import LossConfig
@@ -216,7 +217,7 @@ class Trainer:
         while self.sft_done < sft.steps:
             start = (self.sft_done * take) % len(order)
             chosen = [demos[order[(start + i) % len(order)]] for i in range(min(take, len(order)))]
-            out = self._update(pack_padded(chosen, train.row_len), self.sft_optimizer, loss="sft")
+            out = self._update(pack_padded(chosen, train.row_len, self._row_multiple), self.sft_optimizer, loss="sft")
             self.sft_done += 1
             bar.update(1)
             bar.set_postfix(nll=f"{out['loss']:.3f}")
@@ -225,11 +226,18 @@ class Trainer:
                 self._checkpoint("sft" if self.sft_done < sft.steps else "rl")
         bar.close()
 
+    @property
+    def _row_multiple(self) -> int:
+        """Rows of a batch split over the mesh's batch axes, in every micro-batch."""
+        mesh = self.runtime.mesh
+        return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
     def _update(self, packed, optimizer, *, loss: str) -> dict[str, float]:
         rows = len(packed.tokens)
-        micro = max(1, rows // self.config.train.micro_batch_rows)
+        per_micro = max(self.config.train.micro_batch_rows, self._row_multiple)
+        micro = rows // per_micro if rows % per_micro == 0 else 1
         chunk = self.config.train.logprob_chunk
-        batch = batch_arrays(packed)
+        batch = jax.device_put(batch_arrays(packed), batch_sharding(self.runtime.mesh))
         if loss == "sft":
             cfg = LossConfig(loss="sft")
         else:
@@ -270,7 +278,7 @@ class Trainer:
         cfg = self.config
         groups = await pending.trees
         rollout_seconds = time.time() - pending.started
-        step = build_batch(groups, self.adv, row_len=cfg.train.row_len)
+        step = build_batch(groups, self.adv, row_len=cfg.train.row_len, row_multiple=self._row_multiple)
         record: dict[str, Any] = {"kind": "train", "step": self.sft_done + pending.rl_step, "rl_step": pending.rl_step,
                                   "tasks": [t.task_id for t in pending.tasks], "rollout_seconds": rollout_seconds,
                                   "policy_lag": float(self.rl_done - pending.policy_version),

@@ -158,3 +158,16 @@ def test_bounded_staleness_overlaps_rollouts_with_updates_and_keeps_the_data_ord
     stream = TaskSet(config).train_iterator()
     assert [r["tasks"] for r in records] == [[t.task_id for t in stream.take(1)] for _ in range(3)]
     assert all("loss" in r for r in records)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_trainer_runs_data_parallel_on_a_two_device_mesh(tmp_path):
+    workdir = tmp_path / "run"
+    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run(_train_cmd(workdir, "--config.mesh.data=2", "--config.train.steps=2"), cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = _records(workdir)
+    assert [r["step"] for r in records] == [1, 2] and all("loss" in r for r in records)
+    assert all(r["rows"] % 2 == 0 for r in records)

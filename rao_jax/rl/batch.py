@@ -99,7 +99,8 @@ class StepBatch:
     stats: dict[str, float]
 
 
-def build_batch(groups: Sequence[Sequence[TreeResult]], cfg: AdvantageConfig, *, row_len: int) -> StepBatch:
+def build_batch(groups: Sequence[Sequence[TreeResult]], cfg: AdvantageConfig, *, row_len: int,
+                row_multiple: int = 1) -> StepBatch:
     """Rewards, advantages and the packed batch of one RL step.
 
     Args:
@@ -107,7 +108,8 @@ def build_batch(groups: Sequence[Sequence[TreeResult]], cfg: AdvantageConfig, *,
         cfg: reward / advantage variants.
         row_len: tokens per packed row; a node whose episode is longer is skipped and counted.
 
-    The row count is padded to a power of two, so updates see few distinct shapes.
+    The row count is padded to a power of two (few distinct shapes for the update), and to a multiple
+    of ``row_multiple`` (the devices the rows are split over).
     """
     table = node_table(groups)
     reward, advantage, keep = rewards_and_advantages(table, cfg)
@@ -138,10 +140,11 @@ def build_batch(groups: Sequence[Sequence[TreeResult]], cfg: AdvantageConfig, *,
     }
     if not sequences:
         return StepBatch(None, stats)
-    return StepBatch(pack_padded(sequences, row_len), stats)
+    return StepBatch(pack_padded(sequences, row_len, row_multiple), stats)
 
 
-def pack_padded(sequences: Sequence[NodeSequence], row_len: int) -> PackedBatch:
-    """``pack_sequences`` with the row count padded up to a power of two."""
+def pack_padded(sequences: Sequence[NodeSequence], row_len: int, row_multiple: int = 1) -> PackedBatch:
+    """``pack_sequences`` with the row count padded up to a power of two, then to a multiple of ``row_multiple``."""
     needed = len(pack_sequences(sequences, row_len).tokens)
-    return pack_sequences(sequences, row_len, num_rows=1 << (needed - 1).bit_length())
+    rows = 1 << (needed - 1).bit_length()
+    return pack_sequences(sequences, row_len, num_rows=-(-rows // row_multiple) * row_multiple)
