@@ -108,6 +108,8 @@ class RolloutSection:
         max_context: cap on a node's sequence length (0: the engine's ``max_seq_len``).
         max_depth / max_children / max_concurrent: optional tree caps (0: off).
         sandbox_workers / cell_cpu_seconds / cell_wall_seconds: the REPL worker pool.
+        brief_prompt: a few-line system prompt (format + tool signatures) for tiny from-scratch
+            models, in training, evaluation and warm-start demonstrations alike.
     """
 
     tasks_per_step: int = 4
@@ -125,6 +127,7 @@ class RolloutSection:
     sandbox_workers: int = 2
     cell_cpu_seconds: float = 5.0
     cell_wall_seconds: float = 20.0
+    brief_prompt: bool = False
 
     def __post_init__(self):
         _need(self.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -37,7 +38,7 @@ from rao_jax.data import datasets
 from rao_jax.data.tokenizer import corpus_texts, load_tokenizer, train_sentencepiece
 from rao_jax.envs.base import Task
 from rao_jax.envs.families import open_episode
-from rao_jax.envs.oracles import make_oracle
+from rao_jax.envs.oracles import make_oracle, oracle_corpus_texts
 from rao_jax.models import ModelConfig, Qwen3
 from rao_jax.models.config import ConfigError
 from rao_jax.parallel.sharding import make_mesh, shard_model
@@ -131,7 +132,13 @@ def _tokenizer(config: TrainConfig, tasks: TaskSet):
     log.info("training a %d-token sentencepiece tokenizer on %d %s tasks", tok.vocab_size, tok.corpus_tasks,
              tasks.family)
     corpus = tasks.tasks("train", tok.corpus_tasks)
-    return train_sentencepiece(corpus_texts(corpus), tok.vocab_size, path.with_suffix(""), seed=config.seed)
+    texts = corpus_texts(corpus)
+    if config.sft.oracle_knobs or config.rollout.brief_prompt:
+        # The warm start's oracle and prompt variant are what the model reads and writes most: the
+        # tokenizer learns their text too.
+        texts = itertools.chain(texts, oracle_corpus_texts(corpus, dict(config.sft.oracle_knobs),
+                                                           brief_prompt=config.rollout.brief_prompt))
+    return train_sentencepiece(texts, tok.vocab_size, path.with_suffix(""), seed=config.seed)
 
 
 def _model(config: TrainConfig, vocab_size: int) -> tuple[Qwen3, ModelConfig]:
@@ -237,7 +244,7 @@ class Runtime:
         params = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=temperature, top_k=r.top_k,
                                 top_p=r.top_p)
         policy = ModelPolicy(self.engine, self.tokenizer, self.template, self._tool_docs(tasks), params,
-                             max_context=r.max_context or None, name=name)
+                             max_context=r.max_context or None, name=name, brief_prompt=r.brief_prompt)
         runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=policy.end_node)
         flat = await runner.run_group([self._budgeted(t) for t in tasks], lambda task, g: open_episode(task),
                                       group_size)
@@ -257,7 +264,7 @@ class Runtime:
             on_end = None
             if record_tokens:
                 policy = DemoPolicy(policy, self.tokenizer, self.template, open_episode(task).tool_docs,
-                                    self.context_limit())
+                                    self.context_limit(), brief_prompt=self.config.rollout.brief_prompt)
                 on_end = policy.end_node
             runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=on_end)
             task = self._budgeted(task)

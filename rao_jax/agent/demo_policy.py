@@ -25,15 +25,17 @@ class DemoPolicy:
         tool_docs: ``recursive -> text`` of the family's tools (``Episode.tool_docs``).
         context_limit: a node whose sequence would exceed this many tokens ends (``EndNode``) as it
             would under a model with this window, so no demonstration is longer than training rows.
+        brief_prompt: use the few-line system prompt, as ``ModelPolicy(brief_prompt=True)`` does.
     """
 
     def __init__(self, inner: Policy, tokenizer: Tokenizer, template: ChatTemplate,
-                 tool_docs: Callable[[bool], str], context_limit: int):
+                 tool_docs: Callable[[bool], str], context_limit: int, brief_prompt: bool = False):
         self.inner = inner
         self.tokenizer = tokenizer
         self.template = template
         self.tool_docs = tool_docs
         self.context_limit = context_limit
+        self.brief_prompt = brief_prompt
         self._transcripts: dict[tuple[int, int], NodeTranscript] = {}
 
     async def act(self, view: NodeView) -> PolicyAction | EndNode:
@@ -41,7 +43,8 @@ class DemoPolicy:
         tr = self._transcripts.get(key)
         if tr is None:
             tr = self._transcripts[key] = NodeTranscript(self.template, self.tokenizer)
-            prompt = tr.start(system_prompt(self.tool_docs(view.recursive), view.recursive), user_prompt(view))
+            system = system_prompt(self.tool_docs(view.recursive), view.recursive, brief=self.brief_prompt)
+            prompt = tr.start(system, user_prompt(view))
         else:
             prompt = tr.observe(view.steps[-1].observation)
         action = await self.inner.act(view)

@@ -69,7 +69,7 @@ class ModelPolicy:
 
     def __init__(self, engine: SamplingEngine, tokenizer: Tokenizer, template: ChatTemplate,
                  tool_docs: Callable[[bool], str], params: SamplingParams, *, max_context: int | None = None,
-                 min_new_tokens: int = 32, name: Hashable | None = None):
+                 min_new_tokens: int = 32, name: Hashable | None = None, brief_prompt: bool = False):
         """
         Args:
             engine: the sampler; its ``max_seq_len`` and its model's window bound every node.
@@ -82,6 +82,7 @@ class ModelPolicy:
             min_new_tokens: the fewest response tokens worth sampling; a node with less room left
                 ends (clipped to ``params.max_new_tokens``).
             name: prefix of this policy's engine sequence ids (None: ``(tree_id, node_id)``).
+            brief_prompt: use the few-line system prompt (``protocol.system_prompt(brief=True)``).
         """
         cfg = engine.config
         if not params.stop:
@@ -102,6 +103,7 @@ class ModelPolicy:
         self.template = template
         self.tool_docs = tool_docs
         self.name = name
+        self.brief_prompt = brief_prompt
         self.params = params
         self.min_new_tokens = min(min_new_tokens, params.max_new_tokens)
         self._transcripts: dict[Hashable, NodeTranscript] = {}
@@ -126,7 +128,8 @@ class ModelPolicy:
             if view.steps:
                 raise RuntimeError(f"node {key}: no transcript at step {len(view.steps)} (ended or never started)")
             tr = self._transcripts[key] = NodeTranscript(self.template, self.tokenizer)
-            prompt = tr.start(system_prompt(self.tool_docs(view.recursive), view.recursive), user_prompt(view))
+            system = system_prompt(self.tool_docs(view.recursive), view.recursive, brief=self.brief_prompt)
+            prompt = tr.start(system, user_prompt(view))
         else:
             prompt = tr.observe(view.steps[-1].observation)
         room = self.context_limit - len(tr.tokens)

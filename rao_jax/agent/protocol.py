@@ -219,8 +219,15 @@ _FORMAT = ("<thought>what you will do next and why</thought>\n"
            "<python>\n# one Python cell\n</python>")
 
 
-def system_prompt(tool_docs: str, recursive: bool) -> str:
-    """The system prompt of every node of a tree (the same for root and children)."""
+def system_prompt(tool_docs: str, recursive: bool, brief: bool = False) -> str:
+    """The system prompt of every node of a tree (the same for root and children).
+
+    ``brief`` gives a few-line variant for tiny from-scratch models, which learn the protocol from
+    demonstrations rather than from the prompt and pay for every prompt token at every node: the
+    action format and each tool's signature only (``launch_subagent`` still only in recursive mode).
+    """
+    if brief:
+        return brief_system_prompt(tool_docs, recursive)
     parts = [
         "You are an agent that solves a task by writing Python. Each turn, answer with a short thought "
         "and exactly one Python cell, in this format:\n\n" + _FORMAT,
@@ -251,6 +258,23 @@ def system_prompt(tool_docs: str, recursive: bool) -> str:
             "    launch_subagent(goal_b, budget=10, context=\"what it needs to know\"),\n)\n"
             "print(first, second)\n</python>")
     return "\n\n".join(parts)
+
+
+# A tool line's signature: ``name(args) -> type`` up to the colon that starts its description.
+_SIGNATURE = re.compile(r"^((?:await )?[A-Za-z_]\w*\(.*?\)(?: -> [\w\[\].]+)?)(?::|$)")
+
+
+def brief_system_prompt(tool_docs: str, recursive: bool) -> str:
+    """The ``brief`` system prompt: the format, then one signature per tool line of ``tool_docs``."""
+    tools = []
+    for line in tool_docs.strip().splitlines():
+        m = _SIGNATURE.match(line.strip())
+        if m and (recursive or "launch_subagent" not in m.group(1)):
+            tools.append(m.group(1).strip())
+    if recursive and not any("launch_subagent" in t for t in tools):
+        tools.append("await launch_subagent(goal, budget, context='') -> result")
+    return ("Answer with <thought>...</thought> then one <python> cell. finish(answer) ends you.\nTools: "
+            + "; ".join(tools))
 
 
 def user_prompt(view: NodeView) -> str:

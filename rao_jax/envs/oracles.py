@@ -169,7 +169,7 @@ class ObservableCraftOracle:
             else:
                 code = f"{runs}\n{budget}\nfor g in [{', '.join(goals)}]:\n    print(await launch_subagent(g, b))"
             names = ", ".join(name for name, _ in subs)
-            return action(f"Get {names} from sub-agents.", code)
+            return action(f"Delegate {names}.", code)
         if len(view.steps) == 1:
             return action(f"Craft {item}.", f"{runs}\n{craft}")
         if len(view.steps) == 2 and subs:
@@ -178,7 +178,7 @@ class ObservableCraftOracle:
 
 
 def _lookup(item: str) -> str:
-    return action(f"Look up the recipe of {item}.", f"print(get_info([{item!r}])[0]['recipes'][0])")
+    return action(f"Recipe of {item}.", f"print(get_info([{item!r}])[0]['recipes'][0])")
 
 
 def _is_crafted(name: str) -> bool:
@@ -234,7 +234,7 @@ class _FlatWalk:
             item, amount, recipe, index = frame
             if recipe is None:
                 self.pending = frame
-                return action(f"Look up the recipe of {item}.",
+                return action(f"Recipe of {item}.",
                               prefix + f"print(get_info([{item!r}])[0]['recipes'][0])")
             subs = [(name, c) for name, c in recipe["ingredients"].items() if _is_crafted(name)]
             var = f"n_{item}"
@@ -367,6 +367,55 @@ class HopOracle:
 def hop_budget(task: Task) -> int:
     """Steps the recursive HopOracle needs: one launch step, then (3 + 1) reserved per hop in a chain."""
     return 1 + sum(4 for chain in task.spec["chains"] for _ in chain["relations"])
+
+
+class _TextRecorder:
+    """Passes an oracle's actions through and keeps every action and the observation each one answered."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.texts: list[str] = []
+
+    async def act(self, view: NodeView):
+        if view.steps:
+            self.texts.append(view.steps[-1].observation)
+        text = await self.inner.act(view)
+        self.texts.append(text if isinstance(text, str) else getattr(text, "text", ""))
+        return text
+
+
+def oracle_corpus_texts(tasks, oracle_knobs: dict[str, Any], *, brief_prompt: bool = False):
+    """Tokenizer-corpus texts of the oracle that ``oracle_knobs`` selects (``make_oracle``): per task and
+    mode the system prompt (``brief_prompt`` variant), every node's user prompt, actions and observations.
+
+    The default tokenizer corpus (``rao_jax.data.tokenizer.corpus_texts``) runs the default oracles; a
+    warm start on another oracle's demonstrations (e.g. ``observable=True``) adds these so its text is
+    tokenised as compactly. Runs ``asyncio.run`` per tree: call it outside an event loop.
+    """
+    from rao_jax.agent.protocol import system_prompt
+    from rao_jax.envs.families import open_episode
+    from rao_jax.envs.scripted_rollout import run_tree
+
+    for task in tasks:
+        for recursive in (False, True):
+            episode = open_episode(task)
+            yield system_prompt(episode.tool_docs(recursive), recursive, brief=brief_prompt)
+            recorder = _UserPrompts(_TextRecorder(make_oracle(task, recursive, **dict(oracle_knobs))))
+            run_tree(episode, recorder, task.max_steps, recursive)
+            yield from recorder.prompts
+            yield from recorder.inner.texts
+
+
+class _UserPrompts:
+    def __init__(self, inner: _TextRecorder):
+        self.inner = inner
+        self.prompts: list[str] = []
+
+    async def act(self, view: NodeView):
+        if not view.steps:
+            from rao_jax.agent.protocol import user_prompt
+            self.prompts.append(user_prompt(view))
+        return await self.inner.act(view)
 
 
 def make_oracle(task: Task, recursive: bool, **knobs: Any):
