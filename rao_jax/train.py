@@ -238,15 +238,17 @@ class Trainer:
         micro = rows // per_micro if rows % per_micro == 0 else 1
         chunk = self.config.train.logprob_chunk
         batch = jax.device_put(batch_arrays(packed), batch_sharding(self.runtime.mesh))
+        rl = self.config.rl
         if loss == "sft":
             cfg = LossConfig(loss="sft")
         else:
-            rl = self.config.rl
             cfg = LossConfig(loss=rl.loss, max_weight=rl.max_weight, eps_low=rl.eps_low, eps_high=rl.eps_high,
                              kl_coef=rl.kl_coef, entropy_coef=rl.entropy_coef)
-            if rl.kl_coef > 0:
+        # Under the mesh, MoE blocks run expert-parallel over the `expert` axis (rao_jax.models.moe).
+        with jax.set_mesh(self.runtime.mesh):
+            if loss != "sft" and rl.kl_coef > 0:
                 batch["ref_logp"] = reference_logprobs(self._reference(), batch, chunk, micro)
-        out = train_step(self.model, optimizer, batch, loss=cfg, micro_batches=micro, chunk=chunk)
+            out = train_step(self.model, optimizer, batch, loss=cfg, micro_batches=micro, chunk=chunk)
         return _scalars(out) | {"rows": float(rows)}
 
     def _reference(self):
