@@ -12,54 +12,19 @@ tpu_scripts/setup.sh copies it there from `CHECKPOINT_GCS` (tpu_scripts/common.s
 host writes its checkpoint shards there) from common.sh.
 """
 
-from rao_jax.config import default_config
+from rao_jax.config import qwen3_pod_config
 
 CHECKPOINT = "/tmp/rao/models/Qwen3-4B-Instruct-2507"  # placeholder: setup.sh puts the checkpoint here
 
 
 def get_config():
-    config = default_config()
-    config.slice = "v5p-16"
-    config.workdir = "gs://YOUR_BUCKET/rao/runs/qwen3_4b_v5p"  # placeholder: launch.sh overrides it
-    config.model.config_json = "configs/models/qwen3_4b.json"  # planning; the checkpoint's own is used
-    config.model.init_checkpoint = CHECKPOINT
-    config.model.vocab_from_tokenizer = False
-    config.model.param_dtype = "float32"  # fp32 master weights: a 3e-6 step is below bf16 resolution
-    config.model.dtype = "bfloat16"
-    config.tokenizer.path = CHECKPOINT
-    config.tokenizer.template = "qwen3"
-    config.data.family = "textcraft_synth"
-    config.data.knobs = {"preset": "paper"}
-
-    # Paper settings: 16 tasks x 8 trees, temperature 1.0, 512 tokens per action, 8k context.
-    config.rollout.tasks_per_step = 16
-    config.rollout.group_size = 8
-    config.rollout.temperature = 1.0
-    config.rollout.max_new_tokens = 512
-    config.rollout.max_context = 8192
-    config.rollout.sandbox_workers = 32
-    config.optim.learning_rate = 3e-6
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.95
-    config.optim.weight_decay = 0.017
-    config.optim.grad_clip = 1.0
-
+    config = qwen3_pod_config(
+        slice_name="v5p-16", model_json="configs/models/qwen3_4b.json", checkpoint=CHECKPOINT,
+        workdir="gs://YOUR_BUCKET/rao/runs/qwen3_4b_v5p",  # placeholder: launch.sh overrides it
+        family="textcraft_synth", knobs={"preset": "paper"}, context=8192)
     config.engine.max_rows = 256
-    config.engine.page_size = 64
     config.engine.num_pages = 16384  # 1M tokens: 512k per sampler replica (plan: 18 GiB per chip)
-    config.engine.max_seq_len = 8192
-    config.engine.max_prefill_tokens = 8192
-    config.engine.decode_steps = 32
-    config.engine.attn_impl = "pallas"
-    config.engine.cache_dtype = "bfloat16"
-
-    config.train.steps = 200
-    config.train.row_len = 8192
     config.train.micro_batch_rows = 16
-    config.train.logprob_chunk = 512
-    config.train.checkpoint_every = 10
-    config.eval.num_tasks = 64
-
     config.mesh.data = 1
     config.mesh.fsdp = 2
     config.mesh.expert = 1

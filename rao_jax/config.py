@@ -424,3 +424,50 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return list(value) if isinstance(value, tuple) else value
+
+
+def qwen3_pod_config(*, slice_name: str, model_json: str, checkpoint: str, workdir: str, family: str,
+                     knobs: Mapping[str, Any], context: int) -> ml_collections.ConfigDict:
+    """The paper's full fine-tune of a Qwen3 policy on a TPU slice (RAO_SPEC section 4).
+
+    16 tasks x 8 trees per step, temperature 1.0, 512 tokens per action, AdamW(0.9, 0.95) at a
+    constant 3e-6 with weight decay 0.017 and clipping at 1.0, fp32 master weights with bf16
+    compute (a 3e-6 step is below bf16 resolution), bf16 KV pages and the Pallas sampling kernel.
+    The per-slice sizes (mesh, KV pool, micro-batches) are left to the config file, from
+    ``python -m rao_jax.plan``.
+    """
+    config = default_config()
+    config.slice = slice_name
+    config.workdir = workdir
+    config.model.config_json = model_json       # for planning; a run uses the checkpoint's own
+    config.model.init_checkpoint = checkpoint
+    config.model.vocab_from_tokenizer = False
+    config.model.param_dtype = "float32"
+    config.model.dtype = "bfloat16"
+    config.tokenizer.path = checkpoint
+    config.tokenizer.template = "qwen3"
+    config.data.family = family
+    config.data.knobs = dict(knobs)
+    config.rollout.tasks_per_step = 16
+    config.rollout.group_size = 8
+    config.rollout.temperature = 1.0
+    config.rollout.max_new_tokens = 512
+    config.rollout.max_context = context
+    config.rollout.sandbox_workers = 32
+    config.optim.learning_rate = 3e-6
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.95
+    config.optim.weight_decay = 0.017
+    config.optim.grad_clip = 1.0
+    config.engine.page_size = 64
+    config.engine.max_seq_len = context
+    config.engine.max_prefill_tokens = context
+    config.engine.decode_steps = 32
+    config.engine.attn_impl = "pallas"
+    config.engine.cache_dtype = "bfloat16"
+    config.train.steps = 200
+    config.train.row_len = context
+    config.train.logprob_chunk = 512
+    config.train.checkpoint_every = 10
+    config.eval.num_tasks = 64
+    return config
