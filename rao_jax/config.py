@@ -39,6 +39,8 @@ class ModelSection:
             "" starts from random weights (from-scratch demo models).
         vocab_from_tokenizer: for from-scratch models, set ``vocab_size`` to the tokenizer's.
         dtype / param_dtype: compute and parameter dtypes.
+        attn_impl: training attention: "xla" (every backend), "splash" (TPU Pallas kernel) or
+            "cudnn" (GPU cuDNN flash attention; needs dtype bfloat16). The sampler has its own.
     """
 
     config_json: str = "configs/models/tiny_qwen3.json"
@@ -46,8 +48,11 @@ class ModelSection:
     vocab_from_tokenizer: bool = True
     dtype: str = "float32"
     param_dtype: str = "float32"
+    attn_impl: str = "xla"
 
     def __post_init__(self):
+        _need(self.attn_impl in ("xla", "splash", "cudnn"), "model.attn_impl must be xla, splash or cudnn")
+        _need(self.attn_impl != "cudnn" or self.dtype == "bfloat16", "model.attn_impl=cudnn needs model.dtype=bfloat16")
         _need(bool(self.config_json) or bool(self.init_checkpoint),
               "model.config_json or model.init_checkpoint must name the model")
         for name in ("dtype", "param_dtype"):

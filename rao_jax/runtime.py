@@ -144,11 +144,17 @@ def _tokenizer(config: TrainConfig, tasks: TaskSet):
 def _model(config: TrainConfig, vocab_size: int) -> tuple[Qwen3, ModelConfig]:
     m = config.model
     dtype, param_dtype = jnp.dtype(m.dtype), jnp.dtype(m.param_dtype)
+    from rao_jax.models.attention_kernels import check_attn_impl
+
+    try:
+        check_attn_impl(m.attn_impl)
+    except ValueError as err:
+        raise ConfigError(f"model.attn_impl: {err}") from None
     if m.init_checkpoint:
         path = resolve(m.init_checkpoint)
         if not path.exists():
             raise ConfigError(f"model.init_checkpoint {path} does not exist")
-        model, cfg = load_pretrained(path, dtype=dtype, param_dtype=param_dtype)
+        model, cfg = load_pretrained(path, dtype=dtype, param_dtype=param_dtype, attn_impl=m.attn_impl)
     else:
         path = resolve(m.config_json)
         if not path.exists():
@@ -156,7 +162,7 @@ def _model(config: TrainConfig, vocab_size: int) -> tuple[Qwen3, ModelConfig]:
         cfg = ModelConfig.from_json_file(path)
         if m.vocab_from_tokenizer:
             cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
-        model = Qwen3(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(config.seed))
+        model = Qwen3(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(config.seed), attn_impl=m.attn_impl)
     if cfg.vocab_size < vocab_size:
         raise ConfigError(f"the tokenizer has {vocab_size} tokens but the model's vocabulary only {cfg.vocab_size}")
     return model, cfg

@@ -119,7 +119,8 @@ def tensor_map(cfg: ModelConfig) -> list[HFTensor]:
 
 
 def load_pretrained(path: str | os.PathLike, *, dtype: DType = jnp.float32,
-                    param_dtype: DType | None = None, remat: bool = False) -> tuple[Qwen3, ModelConfig]:
+                    param_dtype: DType | None = None, remat: bool = False,
+                    attn_impl: str = "xla") -> tuple[Qwen3, ModelConfig]:
     """Loads a local Hugging Face Qwen3 / Qwen3-MoE folder into a rao_jax model.
 
     Args:
@@ -128,6 +129,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype: DType = jnp.float32,
         dtype: compute dtype of the model.
         param_dtype: storage dtype of the weights; defaults to ``dtype``.
         remat: rematerialise decoder layers in the backward pass.
+        attn_impl: the model's training attention (``Qwen3``'s ``attn_impl``).
 
     Raises:
         ConfigError: no or unusable ``config.json``.
@@ -139,7 +141,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype: DType = jnp.float32,
     cfg = ModelConfig.from_json_file(folder / "config.json")
     param_dtype = param_dtype or dtype
     abstract = nnx.eval_shape(lambda: Qwen3(cfg, param_dtype=param_dtype, dtype=dtype, remat=remat,
-                                            rngs=nnx.Rngs(0)))
+                                            rngs=nnx.Rngs(0), attn_impl=attn_impl))
     graphdef, state = nnx.split(abstract)
     params = dict(nnx.to_flat_state(state))
     files = _weight_files(folder)

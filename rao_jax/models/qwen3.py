@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from rao_jax.models.attention import Attention, attention_mask, dot_product_attention
+from rao_jax.models.attention import Attention, attention_mask
+from rao_jax.models.attention_kernels import ATTN_IMPLS, training_attention
 from rao_jax.models.config import ModelConfig
 from rao_jax.models.layers import DType, RMSNorm, SwiGLU, init_param
 from rao_jax.models.moe import MoEBlock, RouterStats, load_balancing_loss
@@ -29,7 +30,8 @@ class ForwardOutput:
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, param_dtype: DType, dtype: DType,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, attn_impl: str = "xla"):
+        self.attn_impl = attn_impl
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.self_attn = Attention(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
@@ -42,10 +44,12 @@ class DecoderLayer(nnx.Module):
                               dtype=dtype, rngs=rngs)
         self.num_experts = cfg.num_experts
 
-    def __call__(self, x, positions, mask, token_mask) -> tuple[Array, RouterStats | None]:
-        dtype = self.self_attn.dtype
-        return self.block(x, positions, token_mask,
-                          lambda q, k, v: dot_product_attention(q, k, v, mask, dtype))
+    def __call__(self, x, positions, mask, token_mask,
+                 segment_ids=None) -> tuple[Array, RouterStats | None]:
+        """``mask``: the dense mask (``attn_impl="xla"``); ``segment_ids``: for the kernels."""
+        dtype, impl = self.self_attn.dtype, self.attn_impl
+        return self.block(x, positions, token_mask, lambda q, k, v: training_attention(
+            q, k, v, impl=impl, dtype=dtype, mask=mask, segment_ids=segment_ids))
 
     def block(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"], token_mask: Array,
               attend: Callable[[Array, Array, Array], Array]) -> tuple[Array, RouterStats | None]:
@@ -72,17 +76,24 @@ class Qwen3(nnx.Module):
         dtype: compute dtype of matmuls (bfloat16 on TPU, float32 in tests). Norms, softmax,
             RoPE and logits are always float32.
         remat: recompute each decoder layer's activations in the backward pass.
+        attn_impl: training attention, ``"xla"`` (pure jnp, every backend), ``"splash"`` (Pallas
+            TPU kernel) or ``"cudnn"`` (cuDNN flash attention on GPU); see ``attention_kernels``.
+            The sampler's paged attention has its own switch.
     """
 
     def __init__(self, cfg: ModelConfig, *, param_dtype: DType = jnp.float32,
-                 dtype: DType = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+                 dtype: DType = jnp.float32, remat: bool = False, rngs: nnx.Rngs,
+                 attn_impl: str = "xla"):
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
         self.cfg = cfg
+        self.attn_impl = attn_impl
         self.dtype = dtype
         self.remat = remat
         self.embed = init_param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                                 param_dtype)
         self.layers = nnx.List([
-            DecoderLayer(cfg, i, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+            DecoderLayer(cfg, i, param_dtype=param_dtype, dtype=dtype, rngs=rngs, attn_impl=attn_impl)
             for i in range(cfg.num_hidden_layers)
         ])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
@@ -101,20 +112,21 @@ class Qwen3(nnx.Module):
                 each other; by default the whole row is one sequence.
             token_mask: 1 for real tokens, 0 for padding; only weighs the MoE balancing loss.
         """
+        kernel_segments = segment_ids  # None (one sequence per row) lets the kernels skip segment masking
         if segment_ids is None:
             segment_ids = jnp.zeros_like(tokens)
         if positions is None:
             positions = positions_from_segments(segment_ids)
         if token_mask is None:
             token_mask = jnp.ones(tokens.shape, jnp.float32)
-        mask = attention_mask(segment_ids)
+        mask = attention_mask(segment_ids) if self.attn_impl == "xla" else None
         x = self.embed_tokens(tokens)
         stats = None
         for layer in self.layers:
             if self.remat:
-                x, layer_stats = _remat_layer(layer, x, positions, mask, token_mask)
+                x, layer_stats = _remat_layer(layer, x, positions, mask, token_mask, kernel_segments)
             else:
-                x, layer_stats = layer(x, positions, mask, token_mask)
+                x, layer_stats = layer(x, positions, mask, token_mask, kernel_segments)
             if layer_stats is not None:
                 stats = layer_stats if stats is None else stats + layer_stats
         aux = load_balancing_loss(stats) if stats is not None else jnp.zeros((), jnp.float32)
@@ -138,8 +150,8 @@ class Qwen3(nnx.Module):
 
 
 @nnx.remat
-def _remat_layer(layer: DecoderLayer, x, positions, mask, token_mask):
-    return layer(x, positions, mask, token_mask)
+def _remat_layer(layer: DecoderLayer, x, positions, mask, token_mask, segment_ids):
+    return layer(x, positions, mask, token_mask, segment_ids)
 
 
 def positions_from_segments(segment_ids: Int[Array, "b t"]) -> Int[Array, "b t"]:
