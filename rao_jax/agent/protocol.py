@@ -270,11 +270,12 @@ def brief_system_prompt(tool_docs: str, recursive: bool) -> str:
     for line in tool_docs.strip().splitlines():
         m = _SIGNATURE.match(line.strip())
         if m and (recursive or "launch_subagent" not in m.group(1)):
-            tools.append(m.group(1).strip())
+            # Parameter names only: annotations and return types cost tokens a tiny model never reads.
+            signature = re.sub(r" -> .*$", "", m.group(1).strip())
+            tools.append(re.sub(r":\s*(\([^)]*\)|[^,)=]+)", "", signature))
     if recursive and not any("launch_subagent" in t for t in tools):
-        tools.append("await launch_subagent(goal, budget, context='') -> result")
-    return ("Answer with <thought>...</thought> then one <python> cell. finish(answer) ends you.\nTools: "
-            + "; ".join(tools))
+        tools.append("await launch_subagent(goal, budget, context='')")
+    return "Answer: <thought>...</thought> then one <python> cell; finish(answer) ends you.\nTools: " + ", ".join(tools)
 
 
 def user_prompt(view: NodeView) -> str:

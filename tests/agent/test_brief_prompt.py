@@ -21,7 +21,7 @@ def _episode():
 def test_brief_prompt_lists_signatures_and_hides_launch_when_flat():
     docs = _episode().tool_docs
     rec, flat = system_prompt(docs(True), True, brief=True), system_prompt(docs(False), False, brief=True)
-    assert "get_info(items: list[str]) -> list[dict]" in rec and "craft(ingredients" in rec
+    assert "get_info(items)" in rec and "craft(ingredients, target)" in rec
     assert "await launch_subagent(" in rec and "subagent" not in flat.lower()
     assert "<thought>" in flat and "<python>" in flat and "finish(" in flat
     assert len(rec) < len(system_prompt(docs(True), True)) / 3
