@@ -437,7 +437,8 @@ def qwen3_pod_config(*, slice_name: str, model_json: str, checkpoint: str, workd
 
     16 tasks x 8 trees per step, temperature 1.0, 512 tokens per action, AdamW(0.9, 0.95) at a
     constant 3e-6 with weight decay 0.017 and clipping at 1.0, fp32 master weights with bf16
-    compute (a 3e-6 step is below bf16 resolution), bf16 KV pages and the Pallas sampling kernel.
+    compute (a 3e-6 step is below bf16 resolution), bf16 KV pages, and the Pallas kernels for
+    training (splash) and sampling (ragged paged attention).
     The per-slice sizes (mesh, KV pool, micro-batches) are left to the config file, from
     ``python -m rao_jax.plan``.
     """
@@ -449,6 +450,7 @@ def qwen3_pod_config(*, slice_name: str, model_json: str, checkpoint: str, workd
     config.model.vocab_from_tokenizer = False
     config.model.param_dtype = "float32"
     config.model.dtype = "bfloat16"
+    config.model.attn_impl = "splash"   # Pallas TPU kernel in training (the plan assumes blockwise attention)
     config.tokenizer.path = checkpoint
     config.tokenizer.template = "qwen3"
     config.data.family = family

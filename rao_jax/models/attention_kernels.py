@@ -61,8 +61,39 @@ def training_attention(q: Float[Array, "b t hq d"], k: Float[Array, "b t hk d"],
     check_attn_impl(impl)
     q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
     if impl == "splash":
-        return splash_attention(q, k, v, segment_ids)
+        return _on_mesh(splash_attention, q, k, v, segment_ids)
     return cudnn_attention(q, k, v, segment_ids)
+
+
+def _on_mesh(kernel, q, k, v, segment_ids):
+    """Runs a per-device kernel under the active mesh: rows split over the batch axes, heads over
+    ``tensor`` (a Pallas call has no partitioning rule of its own, so XLA would gather its inputs).
+    Axes that do not divide a dimension stay unsplit; without a mesh the kernel runs as is."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or all(n == 1 for n in mesh.shape.values()):
+        return kernel(q, k, v, segment_ids)
+    from jax.sharding import PartitionSpec as P
+
+    b, hq, hk = q.shape[0], q.shape[2], k.shape[2]
+    rows, size = [], 1
+    for axis in ("data", "fsdp", "expert"):
+        n = mesh.shape.get(axis, 1)
+        if n > 1 and b % (size * n) == 0:
+            rows.append(axis)
+            size *= n
+    tp = mesh.shape.get("tensor", 1)
+    heads = "tensor" if tp > 1 and hq % tp == 0 and hk % tp == 0 else None
+    row_spec = tuple(rows) or None
+    qkv = P(row_spec, None, heads, None)
+    if segment_ids is None:
+        run = jax.shard_map(lambda q_, k_, v_: kernel(q_, k_, v_, None), mesh=mesh, in_specs=(qkv, qkv, qkv),
+                            out_specs=qkv, check_vma=False)
+        return run(q, k, v)
+    # check_vma off: the Pallas call's outputs carry no varying-axes annotation (each device's rows
+    # and heads are independent, so there is nothing to check).
+    run = jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, P(row_spec, None)), out_specs=qkv,
+                        check_vma=False)
+    return run(q, k, v, segment_ids)
 
 
 def splash_attention(q: Float[Array, "b t hq d"], k: Float[Array, "b t hk d"], v: Float[Array, "b t hk d"],

@@ -212,3 +212,37 @@ def test_cudnn_rejects_float32_on_gpu():
     q, k, v = qkv(1, 128, 4, 2, 64, jnp.float32)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         training_attention(q, k, v, impl="cudnn", dtype=jnp.float32)
+
+
+_MESH_SCRIPT = """
+import functools
+import jax, jax.numpy as jnp, numpy as np
+from rao_jax.models.attention_kernels import _on_mesh, splash_attention
+from rao_jax.parallel.sharding import make_mesh
+from tests.models.test_attention_kernels import qkv, xla_attention
+q, k, v = qkv(2, 128, 4, 2, 128, jnp.float32)
+segs = jnp.asarray(np.r_[np.ones(60), 2 * np.ones(68)][None].repeat(2, 0).astype(np.int32))
+want = xla_attention(q, k, v, segs, jnp.float32)
+kernel = functools.partial(splash_attention, interpret=True)
+with jax.set_mesh(make_mesh(data=2, tensor=2)):
+    got = jax.jit(lambda q, k, v, s: _on_mesh(kernel, q, k, v, s))(q, k, v, segs)
+print("MAXDIFF", float(jnp.max(jnp.abs(got - want))))
+"""
+
+
+def test_splash_runs_per_device_under_a_mesh_in_the_kernel_interpreter():
+    """On a (data 2 x tensor 2) fake CPU mesh the kernel runs inside shard_map (rows over data, heads
+    over tensor) and still equals the XLA attention."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    diff = float(out.stdout.split("MAXDIFF")[1])
+    assert diff < 1e-5
