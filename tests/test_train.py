@@ -142,6 +142,7 @@ def test_warm_start_then_rl_then_evaluate_cli_on_the_checkpoint(tmp_path, capsys
     assert saved["recursive"]["all"]["trees"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_bounded_staleness_overlaps_rollouts_with_updates_and_keeps_the_data_order(tmp_path):
     from rao_jax.runtime import TaskSet
