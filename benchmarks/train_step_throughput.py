@@ -57,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--torch-compile", action="store_true", help="wrap the torch model in torch.compile")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attn-impl", default="xla", choices=("xla", "splash", "cudnn"),
+                   help="rao_jax training attention (cudnn: GPU, bf16; splash: TPU)")
     args = p.parse_args()
     if args.rows < 1 or args.row_len < 8 or args.steps < 1 or args.repeats < 1:
         p.error("need --rows >= 1, --row-len >= 8, --steps >= 1, --repeats >= 1")
@@ -206,7 +208,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="train_step_bench_") as tmp:
         folder = make_weights(args.model_config, Path(tmp), args.seed)
         compute = jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
-        model, _ = load_pretrained(folder, dtype=compute, param_dtype=jnp.float32)
+        model, _ = load_pretrained(folder, dtype=compute, param_dtype=jnp.float32, attn_impl=args.attn_impl)
         torch_step = TorchStep(torch, folder, batch, device=args.device, dtype=args.dtype,
                                compile_model=args.torch_compile, opt=opt)
     optimizer = make_optimizer(model, opt)
@@ -237,7 +239,7 @@ def main() -> None:
     checks = {"loss": (float(jax_out["loss"]), float(torch_loss)),
               "grad norm": (float(jax_out["grad_norm"]), float(torch_norm))}
     print(f"model {Path(args.model_config).name}: {params:,} params; batch {args.rows} rows x {args.row_len} tokens "
-          f"({int(jax_out['tokens'])} loss tokens); dtype {args.dtype}; jax {jax.__version__} "
+          f"({int(jax_out['tokens'])} loss tokens); dtype {args.dtype}; attn {args.attn_impl}; jax {jax.__version__} "
           f"({jax.default_backend()}: {jax.devices()[0].device_kind}), torch {torch.__version__} ({args.device}"
           f"{', compiled' if args.torch_compile else ''})")
     failed = []
