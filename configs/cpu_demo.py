@@ -27,8 +27,11 @@ def get_config():
     config.model.config_json = "configs/models/tiny_qwen3.json"
     config.tokenizer.vocab_size = 1024
     config.tokenizer.corpus_tasks = 48
-    config.data.knobs = {"preset": "tiny", "per_difficulty": 40, "difficulties": [list(d) for d in TIERS],
-                         "max_steps": 200}
+    # The tiny world widened to 4 domains x 10 items per tier: with few distinct items a tiny model
+    # memorises whole demonstrations instead of learning to copy names and numbers from its context.
+    config.data.knobs = {"preset": "tiny", "per_difficulty": 100, "difficulties": [list(d) for d in TIERS],
+                         "items_per_tier": 10, "domains": ["metal", "wood", "stone", "glass"],
+                         "inventory_buffer": 1.0, "max_steps": 200}
     config.data.train_difficulties = TRAINED
 
     config.rollout.brief_prompt = True
@@ -47,7 +50,7 @@ def get_config():
     config.sft.steps = 250
     config.sft.learning_rate = 3e-3
     config.sft.rows = 8
-    config.sft.num_tasks = 120
+    config.sft.num_tasks = 300
     config.sft.difficulties = TRAINED
     config.sft.recursive = True
     config.sft.oracle_knobs = {"observable": True, "parallel": True}
@@ -55,12 +58,12 @@ def get_config():
     config.rl.drop_zero_signal = True
     config.optim.learning_rate = 3e-4
     config.optim.weight_decay = 0.0
-    config.train.steps = 30
+    config.train.steps = 15
     config.train.row_len = 640
     config.train.micro_batch_rows = 8
     config.train.logprob_chunk = 320
-    config.train.checkpoint_every = 10
-    config.train.eval_every = 0
+    config.train.checkpoint_every = 50
+    config.train.eval_every = 15
     config.train.export_hf = True
     config.eval.num_tasks = 60
     config.eval.modes = ("recursive", "flat")
