@@ -6,6 +6,10 @@ Same world, tasks, tokenizer recipe, model, context window, root budget, warm-st
 (steps, rows, trees per step) as the recursive demo; the warm start demonstrates the flat
 model-observable oracle (the same lookups and crafts, depth-first in one REPL) and RL samples flat
 trees. Evaluation runs the flat mode only.
+
+Measured (2 shared CPU cores, seed 0): 11.5 min wall; warm start 250 x ~1.25 s (nll 0.109), held-out
+success 1/60 before RL and 1/60 after (t1 1/10, t2-t6 0/10; 59 of 60 trees overflow the window);
+12 of 15 RL steps had no signal (every tree failed) and were skipped.
 """
 
 import importlib.util
