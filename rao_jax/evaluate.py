@@ -32,9 +32,10 @@ from rao_jax.models.config import ConfigError
 
 
 async def rollout_mode(runtime, tasks: Sequence[Task], mode: str, temperature: float, tag: str) -> list[TreeResult]:
-    """One tree per task in ``mode`` (``recursive``, ``flat`` or ``oracle``)."""
-    if mode == "oracle":
-        return await runtime.scripted_rollout(tasks, recursive=True)
+    """One tree per task in ``mode`` (``recursive``, ``flat`` or ``oracle``: the family's oracle with
+    ``sft.oracle_knobs``, the same one the warm start imitates)."""
+    if mode == "oracle":  # the oracle the warm start imitates, when one is configured
+        return await runtime.scripted_rollout(tasks, recursive=True, oracle_knobs=runtime.config.sft.oracle_knobs)
     groups = await runtime.rollout(tasks, 1, recursive=mode == "recursive", temperature=temperature,
                                    name=f"{tag}-{mode}")
     return [g[0] for g in groups]
