@@ -300,7 +300,7 @@ class Trainer:
         self.runtime.sync_sampler()
         return record
 
-    async def _evaluate(self, final: bool = False) -> dict[str, Any]:
+    async def _evaluate(self) -> dict[str, Any]:
         ev = self.config.eval
         tasks = self.runtime.tasks.tasks(ev.split, ev.num_tasks, ev.difficulties)
         summaries, trees = await evaluate(self.runtime, tasks, ev.modes, temperature=ev.temperature,
@@ -348,7 +348,7 @@ class Trainer:
                         self.rl_done != cfg.train.steps:
                     await self._evaluate()
             bar.close()
-            summaries = await self._evaluate(final=True)
+            summaries = await self._evaluate()
         if cfg.train.export_hf:
             path = save_pretrained(self.model, self.runtime.model_cfg, self.workdir / "hf", dtype="float32",
                                    tokenizer_dir=self.workdir if (self.workdir / "tokenizer.model").exists() else None,
