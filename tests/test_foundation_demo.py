@@ -17,6 +17,7 @@ def test_counting_batch_packs_sequences_with_segment_ids():
     assert (steps == 1).all()
 
 
+@pytest.mark.slow
 def test_short_run_checkpoints_exports_and_reloads_exactly(tmp_path):
     result = foundation_demo.run_one(foundation_demo.DEFAULT_CONFIGS[1], tmp_path, steps=2, seed=0)
     assert result["checkpoint_step"] == 2

@@ -6,10 +6,12 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# The trainer config; its `config.slice` picks the accelerator unless ACCELERATOR_TYPE is set.
+# The trainer config; its slice (`config.slice = "..."` or `slice_name="..."` of qwen3_pod_config) picks
+# the accelerator unless ACCELERATOR_TYPE is set.
 CONFIG="${CONFIG:-configs/qwen3_4b_v5p.py}"
 config_slice() {
-  sed -n 's/^[[:space:]]*config\.slice = "\([^"]*\)".*/\1/p' "${REPO_ROOT}/${CONFIG}" | head -n 1
+  sed -n -e 's/^[[:space:]]*config\.slice = "\([^"]*\)".*/\1/p' \
+    -e 's/.*slice_name="\([^"]*\)".*/\1/p' "${REPO_ROOT}/${CONFIG}" | head -n 1
 }
 ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-$(config_slice)}"
 if [[ -z "${ACCELERATOR_TYPE}" ]]; then

@@ -15,7 +15,8 @@ from rao_jax.parallel.sharding import TRAIN_RULES, make_mesh, partition_spec
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("model_type", ["qwen3", "qwen3_moe"])
+# MoE under a mesh also runs in the default suite through tests/parallel/test_expert_parallel.py.
+@pytest.mark.parametrize("model_type", ["qwen3", pytest.param("qwen3_moe", marks=pytest.mark.slow)])
 def test_sharded_step_matches_single_device(model_type):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT))
