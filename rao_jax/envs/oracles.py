@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import random
 import re
 from typing import Any
 
@@ -252,6 +253,102 @@ class _FlatWalk:
         return action("Done.", prefix + "finish('done')")
 
 
+class ProgramCraftOracle:
+    """A TextCraft demonstrator whose cells are small programs, for models too small to copy names.
+
+    Every cell reads the recipe through Python variables, so the only values a model copies are the
+    target (into the thought, then the code), its count and the budget, from its own prompt (step 0). Each later action is one of
+    a few fixed cells; which one comes next is a function of the number the previous cell printed:
+
+    - recursive: LOOKUP prints ``<item> <recipe> <k>`` with k the crafted ingredients; k = 0 -> CRAFT
+      (craft and finish), else DELEGATE (one sub-agent per crafted ingredient in one ``asyncio.gather``,
+      each with ``(B - 3) // k - 1`` steps), then CRAFT;
+    - flat: EXPAND looks up the next item of a to-do stack and pushes its crafted ingredients, printing
+      how many items are still to expand (> 0 -> EXPAND again, 0 -> CRAFT); CRAFT crafts the most recently
+      expanded item and prints how many are left to craft (> 0 -> CRAFT, 0 -> finish). One environment
+      action per cell in both modes, so a flat agent's context grows with the size of the crafting tree.
+
+    ``mistake_rate`` makes the demonstrator imperfect: where the right move is DELEGATE / EXPAND it
+    crafts at once instead with that probability (a reproducible draw per tree, node and step), which
+    fails for lack of ingredients; after an error it finishes with a failure. A warm start on such
+    demonstrations leaves RL a decision to sharpen.
+    """
+
+    LOOKUP = ("r = get_info([t])[0]['recipes'][0]\n"
+              "n = -(-q // r['result_count'])\n"
+              "subs = [(k, c * n) for k, c in r['ingredients'].items() if k[1] != '0']\n"
+              "print(t, r, len(subs))")
+    DELEGATE = ("b = (B - 3) // len(subs) - 1\n"
+                "print(await asyncio.gather(*[launch_subagent({k: c}, b) for k, c in subs]))")
+    CRAFT = ("print(craft({k: c * n for k, c in r['ingredients'].items()}, (t, r['result_count'] * n)))\n"
+             "finish('done')")
+    EXPAND = ("t, q = todo.pop()\n"
+              "r = get_info([t])[0]['recipes'][0]\n"
+              "n = -(-q // r['result_count'])\n"
+              "plan.append((t, r, n))\n"
+              "todo += [(k, c * n) for k, c in r['ingredients'].items() if k[1] != '0']\n"
+              "print(t, r, len(todo))")
+    CRAFT_NEXT = ("t, r, n = plan.pop()\n"
+                  "print(craft({k: c * n for k, c in r['ingredients'].items()}, (t, r['result_count'] * n)),"
+                  " len(plan))")
+
+    def __init__(self, task: Task | None, recursive: bool, mistake_rate: float = 0.0, seed: int = 0):
+        if not 0.0 <= mistake_rate < 1.0:
+            raise ValueError(f"mistake_rate must be in [0, 1), got {mistake_rate}")
+        self.recursive = recursive
+        self.mistake_rate = mistake_rate
+        self.key = f"{seed}:{task.task_id if task is not None else ''}"
+
+    async def act(self, view: NodeView) -> str:
+        return self.action_for(view)
+
+    def _slip(self, view: NodeView) -> bool:
+        if not self.mistake_rate:
+            return False
+        draw = random.Random(f"{self.key}:{view.tree_id}:{view.node_id}:{len(view.steps)}").random()
+        return draw < self.mistake_rate
+
+    def action_for(self, view: NodeView) -> str:
+        """The node's next action: a function of its prompt, its past steps and the reproducible draw."""
+        recursive = self.recursive and view.recursive
+        if not view.steps:
+            targets = dict(view.goal.spec["targets"])
+            if len(targets) != 1:
+                return action("One target per agent.", "finish('cannot: several targets')")
+            (item, count), = targets.items()
+            head = f"t, q, B = {item!r}, {count}, {view.budget_left}\n"
+            if recursive:
+                return action(f"Look up {item}.", head + self.LOOKUP)
+            return action(f"Expand {item}.", head + "todo, plan = [(t, q)], []\n" + self.EXPAND)
+        last = view.steps[-1]
+        left = _printed_count(last.observation)
+        if left is None:
+            return action("Something failed.", "finish('failed')")
+        if recursive:
+            if len(view.steps) == 1:
+                if left == 0 or self._slip(view):
+                    return action("Craft it.", self.CRAFT)
+                return action("Delegate the crafted ingredients.", self.DELEGATE)
+            return action("Craft it.", self.CRAFT) if "launch_subagent" in last.action else \
+                action("Something failed.", "finish('failed')")
+        if "todo.pop()" in last.action and left > 0 and not self._slip(view):
+            return action("Expand the next item.", self.EXPAND)
+        if left > 0 or "todo.pop()" in last.action:
+            return action("Craft the next item.", self.CRAFT_NEXT)
+        return action("Done.", "finish('done')")
+
+
+def _printed_count(observation: str) -> int | None:
+    """The count a program cell printed last on its line, or None after an error."""
+    text = (observation or "").strip()
+    if not text or "Error" in text or "Traceback" in text:
+        return None
+    if text.startswith("[") and "launch_subagent" not in text:   # a DELEGATE cell printed its results
+        return 0
+    match = re.search(r"(\d+)\s*$", text.splitlines()[0])
+    return int(match.group(1)) if match else None
+
+
 class RowsOracle:
     """Reads every row itself (flat), or splits the rows over a tree of children that count by group."""
 
@@ -421,8 +518,13 @@ class _UserPrompts:
 def make_oracle(task: Task, recursive: bool, **knobs: Any):
     """The oracle policy of ``task``'s family."""
     if task.family in ("textcraft_synth", "textcraft_minecraft"):
-        if knobs.pop("observable", False):
+        style = knobs.pop("style", "plan")
+        if knobs.pop("observable", False) or style == "observable":
             return ObservableCraftOracle(task, recursive, **knobs)
+        if style == "program":
+            return ProgramCraftOracle(task, recursive, **knobs)
+        if style != "plan":
+            raise ValueError(f"oracle style must be 'plan', 'observable' or 'program', got {style!r}")
         return TextCraftOracle(task, recursive, **knobs)
     if task.family == labeled_rows.FAMILY:
         return RowsOracle(task, recursive, **knobs)
