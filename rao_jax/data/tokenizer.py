@@ -137,7 +137,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_prefix: str |
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=sentences(), model_writer=buffer, vocab_size=vocab_size,
-            model_type="bpe", byte_fallback=True, character_coverage=0.9995,
+            model_type="bpe", byte_fallback=True, character_coverage=1.0, split_digits=True,
             user_defined_symbols=[*SENTENCEPIECE_CHAT_SPECIALS, *ACTION_TAGS],
             normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
             allow_whitespace_only_pieces=True, split_by_whitespace=True,
