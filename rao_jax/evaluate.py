@@ -23,6 +23,7 @@ from typing import Any
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+from tqdm import tqdm
 
 from rao_jax import metrics
 from rao_jax.agent.tree import TreeResult
@@ -31,25 +32,38 @@ from rao_jax.envs.base import Task
 from rao_jax.models.config import ConfigError
 
 
-async def rollout_mode(runtime, tasks: Sequence[Task], mode: str, temperature: float, tag: str) -> list[TreeResult]:
+async def rollout_mode(runtime, tasks: Sequence[Task], mode: str, temperature: float, tag: str,
+                       progress: bool = False) -> list[TreeResult]:
     """One tree per task in ``mode`` (``recursive``, ``flat`` or ``oracle``: the family's oracle with
-    ``sft.oracle_knobs``, the same one the warm start imitates)."""
+    ``sft.oracle_knobs``, the same one the warm start imitates); ``progress`` shows a bar of finished
+    trees with their running success rate."""
     if mode == "oracle":  # the oracle the warm start imitates, when one is configured
         return await runtime.scripted_rollout(tasks, recursive=True, oracle_knobs=runtime.config.sft.oracle_knobs)
-    groups = await runtime.rollout(tasks, 1, recursive=mode == "recursive", temperature=temperature,
-                                   name=f"{tag}-{mode}")
+    bar = tqdm(total=len(tasks), desc=f"eval {mode}", leave=False, disable=not progress)
+    solved = [0.0]
+
+    def done(tree: TreeResult) -> None:
+        solved[0] += tree.root.success
+        bar.update(1)
+        bar.set_postfix(success=f"{solved[0] / bar.n:.2f}")
+
+    try:
+        groups = await runtime.rollout(tasks, 1, recursive=mode == "recursive", temperature=temperature,
+                                       name=f"{tag}-{mode}", on_tree_end=done)
+    finally:
+        bar.close()
     return [g[0] for g in groups]
 
 
 async def evaluate(runtime, tasks: Sequence[Task], modes: Sequence[str], *, temperature: float,
-                   tag: str = "eval") -> tuple[dict[str, Any], dict[str, list[TreeResult]]]:
+                   tag: str = "eval", progress: bool = False) -> tuple[dict[str, Any], dict[str, list[TreeResult]]]:
     """Summaries per mode (``metrics.summarize``) and the trees behind them."""
     rl = runtime.config.rl
     by_id = {t.task_id: t for t in tasks}
     summaries, trees = {}, {}
     for mode in modes:
         start = time.time()
-        trees[mode] = await rollout_mode(runtime, tasks, mode, temperature, tag)
+        trees[mode] = await rollout_mode(runtime, tasks, mode, temperature, tag, progress)
         summaries[mode] = metrics.summarize(trees[mode], by_id, bonus=rl.bonus, lam=rl.lam, beta=rl.beta,
                                             cap=rl.cap)
         summaries[mode]["eval_seconds"] = time.time() - start
@@ -80,7 +94,7 @@ def run(config: TrainConfig, checkpoint: str | None, *, step: int | None = None,
 
     async def main():
         async with runtime.sandboxes():
-            return await evaluate(runtime, tasks, modes or ev.modes, temperature=ev.temperature)
+            return await evaluate(runtime, tasks, modes or ev.modes, temperature=ev.temperature, progress=True)
 
     summaries, _ = asyncio.run(main())
     print(f"checkpoint step {loaded} · {len(tasks)} {ev.split} tasks · temperature {ev.temperature}")

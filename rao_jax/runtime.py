@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +242,7 @@ class Runtime:
         return min(e.max_seq_len, r.max_context or e.max_seq_len, self.model_cfg.max_position_embeddings)
 
     async def rollout(self, tasks: Sequence[Task], group_size: int, *, recursive: bool, temperature: float,
-                      name: str) -> list[list[TreeResult]]:
+                      name: str, on_tree_end: Callable[[TreeResult], None] | None = None) -> list[list[TreeResult]]:
         """``group_size`` model-driven trees per task, all in flight together; ``[task][g]``."""
         if self.pool is None:
             raise RuntimeError("rollout needs the sandbox pool: use `async with runtime.sandboxes():`")
@@ -253,7 +253,7 @@ class Runtime:
                              max_context=r.max_context or None, name=name, brief_prompt=r.brief_prompt)
         runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=policy.end_node)
         flat = await runner.run_group([self._budgeted(t) for t in tasks], lambda task, g: open_episode(task),
-                                      group_size)
+                                      group_size, on_tree_end)
         return [flat[i * group_size:(i + 1) * group_size] for i in range(len(tasks))]
 
     async def scripted_rollout(self, tasks: Sequence[Task], *, recursive: bool, record_tokens: bool = False,

@@ -104,11 +104,17 @@ class RolloutRunner:
         self._tree_ids = 0
 
     async def run_group(self, tasks: Sequence[Task], make_episode: Callable[[Task, int], Episode],
-                        group_size: int) -> list[TreeResult]:
-        """``group_size`` trees per task, all running at once; results ordered task-major."""
-        jobs = [self.run_tree(make_episode(task, g), task.max_steps, task_id=task.task_id)
-                for task in tasks for g in range(group_size)]
-        return list(await asyncio.gather(*jobs))
+                        group_size: int, on_tree_end: Callable[[TreeResult], None] | None = None
+                        ) -> list[TreeResult]:
+        """``group_size`` trees per task, all running at once; results ordered task-major.
+        ``on_tree_end`` is called with each tree as it finishes (progress bars)."""
+        async def one(task: Task, g: int) -> TreeResult:
+            result = await self.run_tree(make_episode(task, g), task.max_steps, task_id=task.task_id)
+            if on_tree_end is not None:
+                on_tree_end(result)
+            return result
+
+        return list(await asyncio.gather(*(one(task, g) for task in tasks for g in range(group_size))))
 
     async def run_tree(self, episode: Episode, root_budget: int, task_id: str | None = None) -> TreeResult:
         """Roll out one tree to the end (every node ended) and return its records."""
