@@ -115,6 +115,9 @@ class RolloutSection:
         sandbox_workers / cell_cpu_seconds / cell_wall_seconds: the REPL worker pool.
         brief_prompt: a few-line system prompt (format + tool signatures) for tiny from-scratch
             models, in training, evaluation and warm-start demonstrations alike.
+        goal_variables: predefine ``goal`` (the node's goal spec, e.g. ``{'targets': {'s3b': 2}}``) and
+            ``budget`` (its steps) in every node's REPL namespace, as well as stating them in the prompt,
+            so a policy can read its task as data instead of copying it from text (the system prompt says so).
     """
 
     tasks_per_step: int = 4
@@ -133,6 +136,7 @@ class RolloutSection:
     cell_cpu_seconds: float = 5.0
     cell_wall_seconds: float = 20.0
     brief_prompt: bool = False
+    goal_variables: bool = False
 
     def __post_init__(self):
         _need(self.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1")
@@ -338,6 +342,8 @@ class TrainConfig:
         _need(bool(self.workdir), "workdir must be set")
         _need(self.rollout.max_new_tokens < self.engine.max_seq_len,
               "rollout.max_new_tokens must be < engine.max_seq_len")
+        _need(not self.sft.oracle_knobs.get("goal_variables") or self.rollout.goal_variables,
+              "sft.oracle_knobs goal_variables=True needs rollout.goal_variables=True (its cells read `goal`)")
         _need(self.train.row_len >= min(self.engine.max_seq_len, self.rollout.max_context or 1 << 30),
               f"train.row_len ({self.train.row_len}) must hold a whole node episode: make it >= "
               f"engine.max_seq_len ({self.engine.max_seq_len}) or rollout.max_context")

@@ -228,14 +228,17 @@ class Runtime:
         r = self.config.rollout
         caps = BudgetCaps(max_depth=r.max_depth or None, max_children_per_node=r.max_children or None,
                           max_concurrent_nodes=r.max_concurrent or None)
-        return RolloutConfig(recursive=recursive, caps=caps)
+        return RolloutConfig(recursive=recursive, caps=caps, goal_variables=r.goal_variables)
 
     def _budgeted(self, task: Task) -> Task:
         budget = self.config.rollout.root_budget
         return dataclasses.replace(task, max_steps=budget) if budget else task
 
     def _tool_docs(self, tasks: Sequence[Task]):
-        return open_episode(tasks[0]).tool_docs
+        docs = open_episode(tasks[0]).tool_docs
+        if not self.config.rollout.goal_variables:
+            return docs
+        return lambda recursive: docs(recursive) + "\nSet for you: goal (your task as a dict), budget (your steps)."
 
     def context_limit(self) -> int:
         r, e = self.config.rollout, self.config.engine
@@ -269,7 +272,7 @@ class Runtime:
             policy = make_oracle(task, recursive, **dict(oracle_knobs or {}))
             on_end = None
             if record_tokens:
-                policy = DemoPolicy(policy, self.tokenizer, self.template, open_episode(task).tool_docs,
+                policy = DemoPolicy(policy, self.tokenizer, self.template, self._tool_docs([task]),
                                     self.context_limit(), brief_prompt=self.config.rollout.brief_prompt)
                 on_end = policy.end_node
             runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=on_end)

@@ -106,6 +106,7 @@ def test_unknown_config_key_fails_at_start_naming_it(tmp_path):
     ({"rollout.group_size": 1}, "group_size must be >= 2"),
     ({"train.steps": "many"}, "train.steps must be int"),
     ({"rl.staleness": -1}, "rl.staleness must be >= 0"),
+    ({"sft.oracle_knobs": {"style": "program", "goal_variables": True}}, "needs rollout.goal_variables=True"),
 ])
 def test_bad_configs_fail_at_start_with_a_clear_message(tmp_path, overrides, message):
     from rao_jax.runtime import Runtime

@@ -47,6 +47,7 @@ class RolloutConfig:
     caps: BudgetCaps = BudgetCaps()
     max_observation_chars: int = 4_000    # observations longer than this keep head and tail
     trace_dir: str | None = None          # if set, every finished tree is written there as JSONL
+    goal_variables: bool = False          # predefine `goal` (the goal's spec) and `budget` in each namespace
 
 
 @dataclasses.dataclass
@@ -220,6 +221,8 @@ class RolloutRunner:
         tree.nodes[node_id] = node
         sync_tools, async_tools = self._tools(tree, node)
         try:
+            if self.config.goal_variables:   # not a step: the namespace starts with the node's task as data
+                await tree.session.run_cell(node_id, f"goal = {dict(goal.spec)!r}\nbudget = {budget}", {}, {})
             while not node.finished and node.ended_by_policy is None and tree.budget.left(node_id) > 0:
                 await self._step(tree, node, sync_tools, async_tools)
         finally:

@@ -257,7 +257,9 @@ class ProgramCraftOracle:
     """A TextCraft demonstrator whose cells are small programs, for models too small to copy names.
 
     Every cell reads the recipe through Python variables, so the only values a model copies are the
-    target (into the thought, then the code), its count and the budget, from its own prompt (step 0). Each later action is one of
+    target (into the thought, then the code), its count and the budget, from its own prompt (step 0);
+    with ``goal_variables`` (the rollout's option of that name predefines ``goal`` and ``budget``) it
+    reads those too, and copies nothing. Each later action is one of
     a few fixed cells; which one comes next is a function of the number the previous cell printed:
 
     - recursive: LOOKUP prints ``<item> <recipe> <k>`` with k the crafted ingredients; k = 0 -> CRAFT
@@ -292,10 +294,12 @@ class ProgramCraftOracle:
                   "print(craft({k: c * n for k, c in r['ingredients'].items()}, (t, r['result_count'] * n)),"
                   " len(plan))")
 
-    def __init__(self, task: Task | None, recursive: bool, mistake_rate: float = 0.0, seed: int = 0):
+    def __init__(self, task: Task | None, recursive: bool, mistake_rate: float = 0.0, seed: int = 0,
+                 goal_variables: bool = False):
         if not 0.0 <= mistake_rate < 1.0:
             raise ValueError(f"mistake_rate must be in [0, 1), got {mistake_rate}")
         self.recursive = recursive
+        self.goal_variables = goal_variables
         self.mistake_rate = mistake_rate
         self.key = f"{seed}:{task.task_id if task is not None else ''}"
 
@@ -316,10 +320,13 @@ class ProgramCraftOracle:
             if len(targets) != 1:
                 return action("One target per agent.", "finish('cannot: several targets')")
             (item, count), = targets.items()
-            head = f"t, q, B = {item!r}, {count}, {view.budget_left}\n"
+            if self.goal_variables:   # the task is in the namespace: nothing to copy
+                head, name = "(t, q), = goal['targets'].items()\nB = budget\n", "the target"
+            else:
+                head, name = f"t, q, B = {item!r}, {count}, {view.budget_left}\n", item
             if recursive:
-                return action(f"Look up {item}.", head + self.LOOKUP)
-            return action(f"Expand {item}.", head + "todo, plan = [(t, q)], []\n" + self.EXPAND)
+                return action(f"Look up {name}.", head + self.LOOKUP)
+            return action(f"Expand {name}.", head + "todo, plan = [(t, q)], []\n" + self.EXPAND)
         last = view.steps[-1]
         left = _printed_count(last.observation)
         if left is None:

@@ -111,6 +111,7 @@ class ScriptedRollout:
         out: list[str] = []
         namespace: dict[str, Any] = dict(self.episode.tools(node.node_id))
         namespace["asyncio"] = asyncio
+        namespace["goal"], namespace["budget"] = dict(node.goal.spec), node.remaining   # as goal_variables
         namespace["__out__"] = out
         namespace["print"] = lambda *args, **kw: out.append(" ".join(str(a) for a in args))
 

@@ -284,3 +284,16 @@ def test_more_than_512_nodes_live_at_once():
         peak = max(peak, live)
     assert peak >= 512 and sum(len(t.nodes) for t in trees) == 600
     assert all(t.root.success == 1.0 for t in trees) and all(dict(w.bag) == target for w in worlds)
+
+
+def test_goal_variables_put_each_nodes_task_in_its_namespace_without_a_step():
+    cells = [["r = await launch_subagent({'a': 1}, 3)\nprint(goal, budget, r)", "finish('ok')"],
+             ["print(goal, budget)\nfinish('child')"]]
+    (tree,) = run(_roll(ScriptPolicy(cells), [BagWorld({"a": 2})], [9], RolloutConfig(goal_variables=True)))
+    root, child = tree.root, tree.node(1)
+    assert root.steps[0].observation.startswith("{'a': 2} 9 child")
+    assert child.steps[0].observation.startswith("{'a': 1} 3")
+    assert root.own_steps == 2 and child.own_steps == 1 and tree.model_calls == 3   # the set-up is no step
+    check_consistent(tree)
+    (plain,) = run(_roll(ScriptPolicy(cells), [BagWorld({"a": 2})], [9]))
+    assert "NameError: name 'goal' is not defined" in plain.node(1).steps[0].observation
