@@ -304,7 +304,7 @@ class Trainer:
         ev = self.config.eval
         tasks = self.runtime.tasks.tasks(ev.split, ev.num_tasks, ev.difficulties)
         summaries, trees = await evaluate(self.runtime, tasks, ev.modes, temperature=ev.temperature,
-                                          tag=f"eval{self.global_step}")
+                                          tag=f"eval{self.global_step}", progress=self.progress)
         out = self.workdir / "eval"
         out.mkdir(exist_ok=True)
         (out / f"step_{self.global_step}.json").write_text(metrics.to_json(summaries))
@@ -356,7 +356,23 @@ class Trainer:
             print(f"exported the policy to {path}", file=sys.stderr)
         self.store.close()
         self.log.close()
+        self._report()
         return {"last_step": last, "eval": summaries}
+
+    def _report(self) -> None:
+        """Plots and a results table of this run (``rao_jax.report``) and its deepest solved held-out tree."""
+        from rao_jax import report
+        from rao_jax.agent.trace import read_trace, render_html, render_trace
+
+        folder = report.write_run_report(self.workdir)
+        print(f"wrote the run's plots and results table to {folder}", file=sys.stderr)
+        traces = sorted((self.workdir / "eval").glob(f"trees_step{self.global_step}_*/*.jsonl"))
+        if traces:
+            lines = max((read_trace(p) for p in traces), key=lambda t: (t[0].get("max_depth", 0), len(t)))
+            (folder / "solved_tree.html").write_text(render_html(lines))
+            text = render_trace(lines)
+            (folder / "solved_tree.txt").write_text(text + "\n")
+            tqdm.write(f"the deepest solved held-out tree (also {folder / 'solved_tree.html'}):\n{text}")
 
     def _evaluated_initial(self) -> bool:
         return (self.workdir / "eval" / f"step_{self.global_step}.json").exists()

@@ -1,0 +1,188 @@
+"""rao_jax.report on small hand-built workdirs: table cells and acceptance figures checked by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rao_jax import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SFT_STEPS = 20
+TREES = {"t1": 10, "t2": 10, "t3": 20}  # t1 trained; t2, t3 deeper than trained
+
+
+def bucket(success: float, trees: int) -> dict:
+    return {"trees": trees, "success": success, "success_ci95": [success / 2, (1 + success) / 2],
+            "mean_reward": success, "depth_max": 1, "depth_mean": 0.5, "context_overflows": 0}
+
+
+def mode_result(by_difficulty: dict[str, float]) -> dict:
+    trees = sum(TREES[d] for d in by_difficulty)
+    pooled = sum(s * TREES[d] for d, s in by_difficulty.items()) / trees
+    return {"all": bucket(pooled, trees), "by_difficulty": {d: bucket(s, TREES[d]) for d, s in by_difficulty.items()},
+            "by_depth": {}, "eval_seconds": 1.0}
+
+
+def make_workdir(root: Path, name: str, mode: str, seed: int, evals: dict[int, dict[str, float]]) -> Path:
+    workdir = root / name
+    (workdir / "eval").mkdir(parents=True)
+    config = {"seed": seed, "sft": {"steps": SFT_STEPS}, "train": {"steps": 10},
+              "data": {"train_difficulties": ["t1"]}, "eval": {"temperature": 0.0}}
+    (workdir / "config.json").write_text(json.dumps(config))
+    records = [{"kind": "sft", "step": s, "loss": 5.0 / s} for s in range(1, SFT_STEPS + 1)]
+    records += [{"kind": "train", "step": SFT_STEPS + k, "rl_step": k, "success": 0.1 * (k % 4), "root_reward": 0.0,
+                 "node_success": 0.0, "entropy": 1.0} for k in range(1, 11)]
+    for step, by_difficulty in evals.items():
+        result = mode_result(by_difficulty)
+        (workdir / "eval" / f"step_{step}.json").write_text(json.dumps({mode: result}))
+        record = {"kind": "eval", "step": step, f"{mode}_success": result["all"]["success"]}
+        record.update({f"{mode}_success_{d}": s for d, s in by_difficulty.items()})
+        records.append(record)
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return workdir
+
+
+@pytest.fixture
+def workdirs(tmp_path: Path) -> dict[str, Path]:
+    last = SFT_STEPS + 10
+    return {
+        # all before = (5+1+0)/40 = 0.15, after = (8+3+3)/40 = 0.35; an intermediate eval at step 25 is ignored
+        "rec0": make_workdir(tmp_path, "rec0", "recursive", 0, {
+            SFT_STEPS: {"t1": 0.5, "t2": 0.1, "t3": 0.0},
+            SFT_STEPS + 5: {"t1": 0.0, "t2": 0.0, "t3": 0.0},
+            last: {"t1": 0.8, "t2": 0.3, "t3": 0.15}}),
+        # all before = (7+2+1)/40 = 0.25, after = (9+4+4)/40 = 0.425
+        "rec1": make_workdir(tmp_path, "rec1", "recursive", 1, {
+            SFT_STEPS: {"t1": 0.7, "t2": 0.2, "t3": 0.05},
+            last: {"t1": 0.9, "t2": 0.4, "t3": 0.2}}),
+        "flat0": make_workdir(tmp_path, "flat0", "flat", 0, {
+            SFT_STEPS: {"t1": 0.6, "t2": 0.0, "t3": 0.0},
+            last: {"t1": 0.7, "t2": 0.1, "t3": 0.05}}),
+    }
+
+
+def load(workdirs: dict[str, Path]) -> tuple[list[report.Run], list[report.Run]]:
+    return [report.load_run(workdirs["rec1"]), report.load_run(workdirs["rec0"])], [report.load_run(workdirs["flat0"])]
+
+
+def table_rows(table: str) -> dict[str, list[str]]:
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_load_run(workdirs):
+    run = report.load_run(workdirs["rec0"])
+    assert (run.mode, run.seed, run.sft_steps, run.rl_steps) == ("recursive", 0, SFT_STEPS, 10)
+    assert run.train_difficulties == ["t1"] and run.eval_temperature == 0.0
+    assert sorted(run.evals) == [20, 25, 30]
+    assert (run.before_step, run.after_step) == (20, 30)
+    assert run.before["all"]["success"] == pytest.approx(0.15)
+    assert run.after["all"]["success"] == pytest.approx(0.35)
+    assert len(run.records("sft")) == SFT_STEPS and len(run.records("train")) == 10
+    assert report.load_run(workdirs["flat0"]).mode == "flat"
+
+
+def test_load_run_errors(tmp_path, workdirs):
+    no_eval = make_workdir(tmp_path, "no_eval", "recursive", 0, {})
+    with pytest.raises(ValueError, match="no_eval"):
+        report.load_run(no_eval)
+    (workdirs["rec0"] / "metrics.jsonl").unlink()
+    with pytest.raises(ValueError, match="rec0.*metrics.jsonl"):
+        report.load_run(workdirs["rec0"])
+
+
+def test_success_table(workdirs):
+    rec, flat = load(workdirs)
+    rows = table_rows(report.success_table(rec, flat, oracle={"t1": 1.0, "t2": 0.9, "t3": 0.75, "all": 0.85}))
+    assert list(rows) == ["t1", "t2 (deeper than trained)", "t3 (deeper than trained)", "all"]
+    flat_c, before, after, gain, diff, oracle = rows["t1"]
+    assert flat_c == "0.70 [0.35, 0.85]"  # one flat run: success [ci]
+    assert before == "0.60 (0.50 / 0.70)"  # mean (seed 0 / seed 1)
+    assert after == "0.85 (0.80 / 0.90)"
+    assert gain == "+25.0 (+30.0 / +20.0)"  # after - before, points
+    assert diff == "+15.0 (+10.0 / +20.0)"  # seed 0 vs flat seed 0; seed 1 vs the flat mean (0.70)
+    assert oracle == "1.00"
+    flat_c, before, after, gain, diff, oracle = rows["t3 (deeper than trained)"]
+    assert flat_c.startswith("0.05 [")
+    assert gain == "+15.0 (+15.0 / +15.0)"
+    assert diff == "+12.5 (+10.0 / +15.0)"
+    assert oracle == "0.75"
+    mean, per_seed = rows["all"][3].rstrip(")").split(" (")
+    assert float(mean) == pytest.approx(18.75, abs=0.06)  # (20 + 17.5) / 2
+    assert [float(v) for v in per_seed.split(" / ")] == [20.0, 17.5]  # 35 - 15 and 42.5 - 25
+
+
+def test_success_table_single_run(workdirs):
+    rec = [report.load_run(workdirs["rec0"])]
+    rows = table_rows(report.success_table(rec, []))
+    assert len(rows["t1"]) == 5  # no oracle column
+    flat_c, before, after, gain, diff = rows["t1"]
+    assert (flat_c, before, after, gain, diff) == ("—", "0.50 [0.25, 0.75]", "0.80 [0.40, 0.90]", "+30.0", "—")
+
+
+def test_acceptance(workdirs):
+    rec, flat = load(workdirs)
+    acc = report.acceptance(rec, flat)
+    assert acc["deeper_difficulties"] == ["t2", "t3"]
+    # gain on all held-out tasks: seed 0: 35 - 15 = 20; seed 1: 42.5 - 25 = 17.5
+    # deeper pooled by trees (t2: 10, t3: 20): flat = (0.1*10 + 0.05*20)/30 = 1/15
+    #   seed 0: (0.3*10 + 0.15*20)/30 = 0.2 -> 20 - 6.667 = 13.333 (an unpooled mean would give 15)
+    #   seed 1: (0.4*10 + 0.2*20)/30 = 0.2667 -> 26.667 - 6.667 = 20
+    assert acc["per_seed"][0]["rl_gain_points"] == pytest.approx(20.0)
+    assert acc["per_seed"][1]["rl_gain_points"] == pytest.approx(17.5)
+    assert acc["per_seed"][0]["rec_minus_flat_deeper_points"] == pytest.approx(40 / 3)
+    assert acc["per_seed"][1]["rec_minus_flat_deeper_points"] == pytest.approx(20.0)
+    assert acc["per_seed"][0]["held_out_trees"] == 40
+    assert acc["mean"]["rl_gain_points"] == pytest.approx(18.75)
+    assert acc["mean"]["rec_minus_flat_deeper_points"] == pytest.approx((40 / 3 + 20) / 2)
+    assert acc["mean"]["held_out_trees"] == pytest.approx(40)
+    no_flat = report.acceptance(rec, [])
+    assert no_flat["per_seed"][0]["rec_minus_flat_deeper_points"] is None
+    assert no_flat["mean"]["rec_minus_flat_deeper_points"] is None
+
+
+def test_duplicate_seeds_rejected(workdirs):
+    run = report.load_run(workdirs["rec0"])
+    with pytest.raises(ValueError, match="seed"):
+        report.success_table([run, run], [])
+
+
+def test_plots(tmp_path, workdirs):
+    rec, flat = load(workdirs)
+    curves = report.plot_learning_curves([*rec, *flat], tmp_path / "out" / "curves.png")
+    bars = report.plot_success_by_depth(rec, flat, tmp_path / "out" / "bars.png", oracle={"t1": 1.0, "t3": 0.5})
+    single = report.plot_success_by_depth(rec[:1], [], tmp_path / "out" / "single.png")
+    for path in (curves, bars, single):
+        data = path.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+
+
+def test_cli(tmp_path, workdirs, capsys):
+    oracle_path = tmp_path / "oracle.json"
+    oracle_path.write_text(json.dumps({"oracle": mode_result({"t1": 1.0, "t2": 0.9, "t3": 0.8})}))
+    out = tmp_path / "report"
+    argv = ["--runs", str(workdirs["rec0"]), str(workdirs["flat0"]), str(workdirs["rec1"]),
+            "--oracle", str(oracle_path), "--out", str(out)]
+    assert report.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| t1 | 0.70 [0.35, 0.85] | 0.60 (0.50 / 0.70) |" in printed
+    assert "oracle" in printed
+    for name in ("learning_curves.png", "success_by_depth.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    md = (out / "results.md").read_text()
+    assert "| t3 (deeper than trained) |" in md
+    assert "| 0 | +20.0 | +13.3 | 40 |" in md
+    assert "| 1 | +17.5 | +20.0 | 40 |" in md
+    for key in ("rec0", "rec1", "flat0"):
+        assert str(workdirs[key]) in md
+
+
+def test_write_run_report(workdirs):
+    out = report.write_run_report(workdirs["rec0"])
+    assert out == workdirs["rec0"] / "report"
+    for name in ("learning_curves.png", "success_by_depth.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    assert "| t1 | — | 0.50 [0.25, 0.75] | 0.80 [0.40, 0.90] | +30.0 | — |" in (out / "results.md").read_text()
