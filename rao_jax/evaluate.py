@@ -40,12 +40,13 @@ async def rollout_mode(runtime, tasks: Sequence[Task], mode: str, temperature: f
     if mode == "oracle":  # the oracle the warm start imitates, when one is configured
         return await runtime.scripted_rollout(tasks, recursive=True, oracle_knobs=runtime.config.sft.oracle_knobs)
     bar = tqdm(total=len(tasks), desc=f"eval {mode}", leave=False, disable=not progress)
-    solved = [0.0]
+    solved, finished = [0.0], [0]
 
     def done(tree: TreeResult) -> None:
         solved[0] += tree.root.success
+        finished[0] += 1
         bar.update(1)
-        bar.set_postfix(success=f"{solved[0] / bar.n:.2f}")
+        bar.set_postfix(success=f"{solved[0] / finished[0]:.2f}")
 
     try:
         groups = await runtime.rollout(tasks, 1, recursive=mode == "recursive", temperature=temperature,
