@@ -2,14 +2,14 @@
 
     python -m rao_jax.train --config configs/cpu_demo_flat.py --config.workdir=runs/cpu_demo_flat
 
-Same world, tasks, tokenizer recipe, model, context window, root budget, warm-start and RL budgets
-(steps, rows, trees per step) as the recursive demo; the warm start demonstrates the flat
-model-observable oracle (the same lookups and crafts, depth-first in one REPL) and RL samples flat
-trees. Evaluation runs the flat mode only.
+Same world, tasks, tokenizer recipe, model, context window (1024 tokens), root budget, warm-start and
+RL budgets (steps, rows, trees per step, learning rate) as the recursive demo; the warm start imitates
+the flat program oracle (one item expanded per step onto a to-do stack, then one crafted per step,
+with the same 0.3 mistake rate) and RL samples flat trees. Evaluation runs the flat mode only. A flat
+episode grows with the whole crafting tree (about 300 tokens for a tier-1 target, 700-900 for tier 3,
+900-1700 for tier 4 and more beyond), so deeper targets do not fit its window.
 
-Measured (2 shared CPU cores, seed 0): 11.5 min wall; warm start 250 x ~1.25 s (nll 0.109), held-out
-success 1/60 before RL and 1/60 after (t1 1/10, t2-t6 0/10; 59 of 60 trees overflow the window);
-12 of 15 RL steps had no signal (every tree failed) and were skipped.
+Not yet measured end to end with the program-style warm start (see issue 7's notes).
 """
 
 import importlib.util
