@@ -6,17 +6,21 @@ Each ``--runs`` folder is a workdir written by ``python -m rao_jax.train``: ``co
 and ``eval/step_<N>.json``. A run is *recursive* when its eval JSON has a ``"recursive"`` key, *flat* otherwise
 (a recursive run also evaluates flat mode; that figure is not used as the flat baseline). For each run, "before
 RL" is the eval at step ``sft.steps`` (the end of the warm start; the first eval when there is none at that step)
-and "after RL" the eval at the last step. ``--oracle`` takes the JSON written by
+and "after RL" the eval at the last step. A run with a single eval has no distinct before-RL result: its before-RL
+cells read ``—`` (bars are missing) and it gives no RL gain. ``--oracle`` takes the JSON written by
 ``python -m rao_jax.evaluate --modes oracle --out FILE``.
 
 The command writes into ``--out``:
 
 - ``learning_curves.png``: warm-start loss per step (left) and RL rollout success per RL step with its moving
   average and the eval success points (right), one colour per run;
-- ``success_by_depth.png``: success per difficulty, flat (after RL), recursive before / after RL and the oracle,
-  with 95% intervals (one run) or the min / max over seeds; difficulties deeper than trained are shaded;
-- ``results.md``: the success table (see :func:`success_table`), the acceptance figures (see :func:`acceptance`)
-  and the run folders with their seeds;
+- ``success_by_depth.png``: success per difficulty, flat before RL (when a flat run has a distinct before-RL
+  eval), flat after RL, recursive before / after RL and the oracle, with 95% intervals (one run) or the min / max
+  over seeds; difficulties deeper than trained are shaded;
+- ``results.md``: the success table (see :func:`success_table`: flat and recursive, each before and after RL), the
+  acceptance figures (see :func:`acceptance`: per seed, their mean and their spread max - min over seeds,
+  including recursive after RL minus the better of flat before / after RL, since the flat baseline can collapse
+  under RL) and the run folders with their seeds;
 
 and prints the table. In Python::
 
@@ -81,7 +85,13 @@ class Run:
         return self.evals[step][mode or self.mode]
 
     @property
+    def has_before(self) -> bool:
+        """Whether the run has a before-RL eval distinct from its after-RL one (False with a single eval)."""
+        return self.before_step != self.after_step
+
+    @property
     def before(self) -> dict[str, Any]:
+        """The eval result at :attr:`before_step` (the after-RL one when not :attr:`has_before`; see :func:`_phase`)."""
         return self.result(self.before_step)
 
     @property
@@ -99,6 +109,16 @@ class Run:
                 if d not in out:
                     out.append(d)
         return out
+
+
+def _phase(run: Run, which: str) -> dict[str, Any] | None:
+    """The run's own eval result ``"before"`` or ``"after"`` RL; None for "before" when the run has no distinct
+    before-RL eval (see :attr:`Run.has_before`). Every figure of this module reads results through this."""
+    if which == "before":
+        return run.before if run.has_before else None
+    if which == "after":
+        return run.after
+    raise ValueError(f"which must be 'before' or 'after', got {which!r}")
 
 
 def _get(config: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
@@ -181,7 +201,9 @@ def _bucket(result: Mapping[str, Any], difficulty: str) -> dict[str, Any] | None
     return result.get("by_difficulty", {}).get(difficulty)
 
 
-def _success(result: Mapping[str, Any], difficulty: str) -> float | None:
+def _success(result: Mapping[str, Any] | None, difficulty: str) -> float | None:
+    if result is None:
+        return None
     bucket = _bucket(result, difficulty)
     return None if bucket is None or bucket.get("success") is None else float(bucket["success"])
 
@@ -218,8 +240,10 @@ def _deeper(difficulties: Sequence[str], trained: set[str]) -> list[str]:
     return [d for d in difficulties if trained and d not in trained]
 
 
-def _pooled_success(result: Mapping[str, Any], difficulties: Sequence[str]) -> tuple[float, int] | None:
+def _pooled_success(result: Mapping[str, Any] | None, difficulties: Sequence[str]) -> tuple[float, int] | None:
     """Success over several difficulties pooled by tree counts, and the pooled tree count."""
+    if result is None:
+        return None
     hits, trees = 0.0, 0
     for d in difficulties:
         bucket = _bucket(result, d)
@@ -242,7 +266,7 @@ def _flat_partner(seed: int, flat_values: Mapping[int, float]) -> float | None:
 
 
 def _fmt_success_cell(runs: Sequence[Run], difficulty: str, which: str) -> str:
-    results = [(r, r.before if which == "before" else r.after) for r in runs]
+    results = [(r, _phase(r, which)) for r in runs]
     values = [(r, res, _success(res, difficulty)) for r, res in results]
     values = [(r, res, v) for r, res, v in values if v is not None]
     if not values:
@@ -264,9 +288,10 @@ def _fmt_points(values: Sequence[float]) -> str:
 
 
 def _gains(runs: Sequence[Run], difficulty: str) -> list[float]:
+    """RL gain (after - before, points) of each run with a distinct before-RL eval and both values."""
     out = []
     for r in runs:
-        before, after = _success(r.before, difficulty), _success(r.after, difficulty)
+        before, after = _success(_phase(r, "before"), difficulty), _success(_phase(r, "after"), difficulty)
         if before is not None and after is not None:
             out.append(100.0 * (after - before))
     return out
@@ -283,8 +308,10 @@ def _rec_minus_flat(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], dif
 
 
 def success_table(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], oracle: OracleLike = None) -> str:
-    """Markdown table of held-out success per difficulty (and "all"): flat after RL, recursive before / after RL,
-    the RL gain (after - before, points), recursive - flat after RL (points) and the oracle when given.
+    """Markdown table of held-out success per difficulty (and "all"): flat before RL, flat after RL, recursive
+    before / after RL, the recursive RL gain (after - before, points), recursive after RL - flat after RL (points)
+    and the oracle when given. A before-RL cell leaves out the runs with a single eval (``—`` when none is left);
+    the flat before-RL column matters because the flat baseline can do worse after RL than after its warm start.
 
     ``oracle``: a mapping difficulty -> success or the path of an oracle eval JSON (see :func:`load_oracle`).
     """
@@ -294,6 +321,7 @@ def success_table(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], oracl
     trained = _trained(recursive_runs, flat_runs)
     header = [
         "difficulty",
+        "flat before RL",
         "flat (after RL)",
         "recursive before RL",
         "recursive after RL",
@@ -307,6 +335,7 @@ def success_table(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], oracl
         name = f"{d} (deeper than trained)" if d in _deeper(difficulties, trained) else d
         row = [
             name,
+            _fmt_success_cell(flat_runs, d, "before"),
             _fmt_success_cell(flat_runs, d, "after"),
             _fmt_success_cell(recursive_runs, d, "before"),
             _fmt_success_cell(recursive_runs, d, "after"),
@@ -319,38 +348,61 @@ def success_table(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], oracl
     return "\n".join(lines)
 
 
-def acceptance(recursive_runs: Sequence[Run], flat_runs: Sequence[Run]) -> dict[str, Any]:
-    """The acceptance figures, per recursive seed and as the mean over seeds.
+ACCEPTANCE_KEYS = ("rl_gain_points", "rec_minus_flat_deeper_points", "rec_minus_best_flat_deeper_points",
+                   "held_out_trees")
 
-    Returns ``{"deeper_difficulties": [...], "per_seed": {seed: figures}, "mean": figures}`` where figures are
-    ``rl_gain_points`` (recursive after - before RL on all held-out tasks, points), ``rec_minus_flat_deeper_points``
-    (recursive after RL - flat after RL on the untrained difficulties pooled by tree counts, points; None without
-    flat runs or untrained difficulties) and ``held_out_trees`` (trees in the recursive run's last eval).
+
+def acceptance(recursive_runs: Sequence[Run], flat_runs: Sequence[Run]) -> dict[str, Any]:
+    """The acceptance figures, per recursive seed, as the mean over seeds and as the spread over seeds.
+
+    Returns ``{"deeper_difficulties": [...], "per_seed": {seed: figures}, "mean": figures, "spread": figures}``
+    where figures are
+
+    - ``rl_gain_points``: recursive after - before RL on all held-out tasks, points (None for a run with a single
+      eval);
+    - ``rec_minus_flat_deeper_points``: recursive after RL - flat after RL on the untrained difficulties pooled by
+      tree counts, points (None without flat runs or untrained difficulties);
+    - ``rec_minus_best_flat_deeper_points``: the same, but minus the better of the flat run's pooled deeper success
+      before RL and after RL (its after-RL value when it has no distinct before-RL eval), since the flat baseline
+      can collapse under RL;
+    - ``held_out_trees``: trees in the recursive run's last eval.
+
+    The flat partner of a recursive seed is the flat run of the same seed, else the mean over the flat seeds (for
+    the best-flat figure, the mean of each flat seed's better value). ``"mean"`` averages the seeds with a value
+    (None when none has one); ``"spread"`` is max - min over the seeds with a value (None with fewer than two).
     """
     recursive_runs, flat_runs = _by_seed(recursive_runs), _by_seed(flat_runs)
     difficulties = _all_difficulties([*recursive_runs, *flat_runs])
     deeper = _deeper(difficulties, _trained(recursive_runs, flat_runs))
-    flat_pooled: dict[int, float] = {}
+    flat_after: dict[int, float] = {}
+    flat_best: dict[int, float] = {}
     for r in flat_runs:
-        pooled = _pooled_success(r.after, deeper)
-        if pooled is not None:
-            flat_pooled[r.seed] = pooled[0]
+        before, after = _pooled_success(_phase(r, "before"), deeper), _pooled_success(_phase(r, "after"), deeper)
+        if after is not None:
+            flat_after[r.seed] = after[0]
+        candidates = [p[0] for p in (before, after) if p is not None]  # before is None without a distinct eval
+        if candidates:
+            flat_best[r.seed] = max(candidates)
     per_seed: dict[int, dict[str, Any]] = {}
     for r in recursive_runs:
-        before, after = _success(r.before, "all"), _success(r.after, "all")
-        rec_pooled = _pooled_success(r.after, deeper)
-        flat = _flat_partner(r.seed, flat_pooled)
+        before, after = _success(_phase(r, "before"), "all"), _success(_phase(r, "after"), "all")
+        rec_pooled = _pooled_success(_phase(r, "after"), deeper)
+        flat, best_flat = _flat_partner(r.seed, flat_after), _flat_partner(r.seed, flat_best)
         per_seed[r.seed] = {
             "rl_gain_points": None if before is None or after is None else 100.0 * (after - before),
             "rec_minus_flat_deeper_points": None if rec_pooled is None or flat is None
             else 100.0 * (rec_pooled[0] - flat),
+            "rec_minus_best_flat_deeper_points": None if rec_pooled is None or best_flat is None
+            else 100.0 * (rec_pooled[0] - best_flat),
             "held_out_trees": int((_bucket(r.after, "all") or {}).get("trees", 0)),
         }
     mean: dict[str, Any] = {}
-    for key in ("rl_gain_points", "rec_minus_flat_deeper_points", "held_out_trees"):
+    spread: dict[str, Any] = {}
+    for key in ACCEPTANCE_KEYS:
         values = [f[key] for f in per_seed.values() if f[key] is not None]
         mean[key] = _mean(values) if values else None
-    return {"deeper_difficulties": deeper, "per_seed": per_seed, "mean": mean}
+        spread[key] = max(values) - min(values) if len(values) >= 2 else None
+    return {"deeper_difficulties": deeper, "per_seed": per_seed, "mean": mean, "spread": spread}
 
 
 def _fmt_opt(value: float | None, spec: str = "+.1f") -> str:
@@ -366,19 +418,26 @@ def results_markdown(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], or
     deeper = ", ".join(acc["deeper_difficulties"]) or "none"
     out.append(f"Untrained (deeper) difficulties: {deeper}.")
     out.append("")
-    out.append("| seed | RL gain, all held-out (pts) | recursive - flat, deeper pooled (pts) | held-out trees |")
-    out.append("|---|---|---|---|")
+    header = ["seed", "RL gain, all held-out (pts)", "recursive - flat, deeper pooled (pts)",
+              "recursive - best flat (before or after RL), deeper pooled (pts)", "held-out trees"]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "|".join(["---"] * len(header)) + "|")
+
+    def row(name: str, f: Mapping[str, Any], points: str, trees: str) -> str:
+        cells = [name, *(_fmt_opt(f[k], points) for k in ACCEPTANCE_KEYS[:-1]), _fmt_opt(f["held_out_trees"], trees)]
+        return "| " + " | ".join(cells) + " |"
+
     for seed, f in acc["per_seed"].items():
-        out.append(f"| {seed} | {_fmt_opt(f['rl_gain_points'])} | {_fmt_opt(f['rec_minus_flat_deeper_points'])} "
-                   f"| {f['held_out_trees']} |")
-    m = acc["mean"]
-    out.append(f"| mean | {_fmt_opt(m['rl_gain_points'])} | {_fmt_opt(m['rec_minus_flat_deeper_points'])} "
-               f"| {_fmt_opt(m['held_out_trees'], '.0f')} |")
+        out.append(row(str(seed), f, "+.1f", "d"))
+    out.append(row("mean", acc["mean"], "+.1f", ".0f"))
+    out.append(row("spread (max - min)", acc["spread"], ".1f", ".0f"))
     out += ["", "## Runs", ""]
     for r in [*_by_seed(recursive_runs), *_by_seed(flat_runs)]:
+        evals = (f"evals at steps {r.before_step} (before RL) and {r.after_step} (after RL)" if r.has_before
+                 else f"a single eval at step {r.after_step} (no distinct before-RL eval)")
         out.append(f"- `{r.workdir}`: {r.mode}, seed {r.seed}, warm start {r.sft_steps} steps, RL {r.rl_steps} steps, "
-                   f"trained on {', '.join(r.train_difficulties) or 'all'}, evals at steps "
-                   f"{r.before_step} (before RL) and {r.after_step} (after RL), eval temperature {r.eval_temperature}")
+                   f"trained on {', '.join(r.train_difficulties) or 'all'}, {evals}, "
+                   f"eval temperature {r.eval_temperature}")
     return "\n".join(out) + "\n"
 
 
@@ -449,9 +508,10 @@ def plot_learning_curves(runs: Sequence[Run], path: str | Path) -> Path:
 def _bar_series(runs: Sequence[Run], difficulties: Sequence[str], which: str) -> tuple[list[float], list[list[float]]]:
     """Heights (mean over runs; NaN when missing) and asymmetric error bars (CI for one run, min/max for several)."""
     heights, lo_err, hi_err = [], [], []
+    results = [res for r in runs if (res := _phase(r, which)) is not None]
     for d in difficulties:
-        results = [r.before if which == "before" else r.after for r in runs]
-        values = [v for res in results if (v := _success(res, d)) is not None]
+        with_value = [(res, v) for res in results if (v := _success(res, d)) is not None]
+        values = [v for _, v in with_value]
         if not values:
             heights.append(float("nan"))
             lo_err.append(0.0)
@@ -459,7 +519,7 @@ def _bar_series(runs: Sequence[Run], difficulties: Sequence[str], which: str) ->
             continue
         mean = _mean(values)
         if len(values) == 1:
-            ci = (_bucket(results[0], d) or {}).get("success_ci95") or [mean, mean]
+            ci = (_bucket(with_value[0][0], d) or {}).get("success_ci95") or [mean, mean]
             lo, hi = float(ci[0]), float(ci[1])
         else:
             lo, hi = min(values), max(values)
@@ -469,22 +529,33 @@ def _bar_series(runs: Sequence[Run], difficulties: Sequence[str], which: str) ->
     return heights, [lo_err, hi_err]
 
 
-def plot_success_by_depth(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], path: str | Path,
-                          oracle: OracleLike = None) -> Path:
-    """Grouped bars of held-out success per difficulty: flat after RL, recursive before / after RL, oracle."""
-    plt = _pyplot()
-    path = Path(path)
-    oracle_map = _oracle_map(oracle)
-    difficulties = _all_difficulties([*recursive_runs, *flat_runs], oracle_map)
-    deeper = set(_deeper(difficulties, _trained(recursive_runs, flat_runs)))
+def success_by_depth_series(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], difficulties: Sequence[str],
+                            oracle: Mapping[str, float] | None = None
+                            ) -> list[tuple[str, list[float], list[list[float]] | None]]:
+    """The bar series of :func:`plot_success_by_depth`: (name, heights per difficulty, error bars or None)."""
     series: list[tuple[str, list[float], list[list[float]] | None]] = []
+    if any(r.has_before for r in flat_runs):
+        series.append(("flat before RL", *_bar_series(flat_runs, difficulties, "before")))
     if flat_runs:
         series.append(("flat (after RL)", *_bar_series(flat_runs, difficulties, "after")))
     if recursive_runs:
         series.append(("recursive before RL", *_bar_series(recursive_runs, difficulties, "before")))
         series.append(("recursive after RL", *_bar_series(recursive_runs, difficulties, "after")))
-    if oracle_map is not None:
-        series.append(("oracle", [oracle_map.get(d, float("nan")) for d in difficulties], None))
+    if oracle is not None:
+        series.append(("oracle", [oracle.get(d, float("nan")) for d in difficulties], None))
+    return series
+
+
+def plot_success_by_depth(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], path: str | Path,
+                          oracle: OracleLike = None) -> Path:
+    """Grouped bars of held-out success per difficulty: flat before RL (when a flat run has a distinct before-RL
+    eval), flat after RL, recursive before / after RL, oracle (see :func:`success_by_depth_series`)."""
+    plt = _pyplot()
+    path = Path(path)
+    oracle_map = _oracle_map(oracle)
+    difficulties = _all_difficulties([*recursive_runs, *flat_runs], oracle_map)
+    deeper = set(_deeper(difficulties, _trained(recursive_runs, flat_runs)))
+    series = success_by_depth_series(recursive_runs, flat_runs, difficulties, oracle_map)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(difficulties) + 2), 4.5))
     width = 0.8 / max(1, len(series))
     for i, d in enumerate(difficulties):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from rao_jax import report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SFT_STEPS = 20
 TREES = {"t1": 10, "t2": 10, "t3": 20}  # t1 trained; t2, t3 deeper than trained
+LAST = SFT_STEPS + 10
 
 
 def bucket(success: float, trees: int) -> dict:
@@ -98,19 +100,23 @@ def test_success_table(workdirs):
     rec, flat = load(workdirs)
     rows = table_rows(report.success_table(rec, flat, oracle={"t1": 1.0, "t2": 0.9, "t3": 0.75, "all": 0.85}))
     assert list(rows) == ["t1", "t2 (deeper than trained)", "t3 (deeper than trained)", "all"]
-    flat_c, before, after, gain, diff, oracle = rows["t1"]
+    flat_b, flat_c, before, after, gain, diff, oracle = rows["t1"]
+    assert flat_b == "0.60 [0.30, 0.80]"  # the flat run's warm-start (step 20) eval
     assert flat_c == "0.70 [0.35, 0.85]"  # one flat run: success [ci]
     assert before == "0.60 (0.50 / 0.70)"  # mean (seed 0 / seed 1)
     assert after == "0.85 (0.80 / 0.90)"
     assert gain == "+25.0 (+30.0 / +20.0)"  # after - before, points
     assert diff == "+15.0 (+10.0 / +20.0)"  # seed 0 vs flat seed 0; seed 1 vs the flat mean (0.70)
     assert oracle == "1.00"
-    flat_c, before, after, gain, diff, oracle = rows["t3 (deeper than trained)"]
+    flat_b, flat_c, before, after, gain, diff, oracle = rows["t3 (deeper than trained)"]
+    assert flat_b == "0.00 [0.00, 0.50]"
     assert flat_c.startswith("0.05 [")
     assert gain == "+15.0 (+15.0 / +15.0)"
     assert diff == "+12.5 (+10.0 / +15.0)"
     assert oracle == "0.75"
-    mean, per_seed = rows["all"][3].rstrip(")").split(" (")
+    assert rows["t2 (deeper than trained)"][:2] == ["0.00 [0.00, 0.50]", "0.10 [0.05, 0.55]"]
+    assert rows["all"][0] == "0.15 [0.07, 0.57]"  # flat before RL on all: (6 + 0 + 0) / 40
+    mean, per_seed = rows["all"][4].rstrip(")").split(" (")
     assert float(mean) == pytest.approx(18.75, abs=0.06)  # (20 + 17.5) / 2
     assert [float(v) for v in per_seed.split(" / ")] == [20.0, 17.5]  # 35 - 15 and 42.5 - 25
 
@@ -118,9 +124,42 @@ def test_success_table(workdirs):
 def test_success_table_single_run(workdirs):
     rec = [report.load_run(workdirs["rec0"])]
     rows = table_rows(report.success_table(rec, []))
-    assert len(rows["t1"]) == 5  # no oracle column
-    flat_c, before, after, gain, diff = rows["t1"]
-    assert (flat_c, before, after, gain, diff) == ("—", "0.50 [0.25, 0.75]", "0.80 [0.40, 0.90]", "+30.0", "—")
+    assert len(rows["t1"]) == 6  # no oracle column
+    assert rows["t1"] == ["—", "—", "0.50 [0.25, 0.75]", "0.80 [0.40, 0.90]", "+30.0", "—"]
+
+
+def test_single_eval_has_no_before(tmp_path, workdirs):
+    rec_single = report.load_run(make_workdir(tmp_path, "rec_single", "recursive", 1, {
+        LAST: {"t1": 0.9, "t2": 0.4, "t3": 0.2}}))
+    flat_single = report.load_run(make_workdir(tmp_path, "flat_single", "flat", 0, {
+        LAST: {"t1": 0.7, "t2": 0.1, "t3": 0.05}}))
+    assert rec_single.before_step == rec_single.after_step == LAST and not rec_single.has_before
+    assert report.load_run(workdirs["rec0"]).has_before
+    # only single-eval runs: every before-RL cell and the RL gain are dashes, not copies of "after"
+    rows = table_rows(report.success_table([rec_single], [flat_single]))
+    assert rows["t1"] == ["—", "0.70 [0.35, 0.85]", "—", "0.90 [0.45, 0.95]", "—", "+20.0"]
+    assert rows["all"][0] == "—" and rows["all"][2] == "—" and rows["all"][4] == "—"
+    # mixed with a two-eval run: the before cell and the gain come from rec0 alone
+    rec0 = report.load_run(workdirs["rec0"])
+    rows = table_rows(report.success_table([rec0, rec_single], [flat_single]))
+    assert rows["t1"][2:5] == ["0.50 [0.25, 0.75]", "0.85 (0.80 / 0.90)", "+30.0"]
+    acc = report.acceptance([rec0, rec_single], [flat_single])
+    assert acc["per_seed"][1]["rl_gain_points"] is None
+    assert acc["per_seed"][0]["rl_gain_points"] == pytest.approx(20.0)
+    assert acc["mean"]["rl_gain_points"] == pytest.approx(20.0)
+    assert acc["spread"]["rl_gain_points"] is None  # one seed with a value
+    # a flat run without a distinct before eval: the best flat is its after value (1/15 on deeper tiers)
+    assert acc["per_seed"][0]["rec_minus_best_flat_deeper_points"] == pytest.approx(40 / 3)
+    assert acc["per_seed"][1]["rec_minus_best_flat_deeper_points"] == pytest.approx(80 / 3 - 20 / 3)
+    # bars: no flat before-RL series; the recursive before-RL bars are missing (NaN)
+    series = {name: heights for name, heights, _ in
+              report.success_by_depth_series([rec_single], [flat_single], ["t1", "t2", "t3"])}
+    assert list(series) == ["flat (after RL)", "recursive before RL", "recursive after RL"]
+    assert all(math.isnan(h) for h in series["recursive before RL"])
+    assert series["recursive after RL"] == pytest.approx([0.9, 0.4, 0.2])
+    md = report.results_markdown([rec0, rec_single], [flat_single])
+    assert "| 1 | — | +20.0 | +20.0 | 40 |" in md
+    assert "a single eval at step 30 (no distinct before-RL eval)" in md
 
 
 def test_acceptance(workdirs):
@@ -139,15 +178,69 @@ def test_acceptance(workdirs):
     assert acc["mean"]["rl_gain_points"] == pytest.approx(18.75)
     assert acc["mean"]["rec_minus_flat_deeper_points"] == pytest.approx((40 / 3 + 20) / 2)
     assert acc["mean"]["held_out_trees"] == pytest.approx(40)
+    # flat before RL pools to 0 on the deeper tiers (< 1/15 after RL): the best flat is the after-RL value
+    assert acc["per_seed"][0]["rec_minus_best_flat_deeper_points"] == pytest.approx(40 / 3)
+    assert acc["per_seed"][1]["rec_minus_best_flat_deeper_points"] == pytest.approx(20.0)
+    # spread over the two recursive seeds: max - min
+    assert acc["spread"]["rl_gain_points"] == pytest.approx(2.5)
+    assert acc["spread"]["rec_minus_flat_deeper_points"] == pytest.approx(20 - 40 / 3)
+    assert acc["spread"]["rec_minus_best_flat_deeper_points"] == pytest.approx(20 - 40 / 3)
+    assert acc["spread"]["held_out_trees"] == 0
+    one_seed = report.acceptance(rec[1:], flat)
+    assert list(one_seed["per_seed"]) == [0]
+    assert one_seed["spread"] == {key: None for key in report.ACCEPTANCE_KEYS}
+    assert one_seed["mean"]["rl_gain_points"] == pytest.approx(20.0)
     no_flat = report.acceptance(rec, [])
     assert no_flat["per_seed"][0]["rec_minus_flat_deeper_points"] is None
     assert no_flat["mean"]["rec_minus_flat_deeper_points"] is None
+    assert no_flat["per_seed"][0]["rec_minus_best_flat_deeper_points"] is None
+    assert no_flat["spread"]["rec_minus_best_flat_deeper_points"] is None
+
+
+def test_acceptance_best_flat_when_flat_collapses(tmp_path, workdirs):
+    rec, _ = load(workdirs)
+    # flat seed 0 collapses under RL: deeper pooled before = (0.4*10 + 0.25*20)/30 = 0.3, after = 0
+    collapsed = make_workdir(tmp_path, "flat_collapsed", "flat", 0, {
+        SFT_STEPS: {"t1": 0.6, "t2": 0.4, "t3": 0.25},
+        LAST: {"t1": 0.0, "t2": 0.0, "t3": 0.0}})
+    # flat seed 2 improves: deeper pooled before = 0, after = 0.1
+    improved = make_workdir(tmp_path, "flat_improved", "flat", 2, {
+        SFT_STEPS: {"t1": 0.5, "t2": 0.0, "t3": 0.0},
+        LAST: {"t1": 0.6, "t2": 0.1, "t3": 0.1}})
+    flat = [report.load_run(collapsed), report.load_run(improved)]
+    acc = report.acceptance(rec, flat)
+    # recursive deeper pooled after RL: seed 0 = 0.2, seed 1 = 0.8/3
+    # seed 0 vs flat seed 0: after RL 20 - 0 = 20; best flat (before, 0.3): 20 - 30 = -10
+    assert acc["per_seed"][0]["rec_minus_flat_deeper_points"] == pytest.approx(20.0)
+    assert acc["per_seed"][0]["rec_minus_best_flat_deeper_points"] == pytest.approx(-10.0)
+    # seed 1 has no flat partner: after-RL mean (0 + 0.1)/2 = 0.05; best-flat mean (0.3 + 0.1)/2 = 0.2
+    assert acc["per_seed"][1]["rec_minus_flat_deeper_points"] == pytest.approx(80 / 3 - 5)
+    assert acc["per_seed"][1]["rec_minus_best_flat_deeper_points"] == pytest.approx(80 / 3 - 20)
+    assert acc["mean"]["rec_minus_best_flat_deeper_points"] == pytest.approx((-10 + 20 / 3) / 2)
+    assert acc["spread"]["rec_minus_best_flat_deeper_points"] == pytest.approx(20 / 3 + 10)
+    md = report.results_markdown(rec, flat)
+    assert "| 0 | +20.0 | +20.0 | -10.0 | 40 |" in md
+    assert "| 1 | +17.5 | +21.7 | +6.7 | 40 |" in md
+    assert "| spread (max - min) | 2.5 | 1.7 | 16.7 | 0 |" in md
+    rows = table_rows(report.success_table(rec, flat))
+    assert rows["t2 (deeper than trained)"][:2] == ["0.20 (0.40 / 0.00)", "0.05 (0.00 / 0.10)"]
 
 
 def test_duplicate_seeds_rejected(workdirs):
     run = report.load_run(workdirs["rec0"])
     with pytest.raises(ValueError, match="seed"):
         report.success_table([run, run], [])
+
+
+def test_success_by_depth_series(workdirs):
+    rec, flat = load(workdirs)
+    series = report.success_by_depth_series(rec, flat, ["t1", "t2", "t3"], {"t1": 1.0, "t3": 0.5})
+    names = [name for name, _, _ in series]
+    assert names == ["flat before RL", "flat (after RL)", "recursive before RL", "recursive after RL", "oracle"]
+    heights = {name: h for name, h, _ in series}
+    assert heights["flat before RL"] == pytest.approx([0.6, 0.0, 0.0])
+    assert heights["flat (after RL)"] == pytest.approx([0.7, 0.1, 0.05])
+    assert heights["recursive before RL"] == pytest.approx([0.6, 0.15, 0.025])
 
 
 def test_plots(tmp_path, workdirs):
@@ -168,14 +261,26 @@ def test_cli(tmp_path, workdirs, capsys):
             "--oracle", str(oracle_path), "--out", str(out)]
     assert report.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| t1 | 0.70 [0.35, 0.85] | 0.60 (0.50 / 0.70) |" in printed
+    assert "| t1 | 0.60 [0.30, 0.80] | 0.70 [0.35, 0.85] | 0.60 (0.50 / 0.70) |" in printed
     assert "oracle" in printed
     for name in ("learning_curves.png", "success_by_depth.png"):
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
     md = (out / "results.md").read_text()
     assert "| t3 (deeper than trained) |" in md
-    assert "| 0 | +20.0 | +13.3 | 40 |" in md
-    assert "| 1 | +17.5 | +20.0 | 40 |" in md
+    assert "| difficulty | flat before RL | flat (after RL) | recursive before RL |" in md
+    assert ("| seed | RL gain, all held-out (pts) | recursive - flat, deeper pooled (pts) "
+            "| recursive - best flat (before or after RL), deeper pooled (pts) | held-out trees |") in md
+    lines = md.splitlines()
+    start = lines.index("| seed | RL gain, all held-out (pts) | recursive - flat, deeper pooled (pts) "
+                        "| recursive - best flat (before or after RL), deeper pooled (pts) | held-out trees |")
+    assert lines[start + 1:start + 6] == [
+        "|---|---|---|---|---|",
+        "| 0 | +20.0 | +13.3 | +13.3 | 40 |",
+        "| 1 | +17.5 | +20.0 | +20.0 | 40 |",
+        "| mean | +18.8 | +16.7 | +16.7 | 40 |",
+        "| spread (max - min) | 2.5 | 6.7 | 6.7 | 0 |",
+    ]
+    assert lines[start + 6] == ""
     for key in ("rec0", "rec1", "flat0"):
         assert str(workdirs[key]) in md
 
@@ -185,4 +290,4 @@ def test_write_run_report(workdirs):
     assert out == workdirs["rec0"] / "report"
     for name in ("learning_curves.png", "success_by_depth.png"):
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
-    assert "| t1 | — | 0.50 [0.25, 0.75] | 0.80 [0.40, 0.90] | +30.0 | — |" in (out / "results.md").read_text()
+    assert "| t1 | — | — | 0.50 [0.25, 0.75] | 0.80 [0.40, 0.90] | +30.0 | — |" in (out / "results.md").read_text()
