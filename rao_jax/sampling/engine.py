@@ -53,6 +53,9 @@ class EngineConfig:
         max_prefill_tokens: the most new tokens one prefill call admits.
         min_prefill_bucket: the smallest flat-token bucket of prefill calls (a power of two); larger
             calls pad to the next power of two or 1.5x a power of two.
+        prefill_block: queries per block of the reference prefill attention (a power of two, at
+            most half of ``min_prefill_bucket``): each admitted row's new tokens start a new block,
+            and each block attends over its own row only.
         max_top_k: static bound on top-k; top-p also considers only this many tokens.
         max_stops / max_stop_len: stop sequences per request, and their longest length.
         attn_impl: "reference" (pure jnp, every backend) or "pallas" (TPU kernel).
@@ -67,6 +70,7 @@ class EngineConfig:
     decode_steps: int = 16
     max_prefill_tokens: int = 4096
     min_prefill_bucket: int = 64
+    prefill_block: int = 16
     max_top_k: int = 64
     max_stops: int = 4
     max_stop_len: int = 8
@@ -84,6 +88,9 @@ class EngineConfig:
         need(self.page_size >= 1 and self.max_seq_len % self.page_size == 0,
              f"max_seq_len ({self.max_seq_len}) must be a positive multiple of page_size ({self.page_size})")
         need(_is_pow2(self.min_prefill_bucket), "min_prefill_bucket must be a power of two")
+        need(_is_pow2(self.prefill_block) and 2 * self.prefill_block <= self.min_prefill_bucket,
+             f"prefill_block ({self.prefill_block}) must be a power of two and at most half of "
+             f"min_prefill_bucket ({self.min_prefill_bucket})")
         need(self.max_prefill_tokens >= self.max_seq_len,
              f"max_prefill_tokens ({self.max_prefill_tokens}) must be >= max_seq_len ({self.max_seq_len})")
         need(self.num_pages - 1 >= self.pages_per_seq,
@@ -284,9 +291,10 @@ class SamplingEngine:
             start = self._prepare(request.seq, full)
             if start is None:
                 break  # no pages yet: running requests will free some
-            if len(full) - start > budget:
+            new = self._aligned(len(full) - start)
+            if admitted and new > budget:
                 break  # next call; the pages stay reserved
-            budget -= len(full) - start
+            budget -= new
             if request.reused < 0:
                 request.reused = start
             request.admitted_at = next(self._admissions)
@@ -323,30 +331,36 @@ class SamplingEngine:
                 if not self._preempt_idle(exclude=seq):
                     return None
 
+    def _aligned(self, n: int) -> int:
+        """Slots ``n`` new tokens of one row take in a prefill buffer (rows start at block bounds)."""
+        block = 1 if self.config.attn_impl == "pallas" else self.config.prefill_block
+        return -(-n // block) * block
+
     def _prefill(self, admitted: list[tuple[int, _Request, int]]) -> None:
         cfg = self.config
         rows = cfg.max_rows
-        flat_tokens, flat_pos, flat_row, flat_slot = [], [], [], []
+        block = 1 if cfg.attn_impl == "pallas" else cfg.prefill_block
+        flat_tokens, flat_pos, flat_row, flat_valid = [], [], [], []
         last_index = np.zeros(rows, np.int32)
         kv_lens = np.zeros(rows, np.int32)
         new_tokens = np.zeros(rows, np.int32)
         order = sorted(admitted, key=lambda item: item[0])  # the Pallas kernel wants rows in order
         for row, request, start in order:
             full = request.prompt + request.generated
-            flat_tokens += full[start:]
-            flat_pos += range(start, len(full))
-            flat_row += [row] * (len(full) - start)
-            flat_slot += range(len(full) - start)
-            last_index[row] = len(flat_tokens) - 1
+            n = len(full) - start
+            pad = self._aligned(n) - n  # padding of the row's last block: invalid, same row
+            flat_tokens += full[start:] + [0] * pad
+            flat_pos += list(range(start, len(full))) + [len(full) - 1] * pad
+            flat_row += [row] * (n + pad)
+            flat_valid += [True] * n + [False] * pad
+            last_index[row] = len(flat_tokens) - pad - 1
             kv_lens[row] = len(full)
-            new_tokens[row] = len(full) - start
+            new_tokens[row] = n
         cu_q_lens = np.concatenate([[0], np.cumsum(new_tokens)]).astype(np.int32)
         n = len(flat_tokens)
         bucket = max(cfg.min_prefill_bucket, _bucket(n))
         pad = bucket - n
-        q_max = max(16, _next_pow2(int(new_tokens.max())))
-        # Prefill always uses the full table width: one compilation per token bucket, not per width.
-        page_table = self._page_table({row: r.seq for row, r, _ in order}, self.config.max_seq_len)
+        page_table = self._page_table({row: r.seq for row, r, _ in order}, int(kv_lens.max()))
         params = [None] * rows
         for row, request, _ in order:
             params[row] = request.params
@@ -358,13 +372,12 @@ class SamplingEngine:
             jnp.asarray(np.array(flat_tokens + [0] * pad, np.int32)),
             jnp.asarray(np.array(flat_pos + [0] * pad, np.int32)),
             jnp.asarray(np.array(flat_row + [0] * pad, np.int32)),
-            jnp.asarray(np.array(flat_slot + [0] * pad, np.int32)),
-            jnp.asarray(np.arange(bucket) < n), page_table, jnp.asarray(last_index), jnp.asarray(kv_lens),
-            jnp.asarray(cu_q_lens), jnp.asarray(np.array([rows], np.int32)), key,
-            temperature, top_k, top_p, attn_impl=cfg.attn_impl, candidates=candidates, q_max=q_max)
+            jnp.asarray(np.array(flat_valid + [False] * pad)), page_table, jnp.asarray(last_index),
+            jnp.asarray(kv_lens), jnp.asarray(cu_q_lens), jnp.asarray(np.array([rows], np.int32)), key,
+            temperature, top_k, top_p, attn_impl=cfg.attn_impl, candidates=candidates, block=block)
         next_tokens, logprobs = np.asarray(next_tokens), np.asarray(logprobs)
         self.stats["prefill_calls"] += 1
-        self.stats["prefill_tokens"] += n
+        self.stats["prefill_tokens"] += int(new_tokens.sum())
         for row, request, _ in order:
             full = request.prompt + request.generated
             self._alloc.set_length(request.seq, len(full))

@@ -1,14 +1,14 @@
 """Attention of new tokens over a paged KV cache, behind ``impl="reference" | "pallas"``.
 
-Both implementations take the same ragged layout: ``q`` holds the new tokens of every batch row
-packed back to back (rows in order, no per-row padding), the cache already contains their keys and
-values, and token ``t`` of row ``r`` at position ``p`` attends to positions ``0..p`` of row ``r``.
+Both implementations take a ragged layout: ``q`` holds the new tokens of every batch row packed
+back to back (rows in order), the cache already contains their keys and values, and token ``t`` of
+row ``r`` at position ``p`` attends to positions ``0..p`` of row ``r``.
 
 - ``reference``: pure jnp, jittable, runs on every backend. ``reference_paged_attention`` is the
   plain statement (each query gathers its row's pages) and the oracle in tests; the sampler runs
-  two faster equivalents: ``reference_prefill_attention`` (queries grouped by row, each row's pages
-  gathered once) and ``reference_decode_attention`` (context gathered once per decode chunk plus a
-  small buffer of the chunk's own tokens).
+  two faster equivalents: ``reference_prefill_attention`` (each row's tokens start a new block of
+  ``block`` queries, and each block gathers its row's pages once) and ``reference_decode_attention``
+  (context gathered once per decode chunk plus a small buffer of the chunk's own tokens).
 - ``pallas``: JAX's TPU ragged paged attention kernel; imported only when selected, on TPU.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 IMPLS = ("reference", "pallas")
@@ -61,48 +61,44 @@ def pallas_paged_attention(q, pages, page_table, kv_lens, cu_q_lens, num_rows, *
 
 def reference_prefill_attention(q: Float[Array, "t hq d"], pages: Float[Array, "p s kk d"],
                                 page_table: Int[Array, "b w"], row_of_token: Int[Array, " t"],
-                                slot_of_token: Int[Array, " t"], pos_of_token: Int[Array, " t"],
-                                valid: Bool[Array, " t"], *, q_max: int, sm_scale: float,
-                                block_bytes: int = 64 << 20) -> Float[Array, "t hq d"]:
-    """Prefill / extension attention, grouping queries by row.
+                                pos_of_token: Int[Array, " t"], *, block: int, sm_scale: float,
+                                block_bytes: int = 32 << 20) -> Float[Array, "t hq d"]:
+    """Prefill / extension attention over query blocks of one row each.
 
-    ``reference_paged_attention`` gathers a row's whole context once per query token; here the
-    pages of each row are gathered once, the row's new queries are laid out in ``q_max`` slots
-    (``slot_of_token`` = index among the row's new tokens), rows attend in blocks that bound the
-    score tensor to about ``block_bytes``, and results go back to the flat token order.
+    The flat buffer is cut into blocks of ``block`` consecutive tokens, and every block must hold
+    tokens of a single row (the engine starts each row's new tokens at a multiple of ``block`` and
+    pads the gaps; padding tokens carry their row's id). Each block gathers its row's pages once
+    and its queries attend to them, so the cost follows the tokens actually prefilled times the
+    page-table width, not the number of batch rows. Blocks go through ``lax.map`` in groups whose
+    score and gathered-context tensors stay near ``block_bytes``.
     """
     t, hq, d = q.shape
-    rows, width = page_table.shape
-    kv_heads, length = pages.shape[2] // 2, width * pages.shape[1]
-    row = jnp.where(valid, row_of_token, rows)  # padding tokens fall outside and are dropped
-    q_rows = jnp.zeros((rows, q_max, hq, d), q.dtype).at[row, slot_of_token].set(q, mode="drop")
-    pos_rows = jnp.full((rows, q_max), -1, jnp.int32).at[row, slot_of_token].set(pos_of_token, mode="drop")
-    block = max(1, min(rows, block_bytes // max(1, q_max * length * hq * 4)))
-    while rows % block:
-        block -= 1
+    if t % block:
+        raise ValueError(f"token count {t} must be a multiple of the prefill block {block}")
+    width, page_size = page_table.shape[1], pages.shape[1]
+    kv_heads, length = pages.shape[2] // 2, width * page_size
+    n = t // block
+    per_block = 4 * length * (block * hq + 2 * kv_heads * d)  # scores + gathered K/V, float32
+    group = max(1, min(n, block_bytes // per_block))
+    while n % group:
+        group -= 1
 
     def attend(args):
-        q_b, table_b, pos_b = args  # [r, q_max, hq, d], [r, w], [r, q_max]
-        r = q_b.shape[0]
-        kv = pages[table_b].reshape(r, length, 2 * kv_heads, d)
-        # Batch axes first and contracting axes innermost: plain batched matmuls, no transposes.
-        k = kv[:, :, 0::2].transpose(0, 2, 3, 1)  # [r, k, d, s]
-        v = kv[:, :, 1::2].transpose(0, 2, 1, 3)  # [r, k, s, d]
-        qg = q_b.reshape(r, q_max, kv_heads, hq // kv_heads, d).transpose(0, 2, 3, 1, 4)
-        qg = qg.reshape(r, kv_heads, (hq // kv_heads) * q_max, d)  # [r, k, g*q, d]
-        scores = jnp.einsum("rkxd,rkds->rkxs", qg, k, preferred_element_type=jnp.float32)
-        scores = scores.reshape(r, kv_heads, hq // kv_heads, q_max, length)
-        visible = jnp.arange(length)[None, None, :] <= pos_b[:, :, None]  # [r, q, s]
+        q_g, row_g, pos_g = args  # [g, block, hq, d], [g], [g, block]
+        g = q_g.shape[0]
+        kv = pages[page_table[row_g]].reshape(g, length, 2 * kv_heads, d)
+        k, v = kv[:, :, 0::2], kv[:, :, 1::2]  # [g, l, k, d]
+        qg = q_g.reshape(g, block, kv_heads, hq // kv_heads, d)
+        scores = jnp.einsum("gqkhd,glkd->gkhql", qg, k, preferred_element_type=jnp.float32)
+        visible = jnp.arange(length)[None, None, :] <= pos_g[:, :, None]  # [g, block, l]
         scores = jnp.where(visible[:, None, None], scores * sm_scale, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(kv.dtype)
-        out = jnp.einsum("rkxs,rksd->rkxd", probs.reshape(r, kv_heads, -1, length), v)
-        return out.reshape(r, kv_heads, hq // kv_heads, q_max, d).transpose(0, 3, 1, 2, 4).reshape(r, q_max, hq, d)
+        out = jnp.einsum("gkhql,glkd->gqkhd", probs, v)
+        return out.reshape(g, block, hq, d)
 
-    n = rows // block
-    out = jax.lax.map(attend, (q_rows.reshape(n, block, q_max, hq, d), page_table.reshape(n, block, width),
-                               pos_rows.reshape(n, block, q_max)))
-    out = out.reshape(rows, q_max, hq, d)
-    return out[jnp.minimum(row, rows - 1), slot_of_token].astype(q.dtype)
+    blocks = (q.reshape(n // group, group, block, hq, d), row_of_token[::block].reshape(n // group, group),
+              pos_of_token.reshape(n // group, group, block))
+    return jax.lax.map(attend, blocks).reshape(t, hq, d).astype(q.dtype)
 
 
 def reference_decode_attention(q: Float[Array, "b hq d"], k_rows: Float[Array, "b k d l"],

@@ -29,14 +29,15 @@ RUNNING, STOPPED, LENGTH = 0, 1, 2  # decode finish reasons
 
 
 def paged_forward(model: Qwen3, cache: KVCache, tokens: Int[Array, " t"], pos: Int[Array, " t"],
-                  row: Int[Array, " t"], slot: Int[Array, " t"], valid: Bool[Array, " t"],
-                  page_table: Int[Array, "b w"], kv_lens: Int[Array, " b"], cu_q_lens: Int[Array, " b1"],
-                  num_rows: Int[Array, " 1"], *, attn_impl: str, q_max: int) -> tuple[Float[Array, "t d"], KVCache]:
+                  row: Int[Array, " t"], valid: Bool[Array, " t"], page_table: Int[Array, "b w"],
+                  kv_lens: Int[Array, " b"], cu_q_lens: Int[Array, " b1"], num_rows: Int[Array, " 1"], *,
+                  attn_impl: str, block: int) -> tuple[Float[Array, "t d"], KVCache]:
     """Final hidden states of a flat ragged token buffer, and the cache with its K/V written.
 
-    Token ``i`` belongs to batch row ``row[i]`` at position ``pos[i]`` and is the ``slot[i]``-th new
-    token of its row (at most ``q_max`` per row); rows' tokens are contiguous and in row order.
-    ``kv_lens`` / ``cu_q_lens`` / ``num_rows`` describe the same layout for the Pallas kernel.
+    Token ``i`` belongs to batch row ``row[i]`` at position ``pos[i]``; rows' tokens are contiguous
+    and in row order. For the reference attention each row's tokens start at a multiple of
+    ``block`` (invalid padding tokens of the same row fill the gaps); for the Pallas kernel
+    ``block`` is 1 and ``kv_lens`` / ``cu_q_lens`` / ``num_rows`` describe the layout.
     """
     sm_scale = model.cfg.head_dim ** -0.5
     x = model.embed_tokens(tokens)[None]
@@ -52,7 +53,7 @@ def paged_forward(model: Qwen3, cache: KVCache, tokens: Int[Array, " t"], pos: I
                 out = pallas_paged_attention(q[0], pages, page_table, kv_lens, cu_q_lens, num_rows,
                                              sm_scale=sm_scale)
             else:
-                out = reference_prefill_attention(q[0], pages, page_table, row, slot, pos, valid, q_max=q_max,
+                out = reference_prefill_attention(q[0], pages, page_table, row, pos, block=block,
                                                   sm_scale=sm_scale)
             return out[None]
 
@@ -61,17 +62,17 @@ def paged_forward(model: Qwen3, cache: KVCache, tokens: Int[Array, " t"], pos: I
     return model.norm(x)[0], tuple(new_cache)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "attn_impl", "candidates", "q_max"), donate_argnums=2)
-def prefill(graphdef, state, cache: KVCache, tokens, pos, row, slot, valid, page_table, last_index, kv_lens,
-            cu_q_lens, num_rows, rng, temperature, top_k, top_p, *, attn_impl: str, candidates: int, q_max: int):
+@functools.partial(jax.jit, static_argnames=("graphdef", "attn_impl", "candidates", "block"), donate_argnums=2)
+def prefill(graphdef, state, cache: KVCache, tokens, pos, row, valid, page_table, last_index, kv_lens,
+            cu_q_lens, num_rows, rng, temperature, top_k, top_p, *, attn_impl: str, candidates: int, block: int):
     """Writes the new tokens of every admitted row and samples each row's next token.
 
     ``last_index[b]`` is the flat index of row ``b``'s last new token. Returns the updated cache,
     the sampled tokens ``i32[b]`` and their log-probabilities ``f32[b]``.
     """
     model = nnx.merge(graphdef, state)
-    hidden, cache = paged_forward(model, cache, tokens, pos, row, slot, valid, page_table, kv_lens, cu_q_lens,
-                                  num_rows, attn_impl=attn_impl, q_max=q_max)
+    hidden, cache = paged_forward(model, cache, tokens, pos, row, valid, page_table, kv_lens, cu_q_lens,
+                                  num_rows, attn_impl=attn_impl, block=block)
     logits = model.logits(hidden[last_index])
     next_tokens, logprobs = choose_tokens(logits, rng, temperature, top_k, top_p, candidates=candidates)
     return cache, next_tokens, logprobs
@@ -105,8 +106,8 @@ def decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histor
 
     def forward(step, cache, recent, last, pos, active):
         if attn_impl == "pallas":
-            hidden, cache = paged_forward(model, cache, last, pos, row_ids, jnp.zeros_like(row_ids), active,
-                                          page_table, pos + 1, cu_q_lens, num_rows, attn_impl=attn_impl, q_max=1)
+            hidden, cache = paged_forward(model, cache, last, pos, row_ids, active, page_table, pos + 1,
+                                          cu_q_lens, num_rows, attn_impl=attn_impl, block=1)
             return hidden, cache, recent
         x = model.embed_tokens(last)[:, None]
         new_recent = []

@@ -98,21 +98,35 @@ def test_pallas_kernel_matches_reference_on_tpu():
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-3)
 
 
-def test_row_grouped_prefill_attention_equals_the_per_token_reference():
+@pytest.mark.parametrize("block_bytes", [1, 64 << 20])  # one block per lax.map step / all blocks in one
+def test_block_prefill_attention_equals_the_per_token_reference(block_bytes):
     from rao_jax.sampling.paged_attention import reference_prefill_attention
 
+    block = 4
     lengths, new = [6, 0, 13, 2], [2, 7, 1, 5]
     pages, table, q, k, v, total = _setup(lengths, new)
-    flat_q = np.concatenate([q[r][lengths[r]:] for r in range(4)] + [np.zeros((3, HQ, D), np.float32)])
-    row = np.concatenate([np.repeat(np.arange(4), new), [0, 0, 0]]).astype(np.int32)  # 3 padding tokens
-    slot = np.concatenate([np.arange(n) for n in new] + [np.zeros(3)]).astype(np.int32)
-    pos = np.concatenate([np.arange(lengths[r], total[r]) for r in range(4)] + [np.zeros(3)]).astype(np.int32)
-    valid = np.arange(len(row)) < sum(new)
-    args = [jnp.asarray(x) for x in (flat_q, row, pos)]
+    # Each row's new tokens start a block; the gaps hold invalid padding tokens of the same row,
+    # and two whole blocks of padding (row 0) end the buffer.
+    flat_q, row, pos, valid = [], [], [], []
+    for r in range(4):
+        pad = -new[r] % block
+        flat_q += [q[r][lengths[r]:], np.zeros((pad, HQ, D), np.float32)]
+        row += [r] * (new[r] + pad)
+        pos += list(range(lengths[r], total[r])) + [max(total[r] - 1, 0)] * pad
+        valid += [True] * new[r] + [False] * pad
+    flat_q.append(np.zeros((2 * block, HQ, D), np.float32))
+    row, pos, valid = row + [0] * 2 * block, pos + [0] * 2 * block, valid + [False] * 2 * block
+    args = [jnp.asarray(np.concatenate(flat_q)), jnp.asarray(np.array(row, np.int32)),
+            jnp.asarray(np.array(pos, np.int32))]
+    valid = np.array(valid)
     expected = reference_paged_attention(args[0], pages, jnp.asarray(table), args[1], args[2], sm_scale=0.35)
-    got = jax.jit(lambda *a: reference_prefill_attention(*a, q_max=8, sm_scale=0.35, block_bytes=1))(
-        args[0], pages, jnp.asarray(table), args[1], jnp.asarray(slot), args[2], jnp.asarray(valid))
+    got = jax.jit(lambda q, t, r, p: reference_prefill_attention(q, pages, t, r, p, block=block, sm_scale=0.35,
+                                                                 block_bytes=block_bytes))(
+        args[0], jnp.asarray(table), args[1], args[2])
     np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(expected)[valid], atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of the prefill block"):
+        reference_prefill_attention(args[0][:-1], pages, jnp.asarray(table), args[1][:-1], args[2][:-1],
+                                    block=block, sm_scale=0.35)
 
 
 def test_decode_attention_over_gathered_rows_and_recent_buffer_equals_the_reference():
