@@ -173,3 +173,15 @@ def test_trainer_runs_data_parallel_on_a_two_device_mesh(tmp_path):
     records = _records(workdir)
     assert [r["step"] for r in records] == [1, 2] and all("loss" in r for r in records)
     assert all(r["rows"] % 2 == 0 for r in records)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.py")))
+def test_every_shipped_config_file_loads_and_validates(name):
+    """Each ``configs/*.py`` builds a config that ``from_config_dict`` accepts (types, sections, cross-checks)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"shipped_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = from_config_dict(module.get_config())
+    assert config.train.steps >= 1 and config.rollout.group_size >= 1
