@@ -142,6 +142,8 @@ class SamplingEngine:
         self.model = model
         self.config = config
         self.vocab_size = model.cfg.vocab_size
+        # Prefill rows start at multiples of this (the Pallas kernel takes rows back to back).
+        self._prefill_align = 1 if config.attn_impl == "pallas" else config.prefill_block
         self._alloc = PageAllocator(config.num_pages, config.page_size, config.pages_per_seq)
         self._cache = init_cache(model.cfg, config.num_pages, config.page_size, jnp.dtype(config.cache_dtype))
         self._cached: dict[Hashable, list[int]] = {}  # tokens whose K/V are in the cache, per sequence
@@ -333,13 +335,11 @@ class SamplingEngine:
 
     def _aligned(self, n: int) -> int:
         """Slots ``n`` new tokens of one row take in a prefill buffer (rows start at block bounds)."""
-        block = 1 if self.config.attn_impl == "pallas" else self.config.prefill_block
-        return -(-n // block) * block
+        return -(-n // self._prefill_align) * self._prefill_align
 
     def _prefill(self, admitted: list[tuple[int, _Request, int]]) -> None:
         cfg = self.config
         rows = cfg.max_rows
-        block = 1 if cfg.attn_impl == "pallas" else cfg.prefill_block
         flat_tokens, flat_pos, flat_row, flat_valid = [], [], [], []
         last_index = np.zeros(rows, np.int32)
         kv_lens = np.zeros(rows, np.int32)
@@ -374,7 +374,7 @@ class SamplingEngine:
             jnp.asarray(np.array(flat_row + [0] * pad, np.int32)),
             jnp.asarray(np.array(flat_valid + [False] * pad)), page_table, jnp.asarray(last_index),
             jnp.asarray(kv_lens), jnp.asarray(cu_q_lens), jnp.asarray(np.array([rows], np.int32)), key,
-            temperature, top_k, top_p, attn_impl=cfg.attn_impl, candidates=candidates, block=block)
+            temperature, top_k, top_p, attn_impl=cfg.attn_impl, candidates=candidates, block=self._prefill_align)
         next_tokens, logprobs = np.asarray(next_tokens), np.asarray(logprobs)
         self.stats["prefill_calls"] += 1
         self.stats["prefill_tokens"] += int(new_tokens.sum())
