@@ -340,8 +340,9 @@ class Trainer:
                 last = await self._finish(inflight.popleft())
                 self.log.write(last)
                 bar.update(1)
-                bar.set_postfix(success=f"{last['success']:.2f}", reward=f"{last['root_reward']:.2f}",
-                                loss=f"{last.get('loss', float('nan')):.3f}")
+                # A step with nothing to train on (e.g. every group had one outcome) has no update and no loss.
+                loss = f"{last['loss']:.3f}" if "loss" in last else "skipped"
+                bar.set_postfix(success=f"{last['success']:.2f}", reward=f"{last['root_reward']:.2f}", loss=loss)
                 if self.rl_done % cfg.train.checkpoint_every == 0 or self.rl_done == cfg.train.steps:
                     self._checkpoint("rl")
                 if cfg.train.eval_every and self.rl_done % cfg.train.eval_every == 0 and \
