@@ -84,6 +84,25 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half_width), min(1.0, centre + half_width)
 
 
+def difference_interval(successes_a: float, n_a: int, successes_b: float, n_b: int,
+                        z: float = 1.96) -> tuple[float, float]:
+    """Newcombe's hybrid score interval of a difference of proportions ``a/n_a - b/n_b``.
+
+    Each proportion's Wilson interval is combined in quadrature with its distance from the point
+    estimate (Newcombe 1998, method 10). It treats the two samples as independent: for two
+    evaluations on the same tasks (positively correlated outcomes) it is wider than needed.
+
+    Returns:
+        ``(lo, hi)`` within [-1, 1].
+    """
+    p_a, p_b = successes_a / n_a, successes_b / n_b
+    lo_a, hi_a = wilson_interval(successes_a, n_a, z)
+    lo_b, hi_b = wilson_interval(successes_b, n_b, z)
+    diff = p_a - p_b
+    return (diff - math.sqrt((p_a - lo_a) ** 2 + (hi_b - p_b) ** 2),
+            diff + math.sqrt((hi_a - p_a) ** 2 + (p_b - lo_b) ** 2))
+
+
 @functools.cache
 def _jitted_node_rewards() -> Callable[..., Any]:
     import jax

@@ -18,9 +18,9 @@ The command writes into ``--out``:
   eval), flat after RL, recursive before / after RL and the oracle, with 95% intervals (one run) or the min / max
   over seeds; difficulties deeper than trained are shaded;
 - ``results.md``: the success table (see :func:`success_table`: flat and recursive, each before and after RL), the
-  acceptance figures (see :func:`acceptance`: per seed, their mean and their spread max - min over seeds,
-  including recursive after RL minus the better of flat before / after RL, since the flat baseline can collapse
-  under RL) and the run folders with their seeds;
+  acceptance figures (see :func:`acceptance`: per seed with 95% intervals of the differences, their mean and
+  their spread max - min over seeds, including recursive after RL minus the better of flat before / after RL,
+  since the flat baseline can collapse under RL) and the run folders with their seeds;
 
 and prints the table. In Python::
 
@@ -46,6 +46,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rao_jax.metrics import difference_interval
 
 MODES = ("recursive", "flat")
 _STEP_FILE = re.compile(r"^step_(\d+)\.json$")
@@ -365,7 +367,11 @@ def acceptance(recursive_runs: Sequence[Run], flat_runs: Sequence[Run]) -> dict[
     - ``rec_minus_best_flat_deeper_points``: the same, but minus the better of the flat run's pooled deeper success
       before RL and after RL (its after-RL value when it has no distinct before-RL eval), since the flat baseline
       can collapse under RL;
-    - ``held_out_trees``: trees in the recursive run's last eval.
+    - ``held_out_trees``: trees in the recursive run's last eval;
+    - ``rl_gain_ci95`` and ``rec_minus_flat_deeper_ci95``: 95% intervals of the first two figures, in points
+      (Newcombe's interval for a difference of proportions, which treats the two evaluations as independent
+      samples and so is conservative for evaluations on the same tasks); the second only when the flat partner
+      is one run (the same seed's), else None.
 
     The flat partner of a recursive seed is the flat run of the same seed, else the mean over the flat seeds (for
     the best-flat figure, the mean of each flat seed's better value). ``"mean"`` averages the seeds with a value
@@ -375,11 +381,12 @@ def acceptance(recursive_runs: Sequence[Run], flat_runs: Sequence[Run]) -> dict[
     difficulties = _all_difficulties([*recursive_runs, *flat_runs])
     deeper = _deeper(difficulties, _trained(recursive_runs, flat_runs))
     flat_after: dict[int, float] = {}
+    flat_after_trees: dict[int, int] = {}
     flat_best: dict[int, float] = {}
     for r in flat_runs:
         before, after = _pooled_success(_phase(r, "before"), deeper), _pooled_success(_phase(r, "after"), deeper)
         if after is not None:
-            flat_after[r.seed] = after[0]
+            flat_after[r.seed], flat_after_trees[r.seed] = after
         candidates = [p[0] for p in (before, after) if p is not None]  # before is None without a distinct eval
         if candidates:
             flat_best[r.seed] = max(candidates)
@@ -388,13 +395,20 @@ def acceptance(recursive_runs: Sequence[Run], flat_runs: Sequence[Run]) -> dict[
         before, after = _success(_phase(r, "before"), "all"), _success(_phase(r, "after"), "all")
         rec_pooled = _pooled_success(_phase(r, "after"), deeper)
         flat, best_flat = _flat_partner(r.seed, flat_after), _flat_partner(r.seed, flat_best)
+        gain_ci = deeper_ci = None
+        if before is not None and after is not None:
+            gain_ci = _points_interval(after, _trees(_phase(r, "after")), before, _trees(_phase(r, "before")))
+        if rec_pooled is not None and r.seed in flat_after:
+            deeper_ci = _points_interval(*rec_pooled, flat_after[r.seed], flat_after_trees[r.seed])
         per_seed[r.seed] = {
             "rl_gain_points": None if before is None or after is None else 100.0 * (after - before),
             "rec_minus_flat_deeper_points": None if rec_pooled is None or flat is None
             else 100.0 * (rec_pooled[0] - flat),
             "rec_minus_best_flat_deeper_points": None if rec_pooled is None or best_flat is None
             else 100.0 * (rec_pooled[0] - best_flat),
-            "held_out_trees": int((_bucket(r.after, "all") or {}).get("trees", 0)),
+            "held_out_trees": _trees(r.after),
+            "rl_gain_ci95": gain_ci,
+            "rec_minus_flat_deeper_ci95": deeper_ci,
         }
     mean: dict[str, Any] = {}
     spread: dict[str, Any] = {}
@@ -403,6 +417,18 @@ def acceptance(recursive_runs: Sequence[Run], flat_runs: Sequence[Run]) -> dict[
         mean[key] = _mean(values) if values else None
         spread[key] = max(values) - min(values) if len(values) >= 2 else None
     return {"deeper_difficulties": deeper, "per_seed": per_seed, "mean": mean, "spread": spread}
+
+
+def _trees(result: Mapping[str, Any] | None) -> int:
+    return int((_bucket(result, "all") or {}).get("trees", 0)) if result is not None else 0
+
+
+def _points_interval(rate_a: float, n_a: int, rate_b: float, n_b: int) -> tuple[float, float] | None:
+    """95% interval of ``rate_a - rate_b`` in points, from success rates over ``n_a`` / ``n_b`` trees."""
+    if not n_a or not n_b:
+        return None
+    lo, hi = difference_interval(rate_a * n_a, n_a, rate_b * n_b, n_b)
+    return 100.0 * lo, 100.0 * hi
 
 
 def _fmt_opt(value: float | None, spec: str = "+.1f") -> str:
@@ -416,15 +442,23 @@ def results_markdown(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], or
     out = ["# Results", "", "Held-out success per difficulty (95% interval for one run; mean (per seed) for several).",
            "", success_table(recursive_runs, flat_runs, oracle_map), "", "## Acceptance", ""]
     deeper = ", ".join(acc["deeper_difficulties"]) or "none"
-    out.append(f"Untrained (deeper) difficulties: {deeper}.")
+    out.append(f"Untrained (deeper) difficulties: {deeper}. Per seed, 95% intervals of the differences in brackets "
+               "(Newcombe's interval for two proportions; it treats the two evaluations as independent samples, "
+               "so it is conservative for evaluations on the same tasks).")
     out.append("")
     header = ["seed", "RL gain, all held-out (pts)", "recursive - flat, deeper pooled (pts)",
               "recursive - best flat (before or after RL), deeper pooled (pts)", "held-out trees"]
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "|".join(["---"] * len(header)) + "|")
 
+    intervals = {"rl_gain_points": "rl_gain_ci95", "rec_minus_flat_deeper_points": "rec_minus_flat_deeper_ci95"}
+
     def row(name: str, f: Mapping[str, Any], points: str, trees: str) -> str:
-        cells = [name, *(_fmt_opt(f[k], points) for k in ACCEPTANCE_KEYS[:-1]), _fmt_opt(f["held_out_trees"], trees)]
+        cells = [name]
+        for key in ACCEPTANCE_KEYS[:-1]:
+            cell, ci = _fmt_opt(f[key], points), f.get(intervals.get(key, ""))
+            cells.append(f"{cell} [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci is not None else cell)
+        cells.append(_fmt_opt(f["held_out_trees"], trees))
         return "| " + " | ".join(cells) + " |"
 
     for seed, f in acc["per_seed"].items():

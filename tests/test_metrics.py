@@ -9,7 +9,7 @@ import pytest
 
 from rao_jax.agent.tree import NodeRecord, TreeResult
 from rao_jax.envs.base import Goal, Task
-from rao_jax.metrics import format_table, summarize, to_json, wilson_interval
+from rao_jax.metrics import difference_interval, format_table, summarize, to_json, wilson_interval
 
 
 def make_node(node_id: int, parent_id: int | None, depth: int, fork_step: int | None, own_steps: int,
@@ -62,6 +62,15 @@ FLAT_EASY = make_tree(1, "easy-1", [make_node(0, None, 0, None, 4, 1.0)], 0.0, 3
 TASKS = {task_id: Task(task_id, "textcraft_synth", f"craft for {task_id}", 20, task_id.split("-")[0], {})
          for task_id in ("easy-1", "hard-1", "hard-2")}
 RECURSIVE = [SINGLE, DEEP, SMALL]
+
+
+def test_difference_interval_matches_newcombe_1998():
+    # Newcombe (1998), Statistics in Medicine 17:873-890, Table II, method 10 (hybrid score)
+    np.testing.assert_allclose(difference_interval(56, 70, 48, 80), (0.0524, 0.3339), atol=1e-4)
+    np.testing.assert_allclose(difference_interval(9, 10, 3, 10), (0.1705, 0.8090), atol=1e-4)
+    np.testing.assert_allclose(difference_interval(5, 56, 0, 29), (-0.0381, 0.1926), atol=1e-4)
+    lo, hi = difference_interval(3, 10, 9, 10)  # swapping the samples mirrors the interval
+    np.testing.assert_allclose((lo, hi), (-0.8090, -0.1705), atol=1e-4)
 
 
 def test_wilson_interval_known_values():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rao_jax import report
+from rao_jax.metrics import difference_interval
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SFT_STEPS = 20
@@ -175,6 +176,13 @@ def test_acceptance(workdirs):
     assert acc["per_seed"][0]["rec_minus_flat_deeper_points"] == pytest.approx(40 / 3)
     assert acc["per_seed"][1]["rec_minus_flat_deeper_points"] == pytest.approx(20.0)
     assert acc["per_seed"][0]["held_out_trees"] == 40
+    # intervals of the differences from the counts: gain 14/40 - 6/40 (seed 0) and 17/40 - 10/40 (seed 1);
+    # deeper 6/30 - 2/30 (seed 0 vs flat seed 0); seed 1 has no flat run of its own: no interval
+    points = lambda *counts: pytest.approx([100 * x for x in difference_interval(*counts)])  # noqa: E731
+    assert acc["per_seed"][0]["rl_gain_ci95"] == points(14, 40, 6, 40)
+    assert acc["per_seed"][1]["rl_gain_ci95"] == points(17, 40, 10, 40)
+    assert acc["per_seed"][0]["rec_minus_flat_deeper_ci95"] == points(6, 30, 2, 30)
+    assert acc["per_seed"][1]["rec_minus_flat_deeper_ci95"] is None
     assert acc["mean"]["rl_gain_points"] == pytest.approx(18.75)
     assert acc["mean"]["rec_minus_flat_deeper_points"] == pytest.approx((40 / 3 + 20) / 2)
     assert acc["mean"]["held_out_trees"] == pytest.approx(40)
@@ -219,8 +227,8 @@ def test_acceptance_best_flat_when_flat_collapses(tmp_path, workdirs):
     assert acc["mean"]["rec_minus_best_flat_deeper_points"] == pytest.approx((-10 + 20 / 3) / 2)
     assert acc["spread"]["rec_minus_best_flat_deeper_points"] == pytest.approx(20 / 3 + 10)
     md = report.results_markdown(rec, flat)
-    assert "| 0 | +20.0 | +20.0 | -10.0 | 40 |" in md
-    assert "| 1 | +17.5 | +21.7 | +6.7 | 40 |" in md
+    assert "| 0 | +20.0 [+0.9, +37.4] | +20.0 [+4.5, +37.3] | -10.0 | 40 |" in md
+    assert "| 1 | +17.5 [-3.2, +36.2] | +21.7 | +6.7 | 40 |" in md  # flat partner is a mean: no interval
     assert "| spread (max - min) | 2.5 | 1.7 | 16.7 | 0 |" in md
     rows = table_rows(report.success_table(rec, flat))
     assert rows["t2 (deeper than trained)"][:2] == ["0.20 (0.40 / 0.00)", "0.05 (0.00 / 0.10)"]
@@ -275,8 +283,8 @@ def test_cli(tmp_path, workdirs, capsys):
                         "| recursive - best flat (before or after RL), deeper pooled (pts) | held-out trees |")
     assert lines[start + 1:start + 6] == [
         "|---|---|---|---|---|",
-        "| 0 | +20.0 | +13.3 | +13.3 | 40 |",
-        "| 1 | +17.5 | +20.0 | +20.0 | 40 |",
+        "| 0 | +20.0 [+0.9, +37.4] | +13.3 [-4.7, +31.3] | +13.3 | 40 |",
+        "| 1 | +17.5 [-3.2, +36.2] | +20.0 | +20.0 | 40 |",
         "| mean | +18.8 | +16.7 | +16.7 | 40 |",
         "| spread (max - min) | 2.5 | 6.7 | 6.7 | 0 |",
     ]
