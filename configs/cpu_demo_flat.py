@@ -9,8 +9,8 @@ with the same 0.3 mistake rate) and RL samples flat trees. Evaluation runs the f
 episode grows with the whole crafting tree (about 300 tokens for a tier-1 target, 700-900 for tier 3,
 900-1700 for tier 4 and more beyond), so deeper targets do not fit its window.
 
-Measured (210 held-out tasks, seeds 0 / 1): warm start 0.11 / 0.18 (tier 1 0.46 / 0.57, tier 3 0.00 /
-0.09, tiers 4-6 0); after 20 RL steps at lr 1e-4 0.10 / 0.18 (tier 1 up to 0.60 / 0.89, tiers 2-3
+Measured (210 held-out tasks, seeds 0 / 1 / 2): warm start 0.10 / 0.18 / 0.17 (tier 1 0.29-0.71,
+tier 3 at most 0.09, tiers 4-6 0); after 20 RL steps 0.15 / 0.18 / 0.16 (tier 1 0.77-0.89, tiers 2-3
 down, tiers 4-6 still 0). At the recursive demo's former lr 3e-4 RL collapsed it to 0 everywhere.
 """
 
