@@ -427,7 +427,8 @@ def _points_interval(rate_a: float, n_a: int, rate_b: float, n_b: int) -> tuple[
     """95% interval of ``rate_a - rate_b`` in points, from success rates over ``n_a`` / ``n_b`` trees."""
     if not n_a or not n_b:
         return None
-    lo, hi = difference_interval(rate_a * n_a, n_a, rate_b * n_b, n_b)
+    # rates pooled from per-difficulty floats can land a hair outside [0, 1]: clamp the counts
+    lo, hi = difference_interval(min(max(rate_a * n_a, 0.0), n_a), n_a, min(max(rate_b * n_b, 0.0), n_b), n_b)
     return 100.0 * lo, 100.0 * hi
 
 
