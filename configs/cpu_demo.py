@@ -27,7 +27,9 @@ and RL.
 
 Measured (README has the table and plots; 210 held-out tasks per eval): held-out success before -> after
 RL, seeds 0 / 1 / 2: 0.24 -> 0.62, 0.65 -> 0.87, 0.34 -> 0.77; deeper than trained (t4-t6 pooled) after
-RL 0.30 / 0.75 / 0.53, where the flat agent scores 0 before and after RL. 27 minutes alone on 2 cores.
+RL 0.30 / 0.75 / 0.53, where the flat agent scores 0 before and after RL. 25-27 minutes alone on 2
+cores. Not yet reliable: a rerun of seed 0 (runs are not bit-identical) stayed at 0.30 -> 0.35, its
+RL never learning to delegate more (README).
 """
 
 from rao_jax.config import default_config
