@@ -8,7 +8,8 @@ same batch of mixed-length prompts, for exactly ``--new`` tokens each:
 - engine:       rao_jax.sampling.SamplingEngine (paged KV, ragged prefill, chunked decode)
 - dense_cache:  a plain JAX decode loop with an unpaged [layers, batch, max_len] KV cache, one jit
 - no_cache:     the full training forward over the whole padded sequence at every step, one jit
-- transformers: ``generate`` on the same weights (torch CPU, left-padded batch)
+- transformers: ``generate`` on the same weights (left-padded batch; torch on the CPU, or on
+  ``--torch-device cuda`` when JAX runs on a GPU, so both sides use the same chip)
 
 Every method is warmed up once (compilation excluded), then timed ``--rounds`` times in
 interleaved order; the best round counts. Ratios are engine / peer.
@@ -118,6 +119,7 @@ def main() -> None:
     p.add_argument("--min-prompt", type=int, default=16)
     p.add_argument("--max-prompt", type=int, default=256)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--torch-device", default="cpu", help="where transformers runs: cpu (default) or cuda")
     p.add_argument("--methods", default="engine,dense_cache,no_cache,transformers",
                    help="comma-separated subset of: engine, dense_cache, no_cache, transformers")
     args = p.parse_args()
@@ -158,7 +160,7 @@ def main() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
         folder = Path(tempfile.mkdtemp()) / "hf"
         save_pretrained(model, cfg, folder, dtype="float32")
-        hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+        hf = AutoModelForCausalLM.from_pretrained(folder).eval().to(args.torch_device)
         left = np.zeros((args.batch, lengths.max()), np.int64)
         attn = np.zeros_like(left)
         for i, q in enumerate(prompts):
@@ -167,9 +169,10 @@ def main() -> None:
 
         def run_hf():
             with torch.no_grad():
-                out = hf.generate(torch.tensor(left), attention_mask=torch.tensor(attn), max_new_tokens=args.new,
+                out = hf.generate(torch.tensor(left, device=args.torch_device),
+                                  attention_mask=torch.tensor(attn, device=args.torch_device), max_new_tokens=args.new,
                                   min_new_tokens=args.new, do_sample=False, eos_token_id=None, pad_token_id=0)
-            return out[:, lengths.max():].numpy()
+            return out[:, lengths.max():].cpu().numpy()  # .cpu() waits for the GPU
 
         methods["transformers"] = run_hf
 
@@ -190,7 +193,7 @@ def main() -> None:
 
     print(f"\nbatch {args.batch}, prompts {args.min_prompt}-{args.max_prompt} tokens, {args.new} new tokens, "
           f"model {Path(args.config).name} ({sum(x.size for x in jax.tree.leaves(nnx.state(model))):,} params), "
-          f"backend {jax.default_backend()}, best of {args.rounds}")
+          f"backend {jax.default_backend()}, transformers on {args.torch_device}, best of {args.rounds}")
     print(f"{'method':<14}{'seconds':>9}{'tokens/s':>11}{'engine speed-up':>17}")
     for name, seconds in best.items():
         print(f"{name:<14}{seconds:>9.2f}{generated / seconds:>11.0f}{seconds / best['engine']:>16.2f}x")

