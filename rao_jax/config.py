@@ -281,6 +281,9 @@ class SFTSection:
 
     Attributes:
         steps / learning_rate / rows: the supervised phase.
+        schedule: ``"constant"`` lr, or ``"cosine"``: decay from ``learning_rate`` to 0 over ``steps``
+            (a warm start that ends at a small lr, so its last steps do not leave the policy wherever
+            the last few batches pushed it).
         num_tasks: training tasks whose oracle trees are the demonstrations.
         difficulties: only demonstrations from these buckets (empty: all).
         recursive: demonstrate the recursive oracle (False: the flat one).
@@ -289,6 +292,7 @@ class SFTSection:
 
     steps: int = 0
     learning_rate: float = 1e-3
+    schedule: str = "constant"
     rows: int = 8
     num_tasks: int = 64
     difficulties: tuple[str, ...] = ()
@@ -298,6 +302,8 @@ class SFTSection:
     def __post_init__(self):
         _need(self.steps >= 0 and self.rows >= 1 and self.num_tasks >= 1,
               "sft.steps must be >= 0, sft.rows and sft.num_tasks >= 1")
+        _need(self.schedule in ("constant", "cosine"),
+              f"sft.schedule must be constant or cosine, got {self.schedule!r}")
 
 
 @dataclasses.dataclass(frozen=True)

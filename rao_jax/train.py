@@ -120,6 +120,14 @@ def _scalars(out: dict) -> dict[str, float]:
     return {k: float(v) for k, v in out.items()}
 
 
+def sft_optim_config(config: TrainConfig) -> OptimConfig:
+    """The warm start's optimizer: the RL optimizer's AdamW betas and clipping, no weight decay, and
+    ``sft.learning_rate`` on ``sft.schedule`` over ``sft.steps``."""
+    sft, o = config.sft, config.optim
+    return OptimConfig(learning_rate=sft.learning_rate, b1=o.b1, b2=o.b2, weight_decay=0.0, grad_clip=o.grad_clip,
+                       schedule=sft.schedule, total_steps=sft.steps if sft.schedule == "cosine" else None)
+
+
 class Trainer:
     """The training loop over one ``Runtime`` (see the module docstring)."""
 
@@ -131,9 +139,7 @@ class Trainer:
         o = config.optim
         self.rl_optimizer = make_optimizer(self.model, OptimConfig(
             learning_rate=o.learning_rate, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, grad_clip=o.grad_clip))
-        self.sft_optimizer = (make_optimizer(self.model, OptimConfig(
-            learning_rate=config.sft.learning_rate, b1=o.b1, b2=o.b2, weight_decay=0.0, grad_clip=o.grad_clip))
-            if config.sft.steps else None)
+        self.sft_optimizer = make_optimizer(self.model, sft_optim_config(config)) if config.sft.steps else None
         self.store = CheckpointStore(self.workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
                                      async_save=False)
         self.progress = progress

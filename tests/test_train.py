@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rao_jax.config import from_config_dict
@@ -107,12 +108,28 @@ def test_unknown_config_key_fails_at_start_naming_it(tmp_path):
     ({"train.steps": "many"}, "train.steps must be int"),
     ({"rl.staleness": -1}, "rl.staleness must be >= 0"),
     ({"sft.oracle_knobs": {"style": "program", "goal_variables": True}}, "needs rollout.goal_variables=True"),
+    ({"sft.schedule": "linear"}, "sft.schedule must be constant or cosine, got 'linear'"),
 ])
 def test_bad_configs_fail_at_start_with_a_clear_message(tmp_path, overrides, message):
     from rao_jax.runtime import Runtime
 
     with pytest.raises(ConfigError, match=message):
         Runtime.create(from_config_dict(_config(workdir=str(tmp_path), **overrides)))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_warm_start_lr_follows_sft_schedule(schedule):
+    from rao_jax.rl.learner import learning_rate_schedule
+    from rao_jax.train import sft_optim_config
+
+    config = from_config_dict(_config(**{"sft.steps": 40, "sft.learning_rate": 3e-3, "sft.schedule": schedule}))
+    optim = sft_optim_config(config)
+    assert optim.weight_decay == 0.0 and optim.grad_clip == config.optim.grad_clip
+    lr = learning_rate_schedule(optim)
+    if schedule == "constant":
+        assert lr == 3e-3
+    else:
+        np.testing.assert_allclose([lr(0), lr(20), lr(40)], [3e-3, 1.5e-3, 0.0], atol=1e-9)
 
 
 @pytest.mark.timeout(900)
