@@ -282,8 +282,7 @@ class SFTSection:
     Attributes:
         steps / learning_rate / rows: the supervised phase.
         schedule: ``"constant"`` lr, or ``"cosine"``: decay from ``learning_rate`` to 0 over ``steps``
-            (a warm start that ends at a small lr, so its last steps do not leave the policy wherever
-            the last few batches pushed it).
+            (the CPU demo keeps constant: at its 80 steps, cosine ended at NLL 0.05 against 0.007).
         num_tasks: training tasks whose oracle trees are the demonstrations.
         difficulties: only demonstrations from these buckets (empty: all).
         recursive: demonstrate the recursive oracle (False: the flat one).
