@@ -28,8 +28,10 @@ cells: expand one item per step, then craft one per step) and RL.
 
 Measured with 30 RL steps (210 held-out tasks per eval; README): held-out success before -> after RL,
 seeds 0 / 1 / 2: 0.19 -> 0.83, 0.31 -> 0.88, 0.37 -> 0.82; deeper than trained (t4-t6 pooled) after RL
-0.70 / 0.76 / 0.66; a fourth run (seed 0 again, alone on 2 cores: 28 minutes with the install)
-learned late, 0.21 -> 0.54, deeper 0.25. With 20 RL steps: 0.24 -> 0.62, 0.65 -> 0.87, 0.34 -> 0.77,
+0.70 / 0.76 / 0.66; seed 3 0.22 -> 0.93 (deeper 0.87). README command 1 (seed 0; 28 minutes alone on 2 cores
+with the install) failed twice: once it learned late (0.21 -> 0.54, deeper 0.25), once RL
+collapsed (entropy 0.05 -> 4.3, 0.18 -> 0.16). With ``rl.kl_coef=0.05`` one such run learned (0.33 ->
+0.85), not yet the default (README). With 20 RL steps: 0.24 -> 0.62, 0.65 -> 0.87, 0.34 -> 0.77,
 and a rerun of seed 0 (runs are not bit-identical) 0.30 -> 0.35.
 """
 
