@@ -78,6 +78,7 @@ def get_config():
     config.sft.oracle_knobs = {"style": "program", "goal_variables": True, "mistake_rate": 0.3}
 
     config.rl.drop_zero_signal = True
+    config.rl.kl_coef = 0.05   # k3 penalty to the warm-start policy: keeps token entropy from running away
     config.optim.learning_rate = 1e-4
     config.optim.weight_decay = 0.0
     config.train.steps = 30

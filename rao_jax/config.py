@@ -224,9 +224,9 @@ class TrainSection:
     Attributes:
         steps: RL steps (one optimizer update each).
         row_len: tokens per packed row; a node's whole episode must fit one row.
-        micro_batch_rows: rows per micro-batch (a power of two). A step's rows are padded to a power
-            of two (few distinct shapes, few compilations); more rows than this are accumulated
-            over micro-batches into one update.
+        micro_batch_rows: rows per micro-batch (a power of two). A step's rows are padded to a
+            multiple of it and accumulated over micro-batches into one update; every micro-batch
+            has this shape, so the update compiles once.
         logprob_chunk: positions per chunk of the log-prob computation.
         checkpoint_every / keep_checkpoints: checkpoint cadence and retention.
         eval_every: evaluate every N steps (0: only at the end).

@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -234,14 +235,14 @@ class Trainer:
 
     @property
     def _row_multiple(self) -> int:
-        """Rows of a batch split over the mesh's batch axes, in every micro-batch."""
+        """Rows per micro-batch: ``train.micro_batch_rows`` rounded up to a multiple of the mesh's batch
+        axes. Every batch is padded to a multiple of it, so all micro-batches share one shape."""
         mesh = self.runtime.mesh
-        return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+        return math.lcm(self.config.train.micro_batch_rows, int(np.prod([mesh.shape[a] for a in BATCH_AXES])))
 
     def _update(self, packed, optimizer, *, loss: str) -> dict[str, float]:
         rows = len(packed.tokens)
-        per_micro = max(self.config.train.micro_batch_rows, self._row_multiple)
-        micro = rows // per_micro if rows % per_micro == 0 else 1
+        micro = rows // self._row_multiple
         chunk = self.config.train.logprob_chunk
         batch = jax.device_put(batch_arrays(packed), batch_sharding(self.runtime.mesh))
         rl = self.config.rl

@@ -108,8 +108,9 @@ def build_batch(groups: Sequence[Sequence[TreeResult]], cfg: AdvantageConfig, *,
         cfg: reward / advantage variants.
         row_len: tokens per packed row; a node whose episode is longer is skipped and counted.
 
-    The row count is padded to a power of two (few distinct shapes for the update), and to a multiple
-    of ``row_multiple`` (the devices the rows are split over).
+    The row count is padded up to a multiple of ``row_multiple``: the trainer passes the rows of one
+    micro-batch (a multiple of the devices the rows are split over), so every micro-batch of every
+    step has one shape and the update compiles once.
     """
     table = node_table(groups)
     reward, advantage, keep = rewards_and_advantages(table, cfg)
@@ -144,7 +145,6 @@ def build_batch(groups: Sequence[Sequence[TreeResult]], cfg: AdvantageConfig, *,
 
 
 def pack_padded(sequences: Sequence[NodeSequence], row_len: int, row_multiple: int = 1) -> PackedBatch:
-    """``pack_sequences`` with the row count padded up to a power of two, then to a multiple of ``row_multiple``."""
+    """``pack_sequences`` with the row count padded up to a multiple of ``row_multiple``."""
     needed = len(pack_sequences(sequences, row_len).tokens)
-    rows = 1 << (needed - 1).bit_length()
-    return pack_sequences(sequences, row_len, num_rows=-(-rows // row_multiple) * row_multiple)
+    return pack_sequences(sequences, row_len, num_rows=-(-needed // row_multiple) * row_multiple)

@@ -1,10 +1,11 @@
 """One RAO policy update: packed rows -> token log-probs and entropies -> loss -> optax step.
 
 The loss is CISPO (default), PPO-clip or SFT, plus the optional entropy bonus and KL-to-reference
-penalty (``LossConfig``). Gradients may be accumulated over micro-batches of rows. Every term stays
-the global token mean over every loss token of the step: each micro-batch's token-mean loss is
-weighted by its share of the step's loss tokens, so splitting a batch changes memory use, not the
-update.
+penalty (``LossConfig``). Gradients may be accumulated over micro-batches of rows: a Python loop over
+one compiled micro-batch step, so a step's row count does not change what is compiled. Every term
+stays the global token mean over every loss token of the step: each micro-batch's token-mean loss
+is weighted by its share of the step's loss tokens, so splitting a batch changes memory use, not
+the update.
 
 Batch fields (``[rows, t]``, targets shifted as in ``packing``): ``BATCH_FIELDS`` always, and
 ``ref_logp`` (f32, a frozen reference model's log-prob of each target, 0 off the loss tokens) when
@@ -15,6 +16,7 @@ for every loss, with zeros where a metric means nothing (see ``losses.objective`
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -94,7 +96,17 @@ def _split_rows(batch: dict, micro_batches: int) -> dict:
             for name, x in batch.items()}
 
 
-def _micro_loss(model: Qwen3, micro: dict, total_tokens, *, cfg: LossConfig, chunk: int, micro_batches: int):
+def _micro_batches(batch: dict, micro_batches: int):
+    """Yields the ``micro_batches`` row groups of ``batch`` (see ``_split_rows``), all of one shape."""
+    if micro_batches == 1:
+        yield batch
+        return
+    split = _split_rows(batch, micro_batches)
+    for k in range(micro_batches):
+        yield {name: x[k] for name, x in split.items()}
+
+
+def _micro_loss(model: Qwen3, micro: dict, total_tokens, aux_weight, *, cfg: LossConfig, chunk: int):
     logp, entropy, router_aux = token_logprobs_entropy_aux(model, micro["tokens"], micro["positions"],
                                                            micro["segment_ids"], micro["targets"], chunk=chunk)
     if cfg.entropy_coef == 0:
@@ -103,9 +115,9 @@ def _micro_loss(model: Qwen3, micro: dict, total_tokens, *, cfg: LossConfig, chu
                                micro.get("ref_logp"))
     share = jnp.sum(micro["loss_mask"]) / jnp.maximum(total_tokens, 1.0)
     # MoE models also minimise their router's load-balancing loss (as Hugging Face training does),
-    # averaged over micro-batches; it is 0 for dense models.
+    # averaged over micro-batches (``aux_weight`` = 1 / micro-batches); it is 0 for dense models.
     metrics["router_aux"] = router_aux
-    return value * share + model.cfg.router_aux_loss_coef * router_aux / micro_batches, metrics
+    return value * share + model.cfg.router_aux_loss_coef * router_aux * aux_weight, metrics
 
 
 def train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, loss: str | LossConfig = "cispo",
@@ -114,13 +126,18 @@ def train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, loss: str
                chunk: int = 256) -> dict[str, jax.Array]:
     """Updates ``model`` in place from one packed batch; returns the loss and metrics.
 
+    The step is two compiled programs: the gradient of one micro-batch, added into an accumulator
+    (run ``micro_batches`` times from Python), and the optimizer update. Both depend only on the
+    micro-batch shape, so steps with different row counts (and so different ``micro_batches``)
+    compile once, as long as ``rows // micro_batches`` stays the same.
+
     Args:
         batch: ``batch_arrays(pack_sequences(...))``, plus ``ref_logp`` when ``kl_coef > 0`` (and then
             ``kl_ref`` is logged whatever ``kl_coef``); rows must split evenly into ``micro_batches``.
         loss: ``"cispo"`` (default), ``"ppo"``, ``"sft"``, or a whole ``LossConfig``.
         max_weight, eps_low, eps_high, kl_coef, entropy_coef: override the matching ``LossConfig``
             field (None keeps the config's, by default the paper's). Static: a new value recompiles.
-        micro_batches: gradient accumulation steps over row groups (one traced copy, a scan).
+        micro_batches: gradient accumulation steps over row groups.
         chunk: positions per log-prob chunk (the ``[tokens, vocab]`` logits are never whole).
 
     Returns:
@@ -147,57 +164,72 @@ def train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, loss: str
     unknown = set(batch) - set(BATCH_FIELDS) - set(OPTIONAL_BATCH_FIELDS)
     if unknown:
         raise ValueError(f"unknown batch fields {sorted(unknown)}")
-    return _train_step(model, optimizer, batch, cfg=cfg, micro_batches=micro_batches, chunk=chunk)
-
-
-@nnx.jit(static_argnames=("cfg", "micro_batches", "chunk"))
-def _train_step(model: Qwen3, optimizer: nnx.Optimizer, batch: dict, *, cfg: LossConfig, micro_batches: int,
-                chunk: int) -> dict[str, jax.Array]:
-    total_tokens = jnp.sum(batch["loss_mask"])
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    total_tokens = jnp.sum(batch["loss_mask"])
+    aux_weight = jnp.float32(1.0 / micro_batches)
+    acc = _zero_accumulator(params)
+    for micro in _micro_batches(batch, micro_batches):
+        acc = _accumulate(graphdef, params, rest, acc, micro, total_tokens, aux_weight, cfg=cfg, chunk=chunk)
+    return _apply(model, optimizer, acc, total_tokens)
 
-    def loss_fn(p, micro):
-        return _micro_loss(nnx.merge(graphdef, p, rest), micro, total_tokens, cfg=cfg, chunk=chunk,
-                           micro_batches=micro_batches)
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if micro_batches == 1:
-        (value, metrics), grads = grad_fn(params, batch)
-        metrics = jax.tree.map(lambda x: x[None], metrics)
-    else:
-        def accumulate(acc, micro):
-            (v, m), g = grad_fn(params, micro)
-            return jax.tree.map(jnp.add, acc, g), (v, m)
+def _zero_accumulator(params) -> dict:
+    scalars = ("value", "router_aux", "is_weight_max", *MEAN_METRICS)   # distinct buffers: all are donated
+    return {"grads": jax.tree.map(jnp.zeros_like, params), **{name: jnp.zeros((), jnp.float32) for name in scalars}}
 
-        grads, (values, metrics) = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params),
-                                                _split_rows(batch, micro_batches))
-        value = jnp.sum(values)
-    grad_norm = optax.tree.norm(grads)
-    optimizer.update(model, grads)
-    weights = metrics["tokens"] / jnp.maximum(total_tokens, 1.0)
-    out = {name: jnp.sum(metrics[name] * weights) for name in MEAN_METRICS}
-    out.update(loss=value, grad_norm=grad_norm, tokens=total_tokens, is_weight_max=jnp.max(metrics["is_weight_max"]),
-               router_aux=jnp.mean(metrics["router_aux"]))
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "chunk"), donate_argnames=("acc",))
+def _accumulate(graphdef, params, rest, acc: dict, micro: dict, total_tokens, aux_weight, *, cfg: LossConfig,
+                chunk: int) -> dict:
+    """``acc`` plus one micro-batch: its gradient, loss, and token-weighted metric sums."""
+    def loss_fn(p):
+        return _micro_loss(nnx.merge(graphdef, p, rest), micro, total_tokens, aux_weight, cfg=cfg, chunk=chunk)
+
+    (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    out = {"grads": jax.tree.map(jnp.add, acc["grads"], grads), "value": acc["value"] + value,
+           "router_aux": acc["router_aux"] + metrics["router_aux"] * aux_weight,
+           "is_weight_max": jnp.maximum(acc["is_weight_max"], metrics["is_weight_max"])}
+    out.update({name: acc[name] + metrics[name] * metrics["tokens"] for name in MEAN_METRICS})
     return out
 
 
-@nnx.jit(static_argnames=("chunk", "micro_batches"))
+@nnx.jit(donate_argnames=("acc",))
+def _apply(model: Qwen3, optimizer: nnx.Optimizer, acc: dict, total_tokens) -> dict[str, jax.Array]:
+    grads = acc["grads"]
+    grad_norm = optax.tree.norm(grads)
+    optimizer.update(model, grads)
+    out = {name: acc[name] / jnp.maximum(total_tokens, 1.0) for name in MEAN_METRICS}
+    out.update(loss=acc["value"], grad_norm=grad_norm, tokens=total_tokens, is_weight_max=acc["is_weight_max"],
+               router_aux=acc["router_aux"])
+    return out
+
+
 def reference_logprobs(ref_model: Qwen3, batch: dict, chunk: int = 256, micro_batches: int = 1) -> jax.Array:
     """The batch field ``ref_logp``: ``ref_model``'s log-prob of every target, 0 off the loss tokens.
 
     ``ref_model`` is a frozen copy (e.g. ``nnx.clone`` of the initial policy, never given to an
-    optimizer). ``micro_batches`` row groups are run one after another to bound activation memory.
+    optimizer). ``micro_batches`` row groups are run one after another to bound activation memory;
+    as in ``train_step``, one compiled program per micro-batch shape.
     """
-    def one(micro):
-        logp = token_logprobs(ref_model, micro["tokens"], micro["positions"], micro["segment_ids"],
-                              micro["targets"], chunk=chunk)
-        return jnp.where(micro["loss_mask"] > 0, logp, 0.0)
-
     fields = {name: batch[name] for name in ("tokens", "positions", "segment_ids", "targets", "loss_mask")}
     rows = fields["tokens"].shape[0]
     if rows % micro_batches:
         raise ValueError(f"{rows} rows do not split into {micro_batches} micro-batches")
+    graphdef, state = nnx.split(ref_model)
+    outs = [_reference_micro(graphdef, state, micro, chunk=chunk) for micro in _micro_batches(fields, micro_batches)]
     if micro_batches == 1:
-        return jax.lax.stop_gradient(one(fields))
-    out = jax.lax.map(one, _split_rows(fields, micro_batches))  # [micro_batches, rows // micro_batches, t]
-    return jax.lax.stop_gradient(out.swapaxes(0, 1).reshape(rows, -1))
+        return outs[0]
+    return _unsplit_rows(jnp.stack(outs))
+
+
+@jax.jit
+def _unsplit_rows(x: jax.Array) -> jax.Array:
+    """The inverse of ``_split_rows`` for one array: ``[micro_batches, r, ...] -> [r * micro_batches, ...]``."""
+    return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
+def _reference_micro(graphdef, state, micro: dict, *, chunk: int) -> jax.Array:
+    logp = token_logprobs(nnx.merge(graphdef, state), micro["tokens"], micro["positions"], micro["segment_ids"],
+                          micro["targets"], chunk=chunk)
+    return jax.lax.stop_gradient(jnp.where(micro["loss_mask"] > 0, logp, 0.0))

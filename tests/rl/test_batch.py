@@ -53,11 +53,20 @@ def test_build_batch_packs_only_nodes_with_signal():
     assert out.stats["trained_nodes"] == 4 and out.stats["dropped_zero_signal"] == 2
     assert out.stats["success"] == pytest.approx(0.75)
     batch = out.batch
-    assert batch.tokens.shape[0] in (1, 2, 4) and batch.tokens.shape[1] == 16
+    assert batch.tokens.shape[1] == 16
     # Each trained token carries its node's advantage; the advantages present are those of the kept nodes.
     trained = batch.loss_mask > 0
     assert sorted(set(np.round(batch.advantage[trained], 4))) == [-1.25, 0.0, 1.0, 1.25]
     assert trained.sum() == 4 * 4
+
+
+def test_rows_are_padded_to_a_multiple_of_row_multiple():
+    needed = build_batch(GROUPS, AdvantageConfig(lam=0.5), row_len=16).batch.tokens.shape[0]
+    for multiple in (1, 2, 3, 8):
+        batch = build_batch(GROUPS, AdvantageConfig(lam=0.5), row_len=16, row_multiple=multiple).batch
+        rows = batch.tokens.shape[0]
+        assert rows % multiple == 0 and needed <= rows < needed + multiple
+        assert (batch.loss_mask[needed:] == 0).all()   # padding rows train nothing
 
 
 def test_nothing_to_train_gives_no_batch():
