@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from rao_jax.models import Qwen3, tiny_config
+from rao_jax.rl import learner
 from rao_jax.rl.learner import OptimConfig, batch_arrays, make_optimizer, train_step
 from rao_jax.rl.packing import pack_sequences, token_logprobs
 from tests.rl.test_packing import _nodes
@@ -58,3 +59,17 @@ def test_rows_must_split_into_micro_batches():
     model = Qwen3(tiny_config("qwen3"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="3 rows do not split into 2 micro-batches"):
         train_step(model, make_optimizer(model), batch, micro_batches=2, chunk=16)
+
+
+def test_steps_of_any_row_count_trace_the_micro_batch_step_once(monkeypatch):
+    # Rows per micro-batch fixed at 2; the step's rows (2, 4, 8) change only the Python loop's length.
+    traces = []
+    micro_loss = learner._micro_loss
+    monkeypatch.setattr(learner, "_micro_loss", lambda *a, **k: traces.append(1) or micro_loss(*a, **k))
+    model = Qwen3(tiny_config("qwen3", num_hidden_layers=1), rngs=nnx.Rngs(0))
+    optimizer = make_optimizer(model)
+    for rows in (2, 4, 8):
+        batch = batch_arrays(pack_sequences(_nodes(lengths=(20,) * rows), row_len=48, num_rows=rows))
+        metrics = train_step(model, optimizer, batch, micro_batches=rows // 2, chunk=16)
+        assert float(metrics["tokens"]) == float(batch["loss_mask"].sum())
+    assert len(traces) == 1
