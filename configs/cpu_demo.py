@@ -19,20 +19,18 @@ decision to learn: delegate exactly when the lookup printed a non-zero count.
 
 RL: 30 steps of 8 tasks x 4 trees (CISPO, lr 1e-4: at 3e-4 seed 0 learned but seed 1 collapsed after
 five good steps, training success 0.97 -> 0.12 with entropy rising, and lr 1e-3 collapsed within 4
-steps). 20 steps were too few for a slow starter: one of six 20-step runs ended at +4 points, and the
-same run resumed for 15 more steps reached 0.77 held-out. Rollouts and evaluation sample at
-temperature 1 with top-p 0.95 (nucleus sampling keeps a confident token from being corrupted by the
-tail); evaluation: 210 held-out tasks, 35 per tier, before and after RL. The flat baseline is
-``configs/cpu_demo_flat.py``: the same budget, context window, warm start recipe (flat program
-cells: expand one item per step, then craft one per step) and RL.
+steps), with a KL penalty to the warm-start policy (``rl.kl_coef`` 0.05, k3 estimator): without it
+two of six runs failed (one learned late, one collapsed with token entropy 0.05 -> 4.3; see
+docs/cpu_demo/rl30/README.md). 20 steps were too few for a slow starter (docs/cpu_demo/rl20).
+Rollouts and evaluation sample at temperature 1 with top-p 0.95 (nucleus sampling keeps a confident
+token from being corrupted by the tail); evaluation: 210 held-out tasks, 35 per tier, before and
+after RL. The flat baseline is ``configs/cpu_demo_flat.py``: the same budget, context window, warm
+start recipe (flat program cells: expand one item per step, then craft one per step) and RL.
 
-Measured with 30 RL steps (210 held-out tasks per eval; README): held-out success before -> after RL,
-seeds 0 / 1 / 2: 0.19 -> 0.83, 0.31 -> 0.88, 0.37 -> 0.82; deeper than trained (t4-t6 pooled) after RL
-0.70 / 0.76 / 0.66; seed 3 0.22 -> 0.93 (deeper 0.87). README command 1 (seed 0; 28 minutes alone on 2 cores
-with the install) failed twice: once it learned late (0.21 -> 0.54, deeper 0.25), once RL
-collapsed (entropy 0.05 -> 4.3, 0.18 -> 0.16). With ``rl.kl_coef=0.05`` one such run learned (0.33 ->
-0.85), not yet the default (README). With 20 RL steps: 0.24 -> 0.62, 0.65 -> 0.87, 0.34 -> 0.77,
-and a rerun of seed 0 (runs are not bit-identical) 0.30 -> 0.35.
+Measured (210 held-out tasks per eval; README): held-out success before -> after RL, seeds 0 / 1 / 2:
+0.27 -> 0.81, 0.45 -> 0.90, 0.46 -> 0.86; deeper than trained (t4-t6 pooled) after RL 0.65 / 0.81 /
+0.75; token entropy 0.03-0.10 and KL to the warm start at most 0.03 throughout. Seed 0 is README
+command 1: 28 min 23 s alone on 2 cores with the install.
 """
 
 from rao_jax.config import default_config
