@@ -224,7 +224,7 @@ class Trainer:
         while self.sft_done < sft.steps:
             start = (self.sft_done * take) % len(order)
             chosen = [demos[order[(start + i) % len(order)]] for i in range(min(take, len(order)))]
-            out = self._update(pack_padded(chosen, train.row_len, self._row_multiple), self.sft_optimizer, loss="sft")
+            out = self._update(pack_padded(chosen, train.row_len, self._micro_rows), self.sft_optimizer, loss="sft")
             self.sft_done += 1
             bar.update(1)
             bar.set_postfix(nll=f"{out['loss']:.3f}")
@@ -234,7 +234,7 @@ class Trainer:
         bar.close()
 
     @property
-    def _row_multiple(self) -> int:
+    def _micro_rows(self) -> int:
         """Rows per micro-batch: ``train.micro_batch_rows`` rounded up to a multiple of the mesh's batch
         axes. Every batch is padded to a multiple of it, so all micro-batches share one shape."""
         mesh = self.runtime.mesh
@@ -242,7 +242,7 @@ class Trainer:
 
     def _update(self, packed, optimizer, *, loss: str) -> dict[str, float]:
         rows = len(packed.tokens)
-        micro = rows // self._row_multiple
+        micro = rows // self._micro_rows
         chunk = self.config.train.logprob_chunk
         batch = jax.device_put(batch_arrays(packed), batch_sharding(self.runtime.mesh))
         rl = self.config.rl
@@ -287,7 +287,7 @@ class Trainer:
         cfg = self.config
         groups = await pending.trees
         rollout_seconds = time.time() - pending.started
-        step = build_batch(groups, self.adv, row_len=cfg.train.row_len, row_multiple=self._row_multiple)
+        step = build_batch(groups, self.adv, row_len=cfg.train.row_len, row_multiple=self._micro_rows)
         record: dict[str, Any] = {"kind": "train", "step": self.sft_done + pending.rl_step, "rl_step": pending.rl_step,
                                   "tasks": [t.task_id for t in pending.tasks], "rollout_seconds": rollout_seconds,
                                   "policy_lag": float(self.rl_done - pending.policy_version),
