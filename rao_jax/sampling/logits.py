@@ -71,9 +71,12 @@ def choose_tokens(logits: Float[Array, "b v"], rng: Array, temperature: Float[Ar
     """
     logits = logits.astype(jnp.float32)
     logprobs = jax.nn.log_softmax(logits, axis=-1)
-    greedy = jnp.argmax(logits, axis=-1)
-    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
-    if candidates:
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def sample() -> Int[Array, " b"]:
+        scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+        if not candidates:
+            return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
         values, index = jax.lax.top_k(scaled, candidates)  # sorted, most likely first
         rank = jnp.arange(candidates)[None, :]
         keep = (top_k[:, None] == 0) | (rank < top_k[:, None])
@@ -82,10 +85,11 @@ def choose_tokens(logits: Float[Array, "b v"], rng: Array, temperature: Float[Ar
         mass_before = jnp.cumsum(probs, axis=-1) - probs
         keep &= (mass_before < top_p[:, None]) | (rank == 0)
         choice = jax.random.categorical(rng, jnp.where(keep, values, -jnp.inf), axis=-1)
-        sampled = jnp.take_along_axis(index, choice[:, None], axis=-1)[:, 0]
-    else:
-        sampled = jax.random.categorical(rng, scaled, axis=-1)
-    tokens = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+        return jnp.take_along_axis(index, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+    # A batch of greedy rows draws no random numbers (the noise costs as much as the argmax).
+    sampled = jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)
+    tokens = jnp.where(temperature > 0, sampled, greedy)
     return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
 
 

@@ -8,7 +8,7 @@ row ``r`` at position ``p`` attends to positions ``0..p`` of row ``r``.
   plain statement (each query gathers its row's pages) and the oracle in tests; the sampler runs
   two faster equivalents: ``reference_prefill_attention`` (each row's tokens start a new block of
   ``block`` queries, and each block gathers its row's pages once) and ``reference_decode_attention``
-  (context gathered once per decode chunk plus a small buffer of the chunk's own tokens).
+  (each row's context gathered once per decode chunk, then updated in place at every step).
 - ``pallas``: JAX's TPU ragged paged attention kernel; imported only when selected, on TPU.
 """
 
@@ -102,27 +102,57 @@ def reference_prefill_attention(q: Float[Array, "t hq d"], pages: Float[Array, "
 
 
 def reference_decode_attention(q: Float[Array, "b hq d"], k_rows: Float[Array, "b k d l"],
-                               v_rows: Float[Array, "b k l d"], cached_len: Int[Array, " b"],
-                               recent: Float[Array, "b n kk d"], step: Int[Array, ""], *,
+                               v_rows: Float[Array, "b k l d"], pos: Int[Array, " b"], *,
                                sm_scale: float) -> Float[Array, "b hq d"]:
-    """One decode step: each row attends to its cached tokens plus the ``step + 1`` newest ones.
+    """One decode step: the query of each row attends to positions ``0..pos`` of its row.
 
-    ``k_rows`` / ``v_rows`` are each row's cached keys and values, gathered from the pages once per
-    decode chunk (``pages[page_table]``) and laid out as ``[b, k, d, l]`` / ``[b, k, l, d]`` so that
-    both products are plain batched matmuls with no per-step transposes; the newest keys/values
-    live in ``recent`` (``[rows, chunk steps, 2K, D]``) and are written to their pages when the
-    chunk ends. The pool is therefore only read inside the loop: writing it there would make XLA
-    copy the whole pool at every step, because the same step also reads it.
+    ``k_rows`` / ``v_rows`` hold each row's keys and values (the current token's included, at
+    ``pos``): gathered from the pages once per decode chunk (``pages[page_table]``), then updated in
+    place at every step by ``write_decode_context``. Keys are laid out ``[b, k, d, l]`` and values
+    ``[b, k, l, d]`` so that both products are plain batched matmuls with no per-step transposes.
     """
     b, hq, d = q.shape
     kv_heads, length = k_rows.shape[1], k_rows.shape[3]
-    qg = q.reshape(b, kv_heads, hq // kv_heads, d)
-    cached = jnp.einsum("bkgd,bkds->bkgs", qg, k_rows, preferred_element_type=jnp.float32)
-    fresh = jnp.einsum("bkgd,bnkd->bkgn", qg, recent[:, :, 0::2], preferred_element_type=jnp.float32)
-    cached = jnp.where((jnp.arange(length)[None, :] < cached_len[:, None])[:, None, None],
-                       cached * sm_scale, MASK_VALUE)
-    fresh = jnp.where(jnp.arange(recent.shape[1]) <= step, fresh * sm_scale, MASK_VALUE)
-    probs = jax.nn.softmax(jnp.concatenate([cached, fresh], axis=-1), axis=-1)
-    out = (jnp.einsum("bkgs,bksd->bkgd", probs[..., :length].astype(v_rows.dtype), v_rows)
-           + jnp.einsum("bkgn,bnkd->bkgd", probs[..., length:].astype(recent.dtype), recent[:, :, 1::2]))
+    qg = (q * sm_scale).reshape(b, kv_heads, hq // kv_heads, d)
+    scores = jnp.einsum("bkgd,bkdl->bkgl", qg, k_rows, preferred_element_type=jnp.float32)
+    visible = jnp.arange(length)[None, :] <= pos[:, None]  # [b, l]
+    probs = jax.nn.softmax(jnp.where(visible[:, None, None], scores, MASK_VALUE), axis=-1)
+    out = jnp.einsum("bkgl,bkld->bkgd", probs.astype(v_rows.dtype), v_rows)
     return out.reshape(b, hq, d).astype(q.dtype)
+
+
+def gather_decode_context(pages: Float[Array, "p s kk d"], page_table: Int[Array, "b w"]
+                          ) -> tuple[Float[Array, "b k d l"], Float[Array, "b k l d"]]:
+    """Each row's keys ``[b, k, d, l]`` and values ``[b, k, l, d]`` from its pages (``l = w * s``).
+
+    Keys and values are split off the pool before the gather, so XLA gathers each straight into
+    a buffer it then lays out in one pass (about 3x faster on CPU than slicing the gathered
+    interleaved rows).
+    """
+    p, s, kk, d = pages.shape
+    b, w = page_table.shape
+    split = pages.reshape(p, s, kk // 2, 2, d)
+    k = split[:, :, :, 0][page_table]  # [b, w, s, k, d]
+    v = split[:, :, :, 1][page_table]
+    return (k.transpose(0, 3, 4, 1, 2).reshape(b, kk // 2, d, w * s),
+            v.transpose(0, 3, 1, 2, 4).reshape(b, kk // 2, w * s, d))
+
+
+def write_decode_context(k_rows: Float[Array, "b k d l"], v_rows: Float[Array, "b k l d"],
+                         k: Float[Array, "b k d"], v: Float[Array, "b k d"],
+                         pos: Int[Array, " b"]) -> tuple[Float[Array, "b k d l"], Float[Array, "b k l d"]]:
+    """Writes each row's new key / value at its position ``pos`` (positions past the end are dropped)."""
+    rows = jnp.arange(k_rows.shape[0])
+    return (k_rows.at[rows, :, :, pos].set(k.astype(k_rows.dtype), mode="drop"),
+            v_rows.at[rows, :, pos].set(v.astype(v_rows.dtype), mode="drop"))
+
+
+def read_decode_context(k_rows: Float[Array, "b k d l"], v_rows: Float[Array, "b k l d"],
+                        start: Int[Array, " b"], n: int) -> Float[Array, "b n kk d"]:
+    """Keys and values at positions ``start .. start + n - 1`` of each row, interleaved as in the
+    pages (positions past the end repeat the last one)."""
+    cols = jnp.minimum(start[:, None] + jnp.arange(n)[None, :], k_rows.shape[3] - 1)  # [b, n]
+    k = jnp.take_along_axis(k_rows, cols[:, None, None, :], axis=3).transpose(0, 3, 1, 2)  # [b, n, k, d]
+    v = jnp.take_along_axis(v_rows, cols[:, None, :, None], axis=2).transpose(0, 2, 1, 3)  # [b, n, k, d]
+    b, _, kv_heads, d = k.shape
+    return jnp.stack([k, v], axis=3).reshape(b, n, 2 * kv_heads, d)

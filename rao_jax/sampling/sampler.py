@@ -17,12 +17,15 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from rao_jax.models.qwen3 import Qwen3
-from rao_jax.sampling.kv_cache import KVCache, interleave, write_interleaved, write_kv
+from rao_jax.sampling.kv_cache import KVCache, write_interleaved, write_kv
 from rao_jax.sampling.logits import choose_tokens, hits_stop, push_history
 from rao_jax.sampling.paged_attention import (
+    gather_decode_context,
     pallas_paged_attention,
+    read_decode_context,
     reference_decode_attention,
     reference_prefill_attention,
+    write_decode_context,
 )
 
 RUNNING, STOPPED, LENGTH = 0, 1, 2  # decode finish reasons
@@ -90,46 +93,46 @@ def decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histor
     ``count[b]``), the finish ``reason`` per row (RUNNING / STOPPED / LENGTH), and the new
     ``last``, ``pos`` and ``history``.
 
-    With the reference attention the keys/values of the chunk's tokens are kept in a small
-    ``recent`` buffer and scattered into the pages once, after the loop (see
-    ``reference_decode_attention``); the Pallas path writes the pages at every step.
+    With the reference attention each row's keys and values are gathered from the pages once, at
+    the start of the chunk, into a per-chunk context (loop state, updated in place at every step);
+    the chunk's new keys/values are scattered into the pages once, after the loop: writing the
+    pool inside the loop would make XLA copy the whole pool at every step, because the same step
+    also reads it. The Pallas path writes the pages at every step.
     """
     model = nnx.merge(graphdef, state)
-    cfg = model.cfg
     rows = last.shape[0]
     row_ids = jnp.arange(rows, dtype=jnp.int32)
     cu_q_lens = jnp.arange(rows + 1, dtype=jnp.int32)
     num_rows = jnp.full((1,), rows, jnp.int32)
-    sm_scale = cfg.head_dim ** -0.5
+    sm_scale = model.cfg.head_dim ** -0.5
     start = pos
-    recent_shape = (rows, n_steps, 2 * cfg.num_key_value_heads, cfg.head_dim)
 
-    def forward(step, cache, recent, last, pos, active):
+    def forward(cache, context, last, pos, active):
         if attn_impl == "pallas":
             hidden, cache = paged_forward(model, cache, last, pos, row_ids, active, page_table, pos + 1,
                                           cu_q_lens, num_rows, attn_impl=attn_impl, block=1)
-            return hidden, cache, recent
+            return hidden, cache, context
         x = model.embed_tokens(last)[:, None]
-        new_recent = []
-        for layer, (k_rows, v_rows), buf in zip(model.layers, context, recent, strict=True):
+        new_context = []
+        for layer, (k_rows, v_rows) in zip(model.layers, context, strict=True):
             kept = []
 
-            def attend(q, k, v, k_rows=k_rows, v_rows=v_rows, buf=buf, kept=kept):
-                buf = buf.at[:, step].set(interleave(k[:, 0], v[:, 0]).astype(buf.dtype))
-                kept.append(buf)
-                return reference_decode_attention(q[:, 0], k_rows, v_rows, start, buf, step, sm_scale=sm_scale)[:, None]
+            def attend(q, k, v, k_rows=k_rows, v_rows=v_rows, kept=kept):
+                k_rows, v_rows = write_decode_context(k_rows, v_rows, k[:, 0], v[:, 0], pos)
+                kept.append((k_rows, v_rows))
+                return reference_decode_attention(q[:, 0], k_rows, v_rows, pos, sm_scale=sm_scale)[:, None]
 
             x, _ = layer.block(x, pos[:, None], active[:, None].astype(jnp.float32), attend)
-            new_recent.append(kept[0])
-        return model.norm(x)[:, 0], cache, tuple(new_recent)
+            new_context.append(kept[0])
+        return model.norm(x)[:, 0], cache, tuple(new_context)
 
     def cond(carry):
         step, active = carry[0], carry[5]
         return (step < n_steps) & jnp.any(active)
 
     def body(carry):
-        step, cache, recent, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng = carry
-        hidden, cache, recent = forward(step, cache, recent, last, pos, active)
+        step, cache, context, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng = carry
+        hidden, cache, context = forward(cache, context, last, pos, active)
         rng, key = jax.random.split(rng)
         tok, lp = choose_tokens(model.logits(hidden), key, temperature, top_k, top_p, candidates=candidates)
         out_tok = out_tok.at[:, step].set(jnp.where(active, tok, -1))
@@ -143,29 +146,23 @@ def decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histor
         pos = pos + active
         last = jnp.where(active, tok, last)
         active = active & ~stopped & ~exhausted
-        return (step + 1, cache, recent, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng)
+        return (step + 1, cache, context, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng)
 
-    recent = tuple(jnp.zeros(recent_shape, layer.dtype) for layer in cache)
-    # Each row's cached context, gathered from the pages once per chunk (the pool is not written
-    # inside the loop, so this stays valid for every step).
-    length = page_table.shape[1] * cache[0].shape[1]
-    context = () if attn_impl == "pallas" else tuple(
-        _split_kv(pages[page_table].reshape(rows, length, *pages.shape[2:])) for pages in cache)
-    init = (jnp.int32(0), cache, recent, last, pos, active, remaining, history,
+    # Each row's context, gathered from the pages once per chunk, wide enough for every position
+    # the chunk writes (the engine sizes the page table so).
+    context = () if attn_impl == "pallas" else tuple(gather_decode_context(pages, page_table) for pages in cache)
+    init = (jnp.int32(0), cache, context, last, pos, active, remaining, history,
             jnp.full((rows, n_steps), -1, jnp.int32), jnp.zeros((rows, n_steps), jnp.float32),
             jnp.zeros(rows, jnp.int32), jnp.full(rows, RUNNING, jnp.int32), rng)
     out = jax.lax.while_loop(cond, body, init)
-    _, cache, recent, last, pos, _, _, history, out_tok, out_lp, count, reason, _ = out
+    _, cache, context, last, pos, _, _, history, out_tok, out_lp, count, reason, _ = out
     if attn_impl != "pallas":
         steps = jnp.arange(n_steps)
         flat_pos = (start[:, None] + steps[None, :]).reshape(-1)
         flat_row = jnp.repeat(row_ids, n_steps)
         written = (steps[None, :] < count[:, None]).reshape(-1)
-        cache = tuple(write_interleaved(pages, buf.reshape(rows * n_steps, *buf.shape[2:]), page_table, flat_row,
-                                   flat_pos, written) for pages, buf in zip(cache, recent, strict=True))
+        new_kv = [read_decode_context(k_rows, v_rows, start, n_steps).reshape(rows * n_steps, *cache[0].shape[2:])
+                  for k_rows, v_rows in context]
+        cache = tuple(write_interleaved(pages, kv, page_table, flat_row, flat_pos, written)
+                      for pages, kv in zip(cache, new_kv, strict=True))
     return cache, out_tok, out_lp, count, reason, last, pos, history
-
-
-def _split_kv(kv: Float[Array, "b l kk d"]) -> tuple[Float[Array, "b k d l"], Float[Array, "b k l d"]]:
-    """Interleaved keys/values -> keys ``[b, k, d, l]`` and values ``[b, k, l, d]``, once per chunk."""
-    return kv[:, :, 0::2].transpose(0, 2, 3, 1), kv[:, :, 1::2].transpose(0, 2, 1, 3)

@@ -129,25 +129,41 @@ def test_block_prefill_attention_equals_the_per_token_reference(block_bytes):
                                     block=block, sm_scale=0.35)
 
 
-def test_decode_attention_over_gathered_rows_and_recent_buffer_equals_the_reference():
-    from rao_jax.sampling.paged_attention import reference_decode_attention
-    from rao_jax.sampling.sampler import _split_kv
+def test_decode_attention_over_the_gathered_context_equals_the_reference():
+    """One decode step as the sampler runs it: the rows' context gathered from the pages before the
+    step (the current token not yet in them), the token's key / value written into the context at
+    its position, then attention over positions 0..pos of each row."""
+    from rao_jax.sampling.paged_attention import (
+        gather_decode_context,
+        read_decode_context,
+        reference_decode_attention,
+        write_decode_context,
+    )
 
-    cached, recent_steps = [5, 12, 0], 4
-    step = 2  # the chunk has produced 3 tokens so far: recent slots 0..2 hold them
-    pages, table, q, k, v, total = _setup([c + step + 1 for c in cached], [0, 0, 0])
-    rows = len(cached)
-    recent = np.zeros((rows, recent_steps, 2 * HK, D), np.float32)
-    for r, c in enumerate(cached):
-        recent[r, : step + 1] = np.stack([k[r][c:c + step + 1], v[r][c:c + step + 1]], axis=2).reshape(
-            step + 1, 2 * HK, D)
-    query = np.stack([q[r][cached[r] + step] for r in range(rows)])
-    kv_rows = pages[jnp.asarray(table)].reshape(rows, W * S, 2 * HK, D)
-    k_rows, v_rows = _split_kv(kv_rows)
-    # Hide the chunk's tokens from the cached part, as during a real chunk (they are not written yet).
-    got = reference_decode_attention(jnp.asarray(query), k_rows, v_rows, jnp.asarray(cached, jnp.int32),
-                                     jnp.asarray(recent), jnp.int32(step), sm_scale=0.35)
-    pos = jnp.asarray([c + step for c in cached], jnp.int32)
-    expected = reference_paged_attention(jnp.asarray(query), pages, jnp.asarray(table),
-                                         jnp.arange(rows, dtype=jnp.int32), pos, sm_scale=0.35)
+    pos = [5, 12, 0, W * S - 1]  # the current token's position (the last row fills its pages)
+    pages, table, q, k, v, total = _setup([p + 1 for p in pos], [0, 0, 0, 0])
+    rows, page_rows = len(pos), np.asarray(table)
+    # The pages before the step: every row's slot at `pos` still holds stale numbers.
+    stale = pages.at[page_rows[np.arange(rows), np.array(pos) // S], np.array(pos) % S].set(7.0)
+    k_rows, v_rows = gather_decode_context(stale, jnp.asarray(table))
+    assert k_rows.shape == (rows, HK, D, W * S) and v_rows.shape == (rows, HK, W * S, D)
+    k_new = jnp.asarray(np.stack([k[r][p] for r, p in enumerate(pos)]))
+    v_new = jnp.asarray(np.stack([v[r][p] for r, p in enumerate(pos)]))
+    pos_arr = jnp.asarray(pos, jnp.int32)
+    k_rows, v_rows = write_decode_context(k_rows, v_rows, k_new, v_new, pos_arr)
+    query = jnp.asarray(np.stack([q[r][p] for r, p in enumerate(pos)]))
+    got = reference_decode_attention(query, k_rows, v_rows, pos_arr, sm_scale=0.35)
+    expected = reference_paged_attention(query, pages, jnp.asarray(table), jnp.arange(rows, dtype=jnp.int32),
+                                         pos_arr, sm_scale=0.35)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
+    # Reading the context back gives the page layout (key head h at 2h, value head h at 2h + 1);
+    # positions past the end repeat the last one.
+    back = np.asarray(read_decode_context(k_rows, v_rows, pos_arr, 2))
+    for r, p in enumerate(pos):
+        np.testing.assert_array_equal(back[r, 0, 0::2], k[r][p])
+        np.testing.assert_array_equal(back[r, 0, 1::2], v[r][p])
+    np.testing.assert_array_equal(back[3, 1], back[3, 0])
+    # A position past the context is dropped, not wrapped around.
+    k_out, v_out = write_decode_context(k_rows, v_rows, k_new, v_new, jnp.full(rows, W * S, jnp.int32))
+    np.testing.assert_array_equal(np.asarray(k_out), np.asarray(k_rows))
+    np.testing.assert_array_equal(np.asarray(v_out), np.asarray(v_rows))
