@@ -134,13 +134,18 @@ class SamplingEngine:
     """Continuous-batching sampler over a paged KV cache for one ``Qwen3`` model.
 
     The model's parameters are read at every device call, so a learner updating the same model
-    in place is picked up by the next prefill / decode chunk without any weight transfer.
+    in place (an optimizer step, ``nnx.update``, a checkpoint restore) is picked up by the next
+    prefill / decode chunk without any weight transfer. The model's structure is split once, here
+    (a graph traversal per call costs milliseconds, as much as a small device call): replacing a
+    submodule or a variable object after construction is not seen; build a new engine for that.
     """
 
     def __init__(self, model: Qwen3, config: EngineConfig | None = None):
         config = config or EngineConfig()
         self.model = model
         self.config = config
+        # The state holds the model's own Variable objects: in-place updates show through.
+        self._graphdef, self._state = nnx.split(model)
         self.vocab_size = model.cfg.vocab_size
         # Prefill rows start at multiples of this (the Pallas kernel takes rows back to back).
         self._prefill_align = 1 if config.attn_impl == "pallas" else config.prefill_block
@@ -366,9 +371,8 @@ class SamplingEngine:
             params[row] = request.params
         temperature, top_k, top_p, candidates = self._sampling_arrays(params)
         self._rng, key = jax.random.split(self._rng)
-        graphdef, state = nnx.split(self.model)
         self._cache, next_tokens, logprobs = sampler.prefill(
-            graphdef, state, self._cache,
+            self._graphdef, self._state, self._cache,
             jnp.asarray(np.array(flat_tokens + [0] * pad, np.int32)),
             jnp.asarray(np.array(flat_pos + [0] * pad, np.int32)),
             jnp.asarray(np.array(flat_row + [0] * pad, np.int32)),
@@ -426,9 +430,8 @@ class SamplingEngine:
                                       max(requests[r].pos + min(steps, requests[r].remaining) for r in active_rows))
         temperature, top_k, top_p, candidates = self._sampling_arrays([r.params if r else None for r in requests])
         self._rng, key = jax.random.split(self._rng)
-        graphdef, state = nnx.split(self.model)
         self._cache, tokens, logprobs, count, reason, _, _, _ = sampler.decode(
-            graphdef, state, self._cache, jnp.asarray(last), jnp.asarray(pos), jnp.asarray(active),
+            self._graphdef, self._state, self._cache, jnp.asarray(last), jnp.asarray(pos), jnp.asarray(active),
             jnp.asarray(remaining), jnp.asarray(history), jnp.asarray(stops), page_table, key,
             temperature, top_k, top_p, n_steps=steps, attn_impl=cfg.attn_impl, candidates=candidates)
         tokens, logprobs, count, reason = map(np.asarray, (tokens, logprobs, count, reason))

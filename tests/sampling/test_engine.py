@@ -93,6 +93,23 @@ def test_greedy_batch_matches_full_forward_and_transformers(models):
             assert gen[0, len(prompt):].tolist() == out.tokens
 
 
+def test_parameters_updated_in_place_are_read_by_the_next_call(dense):
+    """A learner updates the model the engine holds in place; the next generation must use the new
+    weights (the engine splits the model's graph once, at construction)."""
+    from flax import nnx
+
+    model = nnx.clone(dense[0])
+    engine = SamplingEngine(model, CONFIG)
+    prompts = _prompts(n=4)
+    before = [o.tokens for o in engine.generate(prompts, max_new_tokens=NEW, temperature=0.0)]
+    params = nnx.state(model, nnx.Param)
+    noise = jax.tree.map(lambda x: 0.5 * jax.random.normal(jax.random.key(x.size), x.shape, x.dtype), params)
+    nnx.update(model, jax.tree.map(lambda x, n: x + n, params, noise))
+    after = [o.tokens for o in engine.generate(prompts, max_new_tokens=NEW, temperature=0.0)]
+    assert after == _greedy_reference(model, prompts, NEW)[0]
+    assert after != before
+
+
 def test_extension_of_a_kept_sequence_equals_prefilling_the_concatenation(dense):
     model, _ = dense
     engine = SamplingEngine(model, CONFIG)
