@@ -100,7 +100,7 @@ def test_parameters_updated_in_place_are_read_by_the_next_call(dense):
 
     model = nnx.clone(dense[0])
     engine = SamplingEngine(model, CONFIG)
-    prompts = _prompts(n=4)
+    prompts = _prompts(n=4, hi=40)
     before = [o.tokens for o in engine.generate(prompts, max_new_tokens=NEW, temperature=0.0)]
     params = nnx.state(model, nnx.Param)
     noise = jax.tree.map(lambda x: 0.5 * jax.random.normal(jax.random.key(x.size), x.shape, x.dtype), params)
