@@ -119,6 +119,9 @@ def main() -> None:
     p.add_argument("--min-prompt", type=int, default=16)
     p.add_argument("--max-prompt", type=int, default=256)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--decode-groups", type=int, default=None,
+                   help="EngineConfig.decode_groups (default: 2 on a CPU backend, where one decode call uses one "
+                        "core, else 1)")
     p.add_argument("--torch-device", default="cpu", help="where transformers runs: cpu (default) or cuda")
     p.add_argument("--methods", default="engine,dense_cache,no_cache,transformers",
                    help="comma-separated subset of: engine, dense_cache, no_cache, transformers")
@@ -137,10 +140,13 @@ def main() -> None:
     # One prefill call for the whole batch: each row's tokens start a block of the reference prefill
     # attention (EngineConfig.prefill_block, 16), so the call takes the lengths rounded up to 16.
     prefill_tokens = int((-(-lengths // 16) * 16).sum())
+    groups = args.decode_groups or (2 if jax.default_backend() == "cpu" else 1)
     engine = SamplingEngine(model, EngineConfig(max_rows=args.batch, page_size=16, max_seq_len=max_len,
                                                 num_pages=args.batch * max_len // 16 + 1, decode_steps=32,
+                                                decode_groups=groups,
                                                 max_prefill_tokens=max(max_len, prefill_tokens),
-                                                min_prefill_bucket=256, prefill_block=16))
+                                                min_prefill_bucket=256, prefill_buckets_per_octave=4,
+                                                prefill_block=16))
     dense_fn = nnx.jit(dense_cache_decode, static_argnames=("new", "max_len"))
     naive_fn = nnx.jit(no_cache_decode, static_argnames=("new",))
     t_tokens, t_lengths = jnp.asarray(padded), jnp.asarray(lengths)
@@ -185,7 +191,8 @@ def main() -> None:
     outputs = {name: fn() for name, fn in methods.items()}  # warm-up: compile, allocate
     reference = np.array(outputs["engine"])
     print(f"engine device calls per batch: {engine.stats['prefill_calls']} prefill, "
-          f"{engine.stats['decode_calls']} decode chunks")
+          f"{engine.stats['decode_chunks']} decode chunks of {groups} row group(s): "
+          f"{engine.stats['decode_calls']} decode calls")
     for name, out in outputs.items():
         agree = float((np.asarray(out) == reference).mean())
         print(f"warm-up {name:<13} token agreement with engine: {agree:.3f}")

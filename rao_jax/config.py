@@ -158,7 +158,9 @@ class EngineSection:
     num_pages: int = 1024
     max_seq_len: int = 1024
     decode_steps: int = 16
+    decode_groups: int = 1
     max_prefill_tokens: int = 4096
+    prefill_buckets_per_octave: int = 2
     attn_impl: str = "reference"
     cache_dtype: str = "float32"
 

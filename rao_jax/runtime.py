@@ -197,7 +197,8 @@ class Runtime:
         try:
             engine_cfg = EngineConfig(max_rows=e.max_rows, page_size=e.page_size, num_pages=e.num_pages,
                                       max_seq_len=e.max_seq_len, decode_steps=e.decode_steps,
-                                      max_prefill_tokens=e.max_prefill_tokens, attn_impl=e.attn_impl,
+                                      decode_groups=e.decode_groups, max_prefill_tokens=e.max_prefill_tokens,
+                                      prefill_buckets_per_octave=e.prefill_buckets_per_octave, attn_impl=e.attn_impl,
                                       cache_dtype=e.cache_dtype, seed=config.seed)
         except ValueError as err:
             raise ConfigError(f"engine: {err}") from None

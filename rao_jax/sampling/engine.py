@@ -36,7 +36,7 @@ from rao_jax.models.qwen3 import Qwen3
 from rao_jax.sampling import sampler
 from rao_jax.sampling.kv_cache import copy_pages, init_cache
 from rao_jax.sampling.logits import NO_TOKEN, NOT_YET, SamplingParams
-from rao_jax.sampling.page_allocator import PageAllocator, PoolExhausted
+from rao_jax.sampling.page_allocator import NULL_PAGE, PageAllocator, PoolExhausted
 from rao_jax.sampling.paged_attention import IMPLS
 
 
@@ -50,9 +50,15 @@ class EngineConfig:
         num_pages: pages in the pool, including the reserved null page.
         max_seq_len: the longest sequence (prompt + generated); a multiple of page_size.
         decode_steps: decode steps per device call between scheduling decisions.
+        decode_groups: decode calls that may run at once, each over ``max_rows // decode_groups``
+            rows of similar length, from one thread each (reference attention only). On a CPU,
+            XLA runs one decode call's small operations on one core: 2 groups keep 2 cores busy
+            (``benchmarks/sampler_throughput.py``). Keep 1 on an accelerator.
         max_prefill_tokens: the most new tokens one prefill call admits.
-        min_prefill_bucket: the smallest flat-token bucket of prefill calls (a power of two); larger
-            calls pad to the next power of two or 1.5x a power of two.
+        min_prefill_bucket: the smallest flat-token bucket of prefill calls (a power of two).
+        prefill_buckets_per_octave: 1, 2 or 4 bucket sizes per power of two, which larger calls pad
+            to: 2 gives 1x and 1.5x a power of two; 4 adds 1.25x and 1.75x (less padding, up to
+            twice the prefill compilations).
         prefill_block: queries per block of the reference prefill attention (a power of two, at
             most half of ``min_prefill_bucket``): each admitted row's new tokens start a new block,
             and each block attends over its own row only.
@@ -68,8 +74,10 @@ class EngineConfig:
     num_pages: int = 2048
     max_seq_len: int = 1024
     decode_steps: int = 16
+    decode_groups: int = 1
     max_prefill_tokens: int = 4096
     min_prefill_bucket: int = 64
+    prefill_buckets_per_octave: int = 2
     prefill_block: int = 16
     max_top_k: int = 64
     max_stops: int = 4
@@ -85,9 +93,15 @@ class EngineConfig:
 
         need(self.attn_impl in IMPLS, f"attn_impl must be one of {IMPLS}, got {self.attn_impl!r}")
         need(self.max_rows >= 1 and self.decode_steps >= 1, "max_rows and decode_steps must be >= 1")
+        need(self.decode_groups >= 1 and self.max_rows % self.decode_groups == 0,
+             f"decode_groups ({self.decode_groups}) must be >= 1 and divide max_rows ({self.max_rows})")
+        need(self.decode_groups == 1 or self.attn_impl == "reference",
+             "decode_groups > 1 needs attn_impl='reference' (the Pallas path writes the pages while it decodes)")
         need(self.page_size >= 1 and self.max_seq_len % self.page_size == 0,
              f"max_seq_len ({self.max_seq_len}) must be a positive multiple of page_size ({self.page_size})")
         need(_is_pow2(self.min_prefill_bucket), "min_prefill_bucket must be a power of two")
+        need(self.prefill_buckets_per_octave in (1, 2, 4),
+             f"prefill_buckets_per_octave must be 1, 2 or 4, got {self.prefill_buckets_per_octave}")
         need(_is_pow2(self.prefill_block) and 2 * self.prefill_block <= self.min_prefill_bucket,
              f"prefill_block ({self.prefill_block}) must be a power of two and at most half of "
              f"min_prefill_bucket ({self.min_prefill_bucket})")
@@ -130,6 +144,37 @@ class _Request:
         return self.params.max_new_tokens - len(self.generated)
 
 
+@dataclasses.dataclass
+class _DecodeGroup:
+    """The host-side inputs of one decode call: ``rows[i]`` is the batch row in slot ``i`` (None:
+    idle padding)."""
+
+    rows: list[int | None]
+    last: np.ndarray
+    pos: np.ndarray
+    active: np.ndarray
+    remaining: np.ndarray
+    history: np.ndarray
+    stops: np.ndarray
+    page_table: np.ndarray
+    sampling: tuple[jax.Array, jax.Array, jax.Array]  # temperature, top_k, top_p
+    candidates: int
+
+    def device_args(self, key: jax.Array) -> tuple:
+        """The positional arguments of ``sampler.decode`` after the cache."""
+        arrays = (self.last, self.pos, self.active, self.remaining, self.history, self.stops, self.page_table)
+        return (*map(jnp.asarray, arrays), key, *self.sampling)
+
+    def destinations(self, count: np.ndarray, n_steps: int, page_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(page, offset) of each new token of the chunk, in (slot, step) order: the slot's page for
+        its position, or the null page for the steps it did not take (``count`` per slot)."""
+        steps = np.arange(n_steps)
+        at = self.pos[:, None] + steps[None, :]
+        column = np.minimum(at // page_size, self.page_table.shape[1] - 1)
+        page = np.where(steps[None, :] < count[:, None], np.take_along_axis(self.page_table, column, axis=1), NULL_PAGE)
+        return page.reshape(-1), (at % page_size).reshape(-1)
+
+
 class SamplingEngine:
     """Continuous-batching sampler over a paged KV cache for one ``Qwen3`` model.
 
@@ -158,6 +203,9 @@ class SamplingEngine:
         self._busy: set[Hashable] = set()  # sequences with a request queued or running
         self._lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rao-sampler")
+        # Decode row groups beyond the first run here, beside the executor thread.
+        self._group_threads = concurrent.futures.ThreadPoolExecutor(max(1, config.decode_groups - 1),
+                                                                    thread_name_prefix="rao-decode-group")
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._rng = jax.random.key(config.seed)
@@ -363,9 +411,10 @@ class SamplingEngine:
             new_tokens[row] = n
         cu_q_lens = np.concatenate([[0], np.cumsum(new_tokens)]).astype(np.int32)
         n = len(flat_tokens)
-        bucket = max(cfg.min_prefill_bucket, _bucket(n))
+        bucket = max(cfg.min_prefill_bucket, _bucket(n, cfg.prefill_buckets_per_octave))
         pad = bucket - n
-        page_table = self._page_table({row: r.seq for row, r, _ in order}, int(kv_lens.max()))
+        seq_of_row = {row: r.seq for row, r, _ in order}
+        page_table = jnp.asarray(self._page_table([seq_of_row.get(r) for r in range(rows)], int(kv_lens.max())))
         params = [None] * rows
         for row, request, _ in order:
             params[row] = request.params
@@ -412,44 +461,90 @@ class SamplingEngine:
         active_rows = [r for r in range(cfg.max_rows) if self._rows[r] is not None]
         if not active_rows:
             return
-        requests = [self._rows[r] for r in range(cfg.max_rows)]
-        last = np.array([r.generated[-1] if r else 0 for r in requests], np.int32)
-        pos = np.array([r.pos if r else 0 for r in requests], np.int32)
-        active = np.array([r is not None for r in requests])
-        remaining = np.array([r.remaining if r else 0 for r in requests], np.int32)
-        history = np.full((cfg.max_rows, cfg.max_stop_len), NOT_YET, np.int32)
-        stops = np.full((cfg.max_rows, cfg.max_stops, cfg.max_stop_len), NO_TOKEN, np.int32)
-        for r, request in enumerate(requests):
+        groups = self._decode_groups(active_rows)
+        self._rng, key = jax.random.split(self._rng)
+        keys = [key] if len(groups) == 1 else list(jax.random.split(key, len(groups)))
+        if cfg.attn_impl == "pallas":  # one group: the kernel writes the pages at every step
+            (group,) = groups
+            self._cache, _, *out = sampler.decode(self._graphdef, self._state, self._cache,
+                                                  *group.device_args(key), n_steps=steps, attn_impl=cfg.attn_impl,
+                                                  candidates=group.candidates)
+            results = [tuple(map(np.asarray, out))]
+        else:
+            def run(i: int):
+                group = groups[i]
+                _, new_kv, *out = sampler.decode_reads_pages(
+                    self._graphdef, self._state, self._cache, *group.device_args(keys[i]), n_steps=steps,
+                    attn_impl=cfg.attn_impl, candidates=group.candidates)
+                return new_kv, tuple(map(np.asarray, out))
+
+            later = [self._group_threads.submit(run, i) for i in range(1, len(groups))]
+            ran = [run(0)] + [f.result() for f in later]
+            results = [out for _, out in ran]
+            where = [g.destinations(out[2], steps, cfg.page_size) for g, out in zip(groups, results, strict=True)]
+            page, offset = (jnp.asarray(np.concatenate(parts)) for parts in zip(*where, strict=True))
+            self._cache = sampler.write_decoded(self._cache, tuple(new_kv for new_kv, _ in ran), page, offset)
+        self.stats["decode_chunks"] += 1
+        self.stats["decode_calls"] += len(groups)
+        for group, (tokens, logprobs, count, reason) in zip(groups, results, strict=True):
+            self.stats["decode_row_slots"] += len(group.rows)
+            for i, r in enumerate(group.rows):
+                if r is None:
+                    continue
+                request = self._rows[r]
+                n = int(count[i])
+                request.generated += tokens[i, :n].tolist()
+                request.logprobs += logprobs[i, :n].tolist()
+                request.pos += n
+                self.stats["decode_active_rows"] += 1
+                self.stats["decode_tokens"] += n
+                full = request.prompt + request.generated
+                self._alloc.set_length(request.seq, request.pos)
+                self._cached[request.seq] = full[: request.pos]
+                if reason[i] != sampler.RUNNING:
+                    self._finish(r, "stop" if reason[i] == sampler.STOPPED else "length")
+
+    def _decode_groups(self, active_rows: list[int]) -> list[_DecodeGroup]:
+        """The row groups of one decode chunk, each one device call.
+
+        With ``decode_groups`` 1: every batch row, in row order (None: an idle row). With more: the running rows sorted
+        by the length they reach in this chunk and cut into groups of ``max_rows // decode_groups``
+        (only as many as the running rows fill; the last one padded with idle rows), so that each
+        group's context is only as wide as its own longest row.
+        """
+        cfg, steps = self.config, self.config.decode_steps
+        size = cfg.max_rows // cfg.decode_groups
+        if cfg.decode_groups == 1:
+            slices: list[list[int | None]] = [[r if r in active_rows else None for r in range(cfg.max_rows)]]
+        else:
+            order = sorted(active_rows, key=lambda r: self._rows[r].pos + min(steps, self._rows[r].remaining))
+            slices = [order[i:i + size] for i in range(0, len(order), size)]
+            slices[-1] += [None] * (size - len(slices[-1]))
+        return [self._decode_group(rows) for rows in slices]
+
+    def _decode_group(self, rows: list[int | None]) -> _DecodeGroup:
+        cfg = self.config
+        requests = [None if r is None else self._rows[r] for r in rows]
+        live = [q for q in requests if q is not None]
+        history = np.full((len(rows), cfg.max_stop_len), NOT_YET, np.int32)
+        stops = np.full((len(rows), cfg.max_stops, cfg.max_stop_len), NO_TOKEN, np.int32)
+        for i, request in enumerate(requests):
             if request is None:
                 continue
             tail = request.generated[-cfg.max_stop_len:]
-            history[r, cfg.max_stop_len - len(tail):] = tail
-            for i, stop in enumerate(request.params.stop):
-                stops[r, i, cfg.max_stop_len - len(stop):] = stop
-        page_table = self._page_table({r: requests[r].seq for r in active_rows},
-                                      max(requests[r].pos + min(steps, requests[r].remaining) for r in active_rows))
-        temperature, top_k, top_p, candidates = self._sampling_arrays([r.params if r else None for r in requests])
-        self._rng, key = jax.random.split(self._rng)
-        self._cache, tokens, logprobs, count, reason, _, _, _ = sampler.decode(
-            self._graphdef, self._state, self._cache, jnp.asarray(last), jnp.asarray(pos), jnp.asarray(active),
-            jnp.asarray(remaining), jnp.asarray(history), jnp.asarray(stops), page_table, key,
-            temperature, top_k, top_p, n_steps=steps, attn_impl=cfg.attn_impl, candidates=candidates)
-        tokens, logprobs, count, reason = map(np.asarray, (tokens, logprobs, count, reason))
-        self.stats["decode_calls"] += 1
-        self.stats["decode_row_slots"] += cfg.max_rows
-        self.stats["decode_active_rows"] += len(active_rows)
-        self.stats["decode_tokens"] += int(count.sum())
-        for r in active_rows:
-            request = requests[r]
-            n = int(count[r])
-            request.generated += tokens[r, :n].tolist()
-            request.logprobs += logprobs[r, :n].tolist()
-            request.pos += n
-            full = request.prompt + request.generated
-            self._alloc.set_length(request.seq, request.pos)
-            self._cached[request.seq] = full[: request.pos]
-            if reason[r] != sampler.RUNNING:
-                self._finish(r, "stop" if reason[r] == sampler.STOPPED else "length")
+            history[i, cfg.max_stop_len - len(tail):] = tail
+            for j, stop in enumerate(request.params.stop):
+                stops[i, j, cfg.max_stop_len - len(stop):] = stop
+        longest = max((q.pos + min(cfg.decode_steps, q.remaining) for q in live), default=1)
+        temperature, top_k, top_p, candidates = self._sampling_arrays([q.params if q else None for q in requests])
+        return _DecodeGroup(
+            rows=rows, last=np.array([q.generated[-1] if q else 0 for q in requests], np.int32),
+            pos=np.array([q.pos if q else 0 for q in requests], np.int32),
+            active=np.array([q is not None for q in requests]),
+            remaining=np.array([q.remaining if q else 0 for q in requests], np.int32),
+            history=history, stops=stops,
+            page_table=self._page_table([q.seq if q else None for q in requests], longest),
+            sampling=(temperature, top_k, top_p), candidates=candidates)
 
     def _maybe_finish(self, row: int) -> None:
         request = self._rows[row]
@@ -531,16 +626,15 @@ class SamplingEngine:
             src, dst = pair
             self._cache = copy_pages(self._cache, jnp.asarray([src], jnp.int32), jnp.asarray([dst], jnp.int32))
 
-    def _page_table(self, seq_of_row: dict[int, Hashable], longest: int) -> jax.Array:
-        """Page table of all rows, wide enough for ``longest`` tokens.
+    def _page_table(self, seqs: Sequence[Hashable | None], longest: int) -> np.ndarray:
+        """Page table of ``seqs`` (one per batch row; None: idle), wide enough for ``longest`` tokens.
 
         Widths are powers of two of pages, at least a quarter of the full width: attention cost
         follows the longest live sequence, while at most three widths are ever compiled.
         """
         full = self.config.pages_per_seq
         width = min(full, max(_next_pow2(-(-longest // self.config.page_size)), -(-full // 4)))
-        order: list[Hashable | None] = [seq_of_row.get(row) for row in range(self.config.max_rows)]
-        return jnp.asarray(self._alloc.page_table(order, width))
+        return self._alloc.page_table(seqs, width)
 
     def _sampling_arrays(self, params: list[SamplingParams | None]):
         temperature = np.array([p.temperature if p else 0.0 for p in params], np.float32)
@@ -581,7 +675,12 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _bucket(n: int) -> int:
-    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, ... (powers of two and 1.5x them) that is >= n."""
+def _bucket(n: int, per_octave: int = 2) -> int:
+    """The smallest bucket >= n: a power of two p, or ``per_octave - 1`` evenly spaced sizes between
+    p / 2 and p (2: 0.75 p; 4: 0.625 p, 0.75 p, 0.875 p) where they are whole numbers."""
     power = _next_pow2(n)
-    return power * 3 // 4 if power >= 4 and n <= power * 3 // 4 else power
+    half = power // 2
+    for k in range(1, per_octave):
+        if half * k % per_octave == 0 and half + half * k // per_octave >= n:
+            return half + half * k // per_octave
+    return power

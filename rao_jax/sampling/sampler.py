@@ -17,7 +17,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from rao_jax.models.qwen3 import Qwen3
-from rao_jax.sampling.kv_cache import KVCache, write_interleaved, write_kv
+from rao_jax.sampling.kv_cache import KVCache, write_kv
 from rao_jax.sampling.logits import choose_tokens, hits_stop, push_history
 from rao_jax.sampling.paged_attention import (
     gather_decode_context,
@@ -81,23 +81,24 @@ def prefill(graphdef, state, cache: KVCache, tokens, pos, row, valid, page_table
     return cache, next_tokens, logprobs
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n_steps", "attn_impl", "candidates"),
-                   donate_argnums=2)
-def decode(graphdef, state, cache: KVCache, last, pos, active, remaining, history, stops, page_table, rng,
-           temperature, top_k, top_p, *, n_steps: int, attn_impl: str, candidates: int):
+def _decode(graphdef, state, cache: KVCache, last, pos, active, remaining, history, stops, page_table, rng,
+            temperature, top_k, top_p, *, n_steps: int, attn_impl: str, candidates: int):
     """Up to ``n_steps`` decode steps for every active row, stopping early once all rows are done.
 
     Per row: ``last`` is the newest token (not yet in the cache) at position ``pos``; ``remaining``
     how many more tokens may be generated; ``history`` the last generated tokens for stop checks.
-    Returns the cache, ``tokens i32[b, n_steps]`` and ``logprobs f32[b, n_steps]`` (valid up to
-    ``count[b]``), the finish ``reason`` per row (RUNNING / STOPPED / LENGTH), and the new
-    ``last``, ``pos`` and ``history``.
+    Returns the cache (written at every step by the Pallas path, unchanged by the reference path),
+    the reference path's new keys / values (one ``[b, n_steps, 2 * kv_heads, d]`` array per layer,
+    valid up to ``count[b]``; empty for Pallas), ``tokens i32[b, n_steps]`` and
+    ``logprobs f32[b, n_steps]`` (valid up to ``count[b]``), and the finish ``reason`` per row
+    (RUNNING / STOPPED / LENGTH).
 
     With the reference attention each row's keys and values are gathered from the pages once, at
     the start of the chunk, into a per-chunk context (loop state, updated in place at every step);
-    the chunk's new keys/values are scattered into the pages once, after the loop: writing the
-    pool inside the loop would make XLA copy the whole pool at every step, because the same step
-    also reads it. The Pallas path writes the pages at every step.
+    the chunk's new keys/values are returned, for ``write_decoded`` to scatter into the pages:
+    writing the pool inside the loop would make XLA copy the whole pool at every step, because the
+    same step also reads it, and leaving the pool untouched lets several row groups decode
+    concurrently from the same pages.
     """
     model = nnx.merge(graphdef, state)
     rows = last.shape[0]
@@ -155,14 +156,30 @@ def decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histor
             jnp.full((rows, n_steps), -1, jnp.int32), jnp.zeros((rows, n_steps), jnp.float32),
             jnp.zeros(rows, jnp.int32), jnp.full(rows, RUNNING, jnp.int32), rng)
     out = jax.lax.while_loop(cond, body, init)
-    _, cache, context, last, pos, _, _, history, out_tok, out_lp, count, reason, _ = out
-    if attn_impl != "pallas":
-        steps = jnp.arange(n_steps)
-        flat_pos = (start[:, None] + steps[None, :]).reshape(-1)
-        flat_row = jnp.repeat(row_ids, n_steps)
-        written = (steps[None, :] < count[:, None]).reshape(-1)
-        new_kv = [read_decode_context(k_rows, v_rows, start, n_steps).reshape(rows * n_steps, *cache[0].shape[2:])
-                  for k_rows, v_rows in context]
-        cache = tuple(write_interleaved(pages, kv, page_table, flat_row, flat_pos, written)
-                      for pages, kv in zip(cache, new_kv, strict=True))
-    return cache, out_tok, out_lp, count, reason, last, pos, history
+    _, cache, context, _, _, _, _, _, out_tok, out_lp, count, reason, _ = out
+    new_kv = tuple(read_decode_context(k_rows, v_rows, start, n_steps) for k_rows, v_rows in context)
+    return cache, new_kv, out_tok, out_lp, count, reason
+
+
+_DECODE_STATIC = ("graphdef", "n_steps", "attn_impl", "candidates")
+# The Pallas path writes the pages at every step: it takes the cache and donates it.
+decode = jax.jit(_decode, static_argnames=_DECODE_STATIC, donate_argnums=2)
+# The reference path only reads the pages, so calls for several row groups can run concurrently
+# on the same cache; ``write_decoded`` stores their new keys / values afterwards.
+decode_reads_pages = jax.jit(_decode, static_argnames=_DECODE_STATIC)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def write_decoded(cache: KVCache, new_kv: tuple[tuple[Array, ...], ...], page: Int[Array, " t"],
+                  offset: Int[Array, " t"]) -> KVCache:
+    """Scatters the keys / values of one or more ``decode_reads_pages`` calls into the pages.
+
+    ``new_kv[call][layer]`` is ``[b, n_steps, 2 * kv_heads, d]``; token ``i`` of the calls' rows
+    and steps, flattened in that order, goes to ``(page[i], offset[i])``: the null page for steps
+    a row did not take.
+    """
+    out = []
+    for layer, pages in enumerate(cache):
+        kv = jnp.concatenate([call[layer].reshape(-1, *pages.shape[2:]) for call in new_kv])
+        out.append(pages.at[page, offset].set(kv.astype(pages.dtype), mode="drop"))
+    return tuple(out)

@@ -14,6 +14,7 @@ from scipy import stats
 from rao_jax.checkpoint.hf import load_pretrained
 from rao_jax.sampling import EngineConfig, SamplingEngine, SamplingParams
 from rao_jax.sampling import sampler as sampler_lib
+from rao_jax.sampling.engine import _bucket
 from tests.hf_utils import make_hf_model
 
 # One shape set for most tests, so their compilations are shared.
@@ -221,7 +222,8 @@ def test_continuous_batching_refills_rows_and_bounds_compilations(dense):
                 for _ in range(20)]
         return await asyncio.gather(*jobs)
 
-    prefill_before, decode_before = sampler_lib.prefill._cache_size(), sampler_lib.decode._cache_size()
+    decode = sampler_lib.decode_reads_pages
+    prefill_before, decode_before = sampler_lib.prefill._cache_size(), decode._cache_size()
     outs = asyncio.run(run(0)) + asyncio.run(run(5)) + asyncio.run(run(0))
     assert all(1 <= len(o.tokens) <= 20 for o in outs)
     assert engine.stats["decode_active_rows"] / engine.stats["decode_row_slots"] > 0.6
@@ -229,7 +231,38 @@ def test_continuous_batching_refills_rows_and_bounds_compilations(dense):
     # (512, 768, ..., 4096: 7) x table width (5, 10, 20 pages: 3) x filtering (2); decode by table
     # width x filtering.
     assert sampler_lib.prefill._cache_size() - prefill_before <= 7 * 3 * 2
-    assert sampler_lib.decode._cache_size() - decode_before <= 3 * 2
+    assert 1 <= decode._cache_size() - decode_before <= 3 * 2
+
+
+def test_decode_row_groups_give_the_same_tokens_and_write_the_same_pages(dense):
+    """Two row groups decoded concurrently (rows sorted by length, a context per group) give the
+    tokens and log-probs of one group, and write the same keys / values: extending the kept
+    sequences afterwards continues exactly as after a one-group decode."""
+    model, _ = dense
+    prompts = _prompts(n=24, hi=200, seed=5)
+    greedy = SamplingParams(max_new_tokens=NEW + 7, temperature=0.0)  # two chunks, the second partial
+    results = {}
+    for groups in (1, 2):
+        engine = SamplingEngine(model, dataclasses.replace(CONFIG, decode_groups=groups))
+
+        async def run(engine=engine):
+            first = await asyncio.gather(*(engine.submit(p, greedy, seq_id=i) for i, p in enumerate(prompts)))
+            more = [p + f.tokens + [7, 8, 9] for p, f in zip(prompts, first, strict=True)]
+            second = await asyncio.gather(*(engine.submit(m, greedy, seq_id=i) for i, m in enumerate(more)))
+            return first, second, more
+
+        results[groups] = asyncio.run(run()), engine.stats.copy()
+        engine._alloc.check()
+    (one, stats_one), (two, stats_two) = results[1], results[2]
+    for a, b in zip(one[0] + one[1], two[0] + two[1], strict=True):
+        assert a.tokens == b.tokens and a.reused_tokens == b.reused_tokens
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    # The extensions read the pages the groups wrote: they equal prefilling the whole sequences.
+    fresh = SamplingEngine(model, CONFIG).generate(two[2], max_new_tokens=greedy.max_new_tokens, temperature=0.0)
+    assert all(o.reused_tokens > 0 for o in two[1])
+    assert [o.tokens for o in two[1]] == [o.tokens for o in fresh]
+    assert stats_one["decode_calls"] == stats_one["decode_chunks"]
+    assert stats_two["decode_calls"] > stats_two["decode_chunks"]  # 16 rows: two groups of 8 at once
 
 
 def test_temperature_one_samples_follow_the_model_distribution():
@@ -294,3 +327,18 @@ def test_bad_engine_configs_are_refused():
         EngineConfig(prefill_block=48)
     with pytest.raises(ValueError, match="prefill_block .* must be a power of two and at most half"):
         EngineConfig(prefill_block=64, min_prefill_bucket=64)
+    with pytest.raises(ValueError, match=r"decode_groups \(3\) must be >= 1 and divide max_rows \(64\)"):
+        EngineConfig(max_rows=64, decode_groups=3)
+    with pytest.raises(ValueError, match="decode_groups > 1 needs attn_impl='reference'"):
+        EngineConfig(decode_groups=2, attn_impl="pallas")
+    with pytest.raises(ValueError, match="prefill_buckets_per_octave must be 1, 2 or 4"):
+        EngineConfig(prefill_buckets_per_octave=3)
+
+
+def test_prefill_buckets_per_octave():
+    sizes = {k: sorted({_bucket(n, k) for n in range(1, 65)}) for k in (1, 2, 4)}
+    assert sizes[1] == [1, 2, 4, 8, 16, 32, 64]
+    assert sizes[2] == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+    assert sizes[4] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
+    assert all(_bucket(n, k) >= n for k in (1, 2, 4) for n in range(1, 5000))
+    assert _bucket(8700, 2) == 12288 and _bucket(8700, 4) == 10240
