@@ -629,11 +629,12 @@ class SamplingEngine:
     def _page_table(self, seqs: Sequence[Hashable | None], longest: int) -> np.ndarray:
         """Page table of ``seqs`` (one per batch row; None: idle), wide enough for ``longest`` tokens.
 
-        Widths are powers of two of pages, at least a quarter of the full width: attention cost
-        follows the longest live sequence, while at most three widths are ever compiled.
+        Widths are powers of two of pages or 1.5x them, at least a quarter of the full width:
+        attention cost follows the longest live sequence, while at most six widths are ever
+        compiled.
         """
         full = self.config.pages_per_seq
-        width = min(full, max(_next_pow2(-(-longest // self.config.page_size)), -(-full // 4)))
+        width = min(full, max(_bucket(-(-longest // self.config.page_size), 2), -(-full // 4)))
         return self._alloc.page_table(seqs, width)
 
     def _sampling_arrays(self, params: list[SamplingParams | None]):
