@@ -5,7 +5,8 @@
 All four decode the same model (configs/models/tiny_qwen3.json, random weights) greedily from the
 same batch of mixed-length prompts, for exactly ``--new`` tokens each:
 
-- engine:       rao_jax.sampling.SamplingEngine (paged KV, ragged prefill, chunked decode)
+- engine:       rao_jax.sampling.SamplingEngine (paged KV, ragged prefill, chunked decode; on a CPU
+                in two concurrent row groups, ``--decode-groups``)
 - dense_cache:  a plain JAX decode loop with an unpaged [layers, batch, max_len] KV cache, one jit
 - no_cache:     the full training forward over the whole padded sequence at every step, one jit
 - transformers: ``generate`` on the same weights (left-padded batch; torch on the CPU, or on
