@@ -14,7 +14,8 @@ admitted running requests, which go back to the queue and later resume exactly w
 A request that could never fit is refused at submission with a clear error.
 
 Device work runs in one worker thread, so the asyncio loop that submits requests (and serves
-sandboxed tool calls) stays responsive while the model runs.
+sandboxed tool calls) stays responsive while the model runs; with ``decode_groups`` > 1 that
+thread decodes one group of rows and hands the others to as many helper threads.
 """
 
 from __future__ import annotations
@@ -471,19 +472,7 @@ class SamplingEngine:
                                                   candidates=group.candidates)
             results = [tuple(map(np.asarray, out))]
         else:
-            def run(i: int):
-                group = groups[i]
-                _, new_kv, *out = sampler.decode_reads_pages(
-                    self._graphdef, self._state, self._cache, *group.device_args(keys[i]), n_steps=steps,
-                    attn_impl=cfg.attn_impl, candidates=group.candidates)
-                return new_kv, tuple(map(np.asarray, out))
-
-            later = [self._group_threads.submit(run, i) for i in range(1, len(groups))]
-            ran = [run(0)] + [f.result() for f in later]
-            results = [out for _, out in ran]
-            where = [g.destinations(out[2], steps, cfg.page_size) for g, out in zip(groups, results, strict=True)]
-            page, offset = (jnp.asarray(np.concatenate(parts)) for parts in zip(*where, strict=True))
-            self._cache = sampler.write_decoded(self._cache, tuple(new_kv for new_kv, _ in ran), page, offset)
+            results = self._decode_concurrently(groups, keys)
         self.stats["decode_chunks"] += 1
         self.stats["decode_calls"] += len(groups)
         for group, (tokens, logprobs, count, reason) in zip(groups, results, strict=True):
@@ -503,6 +492,27 @@ class SamplingEngine:
                 self._cached[request.seq] = full[: request.pos]
                 if reason[i] != sampler.RUNNING:
                     self._finish(r, "stop" if reason[i] == sampler.STOPPED else "length")
+
+    def _decode_concurrently(self, groups: list[_DecodeGroup], keys: list[jax.Array]) -> list[tuple[np.ndarray, ...]]:
+        """The reference path: each group decodes in its own call, from its own thread, reading the
+        pages; then one call writes every group's new keys / values. Returns, per group, its
+        tokens, log-probs, counts and finish reasons."""
+        steps = self.config.decode_steps
+
+        def run(i: int):
+            group = groups[i]
+            _, new_kv, *out = sampler.decode_reads_pages(
+                self._graphdef, self._state, self._cache, *group.device_args(keys[i]), n_steps=steps,
+                attn_impl=self.config.attn_impl, candidates=group.candidates)
+            return new_kv, tuple(map(np.asarray, out))
+
+        later = [self._group_threads.submit(run, i) for i in range(1, len(groups))]
+        ran = [run(0)] + [f.result() for f in later]
+        results = [out for _, out in ran]
+        where = [g.destinations(out[2], steps, self.config.page_size) for g, out in zip(groups, results, strict=True)]
+        page, offset = (jnp.asarray(np.concatenate(parts)) for parts in zip(*where, strict=True))
+        self._cache = sampler.write_decoded(self._cache, tuple(new_kv for new_kv, _ in ran), page, offset)
+        return results
 
     def _decode_groups(self, active_rows: list[int]) -> list[_DecodeGroup]:
         """The row groups of one decode chunk, each one device call.
