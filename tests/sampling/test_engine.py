@@ -296,6 +296,43 @@ def test_temperature_one_samples_follow_the_model_distribution():
     assert drawn <= nucleus
 
 
+def test_sampled_decode_in_row_groups_follows_the_model_distribution():
+    """Tokens sampled inside decode chunks split into two concurrent row groups: the second token,
+    given the most frequent first one, follows the model's distribution, and the two groups draw
+    with different keys (identical rows of the two groups do not draw identical tokens)."""
+    from flax import nnx
+
+    from rao_jax.models import Qwen3, tiny_config
+
+    model = Qwen3(tiny_config("qwen3", vocab_size=12), rngs=nnx.Rngs(4))
+    state = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda x: x * 20.0 if x.ndim == 2 else x, state))
+    prompt = [3, 1, 4, 1, 5]
+    engine = SamplingEngine(model, EngineConfig(max_rows=64, decode_groups=2, page_size=8, num_pages=512,
+                                                max_seq_len=64, decode_steps=4, max_prefill_tokens=1024,
+                                                min_prefill_bucket=1024, max_top_k=12))
+    outs = engine.generate([prompt] * 2048, max_new_tokens=3, temperature=1.0)
+    assert engine.stats["decode_calls"] == 2 * engine.stats["decode_chunks"]
+    # Each 64 requests fill rows 0-63 in order, and equal lengths keep that order in the groups:
+    # request i and i + 32 of a batch share a slot in the two groups. Where their first tokens
+    # agree, the same key would make them draw the same second token every time.
+    pairs = [(outs[b + i].tokens, outs[b + 32 + i].tokens) for b in range(0, 2048, 64) for i in range(32)]
+    same_first = [(a, b) for a, b in pairs if a[0] == b[0]]
+    assert len(same_first) >= 100
+    assert np.mean([a[1] == b[1] for a, b in same_first]) < 0.95
+
+    mode = int(np.bincount([o.tokens[0] for o in outs], minlength=12).argmax())
+    second = [o.tokens[1] for o in outs if o.tokens[0] == mode]
+    probs = np.asarray(jax.nn.softmax(model(jnp.asarray([prompt + [mode]]))[0, -1])).astype(np.float64)
+    n = len(second)
+    counts = np.bincount(second, minlength=12)
+    keep = probs * n >= 5
+    observed = np.append(counts[keep], counts[~keep].sum())
+    expected = np.append(probs[keep], probs[~keep].sum())
+    assert n >= 300 and keep.sum() >= 2, (n, probs)  # enough draws and categories for the test to have power
+    assert stats.chisquare(observed, expected / expected.sum() * n).pvalue > 1e-3
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(tokens=[1] * 300, max_new_tokens=30), "prompt of 300 tokens \\+ max_new_tokens 30 exceeds max_seq_len 320"),
     (dict(tokens=[]), "the prompt is empty"),
