@@ -1,10 +1,11 @@
-"""The two jitted device programs of the sampler: ragged prefill/extend, and chunked decode.
+"""The jitted device programs of the sampler: ragged prefill/extend, and chunked decode.
 
 Both run the model over the paged KV cache (``kv_cache``), writing the new tokens' keys and values
-with scatters and attending with ``paged_attention``. Shapes are static per call and come from a
-small set of buckets chosen by the engine (flat token count, page-table width), so the number of
-compilations is bounded; the model is passed as an ``nnx`` graphdef (static) and state (traced),
-and the cache is donated.
+with scatters and attending with ``paged_attention``; the reference decode (``decode_reads_pages``)
+leaves the pages to ``write_decoded``, so that row groups can decode concurrently. Shapes are
+static per call and come from a small set of buckets chosen by the engine (flat token count,
+page-table width), so the number of compilations is bounded; the model is passed as an ``nnx``
+graphdef (static) and state (traced), and every call that writes the cache donates it.
 """
 
 from __future__ import annotations
