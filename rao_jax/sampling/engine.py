@@ -144,6 +144,10 @@ class _Request:
     def remaining(self) -> int:
         return self.params.max_new_tokens - len(self.generated)
 
+    def reach(self, steps: int) -> int:
+        """The sequence's length once a decode chunk of ``steps`` steps has run."""
+        return self.pos + min(steps, self.remaining)
+
 
 @dataclasses.dataclass
 class _DecodeGroup:
@@ -451,10 +455,9 @@ class SamplingEngine:
             request = self._rows[row]
             if request is None:
                 continue
-            need = request.pos + min(steps, request.remaining)
             while True:
                 try:
-                    self._alloc.reserve(request.seq, need)
+                    self._alloc.reserve(request.seq, request.reach(steps))
                     break
                 except PoolExhausted:
                     if not (self._preempt_idle(exclude=request.seq) or self._preempt_running(keep_row=row)):
@@ -468,7 +471,7 @@ class SamplingEngine:
         if cfg.attn_impl == "pallas":  # one group: the kernel writes the pages at every step
             (group,) = groups
             self._cache, _, *out = sampler.decode(self._graphdef, self._state, self._cache,
-                                                  *group.device_args(key), n_steps=steps, attn_impl=cfg.attn_impl,
+                                                  *group.device_args(keys[0]), n_steps=steps, attn_impl=cfg.attn_impl,
                                                   candidates=group.candidates)
             results = [tuple(map(np.asarray, out))]
         else:
@@ -527,7 +530,7 @@ class SamplingEngine:
         if cfg.decode_groups == 1:
             slices: list[list[int | None]] = [[r if r in active_rows else None for r in range(cfg.max_rows)]]
         else:
-            order = sorted(active_rows, key=lambda r: self._rows[r].pos + min(steps, self._rows[r].remaining))
+            order = sorted(active_rows, key=lambda r: self._rows[r].reach(steps))
             slices = [order[i:i + size] for i in range(0, len(order), size)]
             slices[-1] += [None] * (size - len(slices[-1]))
         return [self._decode_group(rows) for rows in slices]
@@ -545,7 +548,7 @@ class SamplingEngine:
             history[i, cfg.max_stop_len - len(tail):] = tail
             for j, stop in enumerate(request.params.stop):
                 stops[i, j, cfg.max_stop_len - len(stop):] = stop
-        longest = max((q.pos + min(cfg.decode_steps, q.remaining) for q in live), default=1)
+        longest = max(q.reach(cfg.decode_steps) for q in live)
         temperature, top_k, top_p, candidates = self._sampling_arrays([q.params if q else None for q in requests])
         return _DecodeGroup(
             rows=rows, last=np.array([q.generated[-1] if q else 0 for q in requests], np.int32),
