@@ -7,8 +7,9 @@ row ``r`` at position ``p`` attends to positions ``0..p`` of row ``r``.
 - ``reference``: pure jnp, jittable, runs on every backend. ``reference_paged_attention`` is the
   plain statement (each query gathers its row's pages) and the oracle in tests; the sampler runs
   two faster equivalents: ``reference_prefill_attention`` (each row's tokens start a new block of
-  ``block`` queries, and each block gathers its row's pages once) and ``reference_decode_attention``
-  (each row's context gathered once per decode chunk, then updated in place at every step).
+  ``block`` queries, and each block reads its row's pages only up to its last position, chunk by
+  chunk with an online softmax) and ``reference_decode_attention`` (each row's context gathered
+  once per decode chunk, then updated in place at every step).
 - ``pallas``: JAX's TPU ragged paged attention kernel; imported only when selected, on TPU.
 """
 
@@ -62,43 +63,71 @@ def pallas_paged_attention(q, pages, page_table, kv_lens, cu_q_lens, num_rows, *
 def reference_prefill_attention(q: Float[Array, "t hq d"], pages: Float[Array, "p s kk d"],
                                 page_table: Int[Array, "b w"], row_of_token: Int[Array, " t"],
                                 pos_of_token: Int[Array, " t"], *, block: int, sm_scale: float,
-                                block_bytes: int = 32 << 20) -> Float[Array, "t hq d"]:
-    """Prefill / extension attention over query blocks of one row each.
+                                group: int = 64, chunk: int = 64) -> Float[Array, "t hq d"]:
+    """Prefill / extension attention over query blocks of one row each, reading only the keys
+    each block needs.
 
     The flat buffer is cut into blocks of ``block`` consecutive tokens, and every block must hold
     tokens of a single row (the engine starts each row's new tokens at a multiple of ``block`` and
-    pads the gaps; padding tokens carry their row's id). Each block gathers its row's pages once
-    and its queries attend to them, so the cost follows the tokens actually prefilled times the
-    page-table width, not the number of batch rows. Blocks go through ``lax.map`` in groups whose
-    score and gathered-context tensors stay near ``block_bytes``.
+    pads the gaps; padding tokens carry their row's id and a position of that row). A block needs
+    its row's keys up to its last position, not the page table's whole width: a causal prefill of
+    uniformly long prompts needs a third of it on average. So the blocks are sorted by that need,
+    longest first, and taken ``group`` at a time (``lax.map``); each group reads its rows' pages
+    ``chunk`` keys (rounded to whole pages) at a time, only as many chunks as its longest block
+    needs (a loop with a traced trip count), and accumulates the softmax online (running maximum,
+    sum and weighted values, as in flash attention). The cost follows the keys the blocks need,
+    not the number of batch rows nor the longest row.
     """
     t, hq, d = q.shape
     if t % block:
         raise ValueError(f"token count {t} must be a multiple of the prefill block {block}")
     width, page_size = page_table.shape[1], pages.shape[1]
-    kv_heads, length = pages.shape[2] // 2, width * page_size
+    kv_heads = pages.shape[2] // 2
+    heads = hq // kv_heads
     n = t // block
-    per_block = 4 * length * (block * hq + 2 * kv_heads * d)  # scores + gathered K/V, float32
-    group = max(1, min(n, block_bytes // per_block))
+    group = max(1, min(n, group))
     while n % group:
         group -= 1
+    chunk_pages = min(width, max(1, chunk // page_size))
+    keys = chunk_pages * page_size
+    # Columns past the table's width (when it is not a multiple of the chunk) read the null page;
+    # their positions lie past every query's, so they are masked.
+    table = jnp.pad(page_table, ((0, 0), (0, -width % chunk_pages)))
+
+    pos = pos_of_token.reshape(n, block)
+    need = pos.max(axis=1) + 1  # keys 0 .. last position of the block
+    order = jnp.argsort(-need)  # longest first: each group's first block needs the most
+    shape = (n // group, group)
+    blocks = ((q * sm_scale).reshape(n, block, kv_heads, heads, d)[order].reshape(*shape, block, kv_heads, heads, d),
+              table[row_of_token[::block][order]].reshape(*shape, table.shape[1]),
+              pos[order].reshape(*shape, block), need[order].reshape(shape)[:, 0])
 
     def attend(args):
-        q_g, row_g, pos_g = args  # [g, block, hq, d], [g], [g, block]
-        g = q_g.shape[0]
-        kv = pages[page_table[row_g]].reshape(g, length, 2 * kv_heads, d)
-        k, v = kv[:, :, 0::2], kv[:, :, 1::2]  # [g, l, k, d]
-        qg = q_g.reshape(g, block, kv_heads, hq // kv_heads, d)
-        scores = jnp.einsum("gqkhd,glkd->gkhql", qg, k, preferred_element_type=jnp.float32)
-        visible = jnp.arange(length)[None, None, :] <= pos_g[:, :, None]  # [g, block, l]
-        scores = jnp.where(visible[:, None, None], scores * sm_scale, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(kv.dtype)
-        out = jnp.einsum("gkhql,glkd->gqkhd", probs, v)
-        return out.reshape(g, block, hq, d)
+        q_g, table_g, pos_g, need_g = args  # [g, block, k, h, d], [g, w], [g, block], []
 
-    blocks = (q.reshape(n // group, group, block, hq, d), row_of_token[::block].reshape(n // group, group),
-              pos_of_token.reshape(n // group, group, block))
-    return jax.lax.map(attend, blocks).reshape(t, hq, d).astype(q.dtype)
+        def step(c, carry):
+            top, total, acc = carry  # running max and sum [g, k, h, block], weighted values [.., d]
+            cols = jax.lax.dynamic_slice_in_dim(table_g, c * chunk_pages, chunk_pages, axis=1)
+            kv = pages[cols].reshape(group, keys, 2 * kv_heads, d)
+            scores = jnp.einsum("gqkhd,gckd->gkhqc", q_g, kv[:, :, 0::2], preferred_element_type=jnp.float32)
+            visible = c * keys + jnp.arange(keys)[None, None, :] <= pos_g[:, :, None]  # [g, block, c]
+            scores = jnp.where(visible[:, None, None], scores, MASK_VALUE)
+            new_top = jnp.maximum(top, scores.max(axis=-1))
+            scale = jnp.exp(top - new_top)
+            probs = jnp.exp(scores - new_top[..., None])
+            acc = acc * scale[..., None] + jnp.einsum("gkhqc,gckd->gkhqd", probs.astype(kv.dtype), kv[:, :, 1::2],
+                                                      preferred_element_type=jnp.float32)
+            return new_top, total * scale + probs.sum(axis=-1), acc
+
+        init = (jnp.full((group, kv_heads, heads, block), MASK_VALUE, jnp.float32),
+                jnp.zeros((group, kv_heads, heads, block), jnp.float32),
+                jnp.zeros((group, kv_heads, heads, block, d), jnp.float32))
+        # Position 0 lies in chunk 0, so every query sees a key before any later chunk is masked whole.
+        _, total, acc = jax.lax.fori_loop(0, -(-need_g // keys), step, init)
+        return (acc / total[..., None]).transpose(0, 3, 1, 2, 4).reshape(group, block, hq, d)
+
+    out = jax.lax.map(attend, blocks).reshape(n, block, hq, d)[jnp.argsort(order)]
+    return out.reshape(t, hq, d).astype(q.dtype)
 
 
 def reference_decode_attention(q: Float[Array, "b hq d"], k_rows: Float[Array, "b k d l"],

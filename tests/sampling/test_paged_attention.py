@@ -98,8 +98,10 @@ def test_pallas_kernel_matches_reference_on_tpu():
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-3)
 
 
-@pytest.mark.parametrize("block_bytes", [1, 64 << 20])  # one block per lax.map step / all blocks in one
-def test_block_prefill_attention_equals_the_per_token_reference(block_bytes):
+# group: one block per lax.map step / all blocks in one; chunk: one page of keys per step (rows
+# need 2-5 chunks) / the whole width in one.
+@pytest.mark.parametrize("group, chunk", [(1, 4), (64, 4), (3, 64), (64, 64)])
+def test_block_prefill_attention_equals_the_per_token_reference(group, chunk):
     from rao_jax.sampling.paged_attention import reference_prefill_attention
 
     block = 4
@@ -121,7 +123,7 @@ def test_block_prefill_attention_equals_the_per_token_reference(block_bytes):
     valid = np.array(valid)
     expected = reference_paged_attention(args[0], pages, jnp.asarray(table), args[1], args[2], sm_scale=0.35)
     got = jax.jit(lambda q, t, r, p: reference_prefill_attention(q, pages, t, r, p, block=block, sm_scale=0.35,
-                                                                 block_bytes=block_bytes))(
+                                                                 group=group, chunk=chunk))(
         args[0], jnp.asarray(table), args[1], args[2])
     np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(expected)[valid], atol=1e-5)
     with pytest.raises(ValueError, match="multiple of the prefill block"):
