@@ -52,13 +52,20 @@ class DecoderLayer(nnx.Module):
             q, k, v, impl=impl, dtype=dtype, mask=mask, segment_ids=segment_ids))
 
     def block(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"], token_mask: Array,
-              attend: Callable[[Array, Array, Array], Array]) -> tuple[Array, RouterStats | None]:
+              attend: Callable[[Array, Array, Array], Array],
+              keep: Int[Array, " n"] | None = None) -> tuple[Array, RouterStats | None]:
         """The layer with attention supplied by ``attend(q, k, v) -> [b, t, hq, hd]``.
 
         The training forward attends over the row itself; the sampler attends over its paged cache
         (and writes k / v there inside ``attend``). Everything else is shared.
+
+        ``keep``: only these token indices go on past attention (``attend`` then returns
+        ``[b, n, hq, hd]`` for them, from every token's q / k / v) and the layer returns ``[b, n, d]``:
+        the sampler's last layer, where only each row's last token needs a hidden state.
         """
         q, k, v = self.self_attn.project_qkv(self.input_layernorm(x), positions)
+        if keep is not None:
+            x, token_mask = x[:, keep], token_mask[:, keep]
         x = x + self.self_attn.output(attend(q, k, v))
         h = self.post_attention_layernorm(x)
         if self.is_moe:

@@ -25,6 +25,7 @@ from rao_jax.sampling.paged_attention import (
     pallas_paged_attention,
     read_decode_context,
     reference_decode_attention,
+    reference_paged_attention,
     reference_prefill_attention,
     write_decode_context,
 )
@@ -35,33 +36,44 @@ RUNNING, STOPPED, LENGTH = 0, 1, 2  # decode finish reasons
 def paged_forward(model: Qwen3, cache: KVCache, tokens: Int[Array, " t"], pos: Int[Array, " t"],
                   row: Int[Array, " t"], valid: Bool[Array, " t"], page_table: Int[Array, "b w"],
                   kv_lens: Int[Array, " b"], cu_q_lens: Int[Array, " b1"], num_rows: Int[Array, " 1"], *,
-                  attn_impl: str, block: int) -> tuple[Float[Array, "t d"], KVCache]:
+                  attn_impl: str, block: int, keep: Int[Array, " n"] | None = None
+                  ) -> tuple[Float[Array, "t d"], KVCache]:
     """Final hidden states of a flat ragged token buffer, and the cache with its K/V written.
 
     Token ``i`` belongs to batch row ``row[i]`` at position ``pos[i]``; rows' tokens are contiguous
     and in row order. For the reference attention each row's tokens start at a multiple of
     ``block`` (invalid padding tokens of the same row fill the gaps); for the Pallas kernel
     ``block`` is 1 and ``kv_lens`` / ``cu_q_lens`` / ``num_rows`` describe the layout.
+
+    ``keep`` (reference attention only): return the hidden states of just these tokens. The last
+    layer still writes every token's keys and values, but only the kept tokens attend and go
+    through its MLP: a prefill needs each row's last token only.
     """
+    if keep is not None and attn_impl == "pallas":
+        raise ValueError("keep is for the reference attention")
     sm_scale = model.cfg.head_dim ** -0.5
     x = model.embed_tokens(tokens)[None]
     token_mask = valid[None].astype(jnp.float32)
     new_cache = []
-    for layer, pages in zip(model.layers, cache, strict=True):
+    for i, (layer, pages) in enumerate(zip(model.layers, cache, strict=True)):
         written = []
+        only = keep if i == len(model.layers) - 1 else None
 
-        def attend(q, k, v, pages=pages, written=written):
+        def attend(q, k, v, pages=pages, written=written, only=only):
             pages = write_kv(pages, k[0], v[0], page_table, row, pos, valid)
             written.append(pages)
             if attn_impl == "pallas":
                 out = pallas_paged_attention(q[0], pages, page_table, kv_lens, cu_q_lens, num_rows,
                                              sm_scale=sm_scale)
+            elif only is not None:  # a few queries (one per row): each gathers its row's pages
+                out = reference_paged_attention(q[0][only], pages, page_table, row[only], pos[only],
+                                                sm_scale=sm_scale)
             else:
                 out = reference_prefill_attention(q[0], pages, page_table, row, pos, block=block,
                                                   sm_scale=sm_scale)
             return out[None]
 
-        x, _ = layer.block(x, pos[None], token_mask, attend)
+        x, _ = layer.block(x, pos[None], token_mask, attend, keep=only)
         new_cache.append(written[0])
     return model.norm(x)[0], tuple(new_cache)
 
@@ -75,9 +87,14 @@ def prefill(graphdef, state, cache: KVCache, tokens, pos, row, valid, page_table
     the sampled tokens ``i32[b]`` and their log-probabilities ``f32[b]``.
     """
     model = nnx.merge(graphdef, state)
-    hidden, cache = paged_forward(model, cache, tokens, pos, row, valid, page_table, kv_lens, cu_q_lens,
-                                  num_rows, attn_impl=attn_impl, block=block)
-    logits = model.logits(hidden[last_index])
+    if attn_impl == "pallas":
+        hidden, cache = paged_forward(model, cache, tokens, pos, row, valid, page_table, kv_lens, cu_q_lens,
+                                      num_rows, attn_impl=attn_impl, block=block)
+        hidden = hidden[last_index]
+    else:
+        hidden, cache = paged_forward(model, cache, tokens, pos, row, valid, page_table, kv_lens, cu_q_lens,
+                                      num_rows, attn_impl=attn_impl, block=block, keep=last_index)
+    logits = model.logits(hidden)
     next_tokens, logprobs = choose_tokens(logits, rng, temperature, top_k, top_p, candidates=candidates)
     return cache, next_tokens, logprobs
 

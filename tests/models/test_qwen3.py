@@ -10,6 +10,7 @@ from flax import nnx
 
 from rao_jax.checkpoint.hf import load_pretrained
 from rao_jax.models import Qwen3, positions_from_segments, tiny_config
+from rao_jax.models.attention import dot_product_attention
 from tests.hf_utils import ragged_batch, torch_logits
 
 LENGTHS = [5, 23, 1, 17]
@@ -67,6 +68,29 @@ def test_packed_rows_equal_separate_sequences(model_type):
     got = np.asarray(_logits(model, packed, segments))[0]
     separate = np.concatenate([np.asarray(_logits(model, jnp.asarray(s[None])))[0] for s in (a, b, c)])
     np.testing.assert_allclose(got, separate, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "qwen3_moe"])
+def test_layer_keep_gives_the_kept_tokens_of_the_whole_layer(model_type):
+    """``block(keep=...)`` (the sampler's last prefill layer): every token's q / k / v reach
+    ``attend``, and the layer's output for the kept tokens equals the whole layer's at them."""
+    cfg = tiny_config(model_type)
+    model = Qwen3(cfg, rngs=nnx.Rngs(2))
+    layer = model.layers[-1]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((1, 11, cfg.hidden_size)), jnp.float32)
+    positions = jnp.arange(11)[None]
+    keep = jnp.asarray([10, 3, 0])
+    causal = jnp.tril(jnp.ones((11, 11), bool))[None]
+
+    def attend(q, k, v, rows=None):
+        out = dot_product_attention(q, k, v, causal, jnp.float32)
+        return out if rows is None else out[:, rows]
+
+    whole, _ = layer.block(x, positions, jnp.ones((1, 11)), attend)
+    kept, _ = layer.block(x, positions, jnp.ones((1, 11)), lambda q, k, v: attend(q, k, v, keep), keep=keep)
+    assert kept.shape == (1, 3, cfg.hidden_size)
+    np.testing.assert_allclose(np.asarray(kept), np.asarray(whole)[:, [10, 3, 0]], atol=1e-5)
 
 
 def test_positions_restart_per_segment():
