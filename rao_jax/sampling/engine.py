@@ -504,7 +504,7 @@ class SamplingEngine:
 
         def run(i: int):
             group = groups[i]
-            _, new_kv, *out = sampler.decode_reads_pages(
+            new_kv, *out = sampler.decode_reads_pages(
                 self._graphdef, self._state, self._cache, *group.device_args(keys[i]), n_steps=steps,
                 attn_impl=self.config.attn_impl, candidates=group.candidates)
             return new_kv, tuple(map(np.asarray, out))

@@ -182,9 +182,19 @@ def _decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histo
 _DECODE_STATIC = ("graphdef", "n_steps", "attn_impl", "candidates")
 # The Pallas path writes the pages at every step: it takes the cache and donates it.
 decode = jax.jit(_decode, static_argnames=_DECODE_STATIC, donate_argnums=2)
-# The reference path only reads the pages, so calls for several row groups can run concurrently
-# on the same cache; ``write_decoded`` stores their new keys / values afterwards.
-decode_reads_pages = jax.jit(_decode, static_argnames=_DECODE_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=_DECODE_STATIC)
+def decode_reads_pages(graphdef, state, cache: KVCache, last, pos, active, remaining, history, stops, page_table,
+                       rng, temperature, top_k, top_p, *, n_steps: int, attn_impl: str, candidates: int):
+    """The reference path: ``decode`` without the cache among the outputs (an output cannot alias
+    an argument that is not donated, so returning it would copy the whole pool). It only reads the
+    pages, so calls for several row groups can run concurrently on the same cache;
+    ``write_decoded`` stores their new keys / values afterwards."""
+    _, new_kv, *out = _decode(graphdef, state, cache, last, pos, active, remaining, history, stops, page_table,
+                              rng, temperature, top_k, top_p, n_steps=n_steps, attn_impl=attn_impl,
+                              candidates=candidates)
+    return (new_kv, *out)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
