@@ -419,7 +419,10 @@ class SamplingEngine:
         bucket = max(cfg.min_prefill_bucket, _bucket(n, cfg.prefill_buckets_per_octave))
         pad = bucket - n
         seq_of_row = {row: r.seq for row, r, _ in order}
-        page_table = jnp.asarray(self._page_table([seq_of_row.get(r) for r in range(rows)], int(kv_lens.max())))
+        # The full width: the prefill attention reads each block's pages only up to its position
+        # (and the Pallas kernel up to kv_lens), so a narrower table would only add compilations.
+        page_table = jnp.asarray(self._alloc.page_table([seq_of_row.get(r) for r in range(rows)],
+                                                        cfg.pages_per_seq))
         params = [None] * rows
         for row, request, _ in order:
             params[row] = request.params
@@ -640,14 +643,14 @@ class SamplingEngine:
             self._cache = copy_pages(self._cache, jnp.asarray([src], jnp.int32), jnp.asarray([dst], jnp.int32))
 
     def _page_table(self, seqs: Sequence[Hashable | None], longest: int) -> np.ndarray:
-        """Page table of ``seqs`` (one per batch row; None: idle), wide enough for ``longest`` tokens.
+        """Decode page table of ``seqs`` (one per batch row; None: idle), wide enough for ``longest`` tokens.
 
-        Widths are powers of two of pages or 1.5x them, at least a quarter of the full width:
-        attention cost follows the longest live sequence, while at most six widths are ever
-        compiled.
+        The decode attends over the table's whole width, so widths follow the longest sequence
+        closely: powers of two of pages and 1.25x, 1.5x, 1.75x them, at least a quarter of the
+        full width (at most nine widths ever compile).
         """
         full = self.config.pages_per_seq
-        width = min(full, max(_bucket(-(-longest // self.config.page_size), 2), -(-full // 4)))
+        width = min(full, max(_bucket(-(-longest // self.config.page_size), 4), -(-full // 4)))
         return self._alloc.page_table(seqs, width)
 
     def _sampling_arrays(self, params: list[SamplingParams | None]):

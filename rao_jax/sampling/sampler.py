@@ -25,7 +25,6 @@ from rao_jax.sampling.paged_attention import (
     pallas_paged_attention,
     read_decode_context,
     reference_decode_attention,
-    reference_paged_attention,
     reference_prefill_attention,
     write_decode_context,
 )
@@ -65,9 +64,9 @@ def paged_forward(model: Qwen3, cache: KVCache, tokens: Int[Array, " t"], pos: I
             if attn_impl == "pallas":
                 out = pallas_paged_attention(q[0], pages, page_table, kv_lens, cu_q_lens, num_rows,
                                              sm_scale=sm_scale)
-            elif only is not None:  # a few queries (one per row): each gathers its row's pages
-                out = reference_paged_attention(q[0][only], pages, page_table, row[only], pos[only],
-                                                sm_scale=sm_scale)
+            elif only is not None:  # one query per row: blocks of one
+                out = reference_prefill_attention(q[0][only], pages, page_table, row[only], pos[only], block=1,
+                                                  sm_scale=sm_scale)
             else:
                 out = reference_prefill_attention(q[0], pages, page_table, row, pos, block=block,
                                                   sm_scale=sm_scale)
