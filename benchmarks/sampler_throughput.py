@@ -6,7 +6,7 @@ All four decode the same model (configs/models/tiny_qwen3.json, random weights) 
 same batch of mixed-length prompts, for exactly ``--new`` tokens each:
 
 - engine:       rao_jax.sampling.SamplingEngine (paged KV, ragged prefill, chunked decode; on a CPU
-                in two concurrent row groups, ``--decode-groups``)
+                in four concurrent row groups of similar lengths, ``--decode-groups``)
 - dense_cache:  a plain JAX decode loop with an unpaged [layers, batch, max_len] KV cache, one jit
 - no_cache:     the full training forward over the whole padded sequence at every step, one jit
 - transformers: ``generate`` on the same weights (left-padded batch; torch on the CPU, or on
@@ -121,7 +121,7 @@ def main() -> None:
     p.add_argument("--max-prompt", type=int, default=256)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--decode-groups", type=int, default=None,
-                   help="EngineConfig.decode_groups (default: 2 on a CPU backend, where one decode call uses one "
+                   help="EngineConfig.decode_groups (default: 4 on a CPU backend, where one decode call uses one "
                         "core, else 1)")
     p.add_argument("--torch-device", default="cpu", help="where transformers runs: cpu (default) or cuda")
     p.add_argument("--methods", default="engine,dense_cache,no_cache,transformers",
@@ -141,7 +141,7 @@ def main() -> None:
     # One prefill call for the whole batch: each row's tokens start a block of the reference prefill
     # attention (EngineConfig.prefill_block, 16), so the call takes the lengths rounded up to 16.
     prefill_tokens = int((-(-lengths // 16) * 16).sum())
-    groups = args.decode_groups or (2 if jax.default_backend() == "cpu" else 1)
+    groups = args.decode_groups or (4 if jax.default_backend() == "cpu" else 1)
     engine = SamplingEngine(model, EngineConfig(max_rows=args.batch, page_size=16, max_seq_len=max_len,
                                                 num_pages=args.batch * max_len // 16 + 1, decode_steps=32,
                                                 decode_groups=groups,
