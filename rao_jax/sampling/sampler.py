@@ -86,14 +86,10 @@ def prefill(graphdef, state, cache: KVCache, tokens, pos, row, valid, page_table
     the sampled tokens ``i32[b]`` and their log-probabilities ``f32[b]``.
     """
     model = nnx.merge(graphdef, state)
-    if attn_impl == "pallas":
-        hidden, cache = paged_forward(model, cache, tokens, pos, row, valid, page_table, kv_lens, cu_q_lens,
-                                      num_rows, attn_impl=attn_impl, block=block)
-        hidden = hidden[last_index]
-    else:
-        hidden, cache = paged_forward(model, cache, tokens, pos, row, valid, page_table, kv_lens, cu_q_lens,
-                                      num_rows, attn_impl=attn_impl, block=block, keep=last_index)
-    logits = model.logits(hidden)
+    keep = None if attn_impl == "pallas" else last_index  # the Pallas kernel attends for every token
+    hidden, cache = paged_forward(model, cache, tokens, pos, row, valid, page_table, kv_lens, cu_q_lens,
+                                  num_rows, attn_impl=attn_impl, block=block, keep=keep)
+    logits = model.logits(hidden if keep is not None else hidden[last_index])
     next_tokens, logprobs = choose_tokens(logits, rng, temperature, top_k, top_p, candidates=candidates)
     return cache, next_tokens, logprobs
 
