@@ -52,9 +52,10 @@ class EngineConfig:
         max_seq_len: the longest sequence (prompt + generated); a multiple of page_size.
         decode_steps: decode steps per device call between scheduling decisions.
         decode_groups: decode calls that may run at once, each over ``max_rows // decode_groups``
-            rows of similar length, from one thread each (reference attention only). On a CPU,
-            XLA runs one decode call's small operations on one core: 2 groups keep 2 cores busy
-            (``benchmarks/sampler_throughput.py``). Keep 1 on an accelerator.
+            rows of similar length, from one thread each (reference attention only), each
+            attending only as wide as its own longest row. On a CPU, XLA runs one decode call's
+            small operations on one core: 4 groups keep 2 cores busy and read fewer padded
+            keys (``benchmarks/sampler_throughput.py``). Keep 1 on an accelerator.
         max_prefill_tokens: the most new tokens one prefill call admits.
         min_prefill_bucket: the smallest flat-token bucket of prefill calls (a power of two).
         prefill_buckets_per_octave: 1, 2 or 4 bucket sizes per power of two, which larger calls pad
@@ -62,7 +63,7 @@ class EngineConfig:
             twice the prefill compilations).
         prefill_block: queries per block of the reference prefill attention (a power of two, at
             most half of ``min_prefill_bucket``): each admitted row's new tokens start a new block,
-            and each block attends over its own row only.
+            and each block attends over its own row only, up to its last position.
         max_top_k: static bound on top-k; top-p also considers only this many tokens.
         max_stops / max_stop_len: stop sequences per request, and their longest length.
         attn_impl: "reference" (pure jnp, every backend) or "pallas" (TPU kernel).
