@@ -98,9 +98,10 @@ def test_pallas_kernel_matches_reference_on_tpu():
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-3)
 
 
-# group: one block per lax.map step / all blocks in one; chunk: one page of keys per step (rows
-# need 2-5 chunks) / the whole width in one.
-@pytest.mark.parametrize("group, chunk", [(1, 4), (64, 4), (3, 64), (64, 64)])
+# group: one block per lax.map step / all blocks in one / 3, not a divisor of the 8 blocks; chunk:
+# one page of keys per step (rows need 2-5 chunks) / three pages, which do not divide the table's
+# 8 (its last chunk reads null-page columns) / the whole width in one.
+@pytest.mark.parametrize("group, chunk", [(1, 4), (64, 4), (64, 12), (3, 64), (64, 64)])
 def test_block_prefill_attention_equals_the_per_token_reference(group, chunk):
     from rao_jax.sampling.paged_attention import reference_prefill_attention
 
