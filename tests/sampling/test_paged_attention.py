@@ -100,8 +100,8 @@ def test_pallas_kernel_matches_reference_on_tpu():
 
 # group: one block per lax.map step / all blocks in one / 3, not a divisor of the 8 blocks; chunk:
 # one page of keys per step (rows need 2-5 chunks) / three pages, which do not divide the table's
-# 8 (its last chunk reads null-page columns) / the whole width in one.
-@pytest.mark.parametrize("group, chunk", [(1, 4), (64, 4), (64, 12), (3, 64), (64, 64)])
+# 8 (its last chunk reads null-page columns) / the whole width in one. None: the backend default.
+@pytest.mark.parametrize("group, chunk", [(1, 4), (64, 4), (64, 12), (3, 64), (64, 64), (None, 64)])
 def test_block_prefill_attention_equals_the_per_token_reference(group, chunk):
     from rao_jax.sampling.paged_attention import reference_prefill_attention
 
