@@ -163,13 +163,14 @@ class _DecodeGroup:
     history: np.ndarray
     stops: np.ndarray
     page_table: np.ndarray
-    sampling: tuple[jax.Array, jax.Array, jax.Array]  # temperature, top_k, top_p
+    sampling: tuple[np.ndarray, np.ndarray, np.ndarray]  # temperature, top_k, top_p
     candidates: int
 
     def device_args(self, key: jax.Array) -> tuple:
-        """The positional arguments of ``sampler.decode`` after the cache."""
-        arrays = (self.last, self.pos, self.active, self.remaining, self.history, self.stops, self.page_table)
-        return (*map(jnp.asarray, arrays), key, *self.sampling)
+        """The positional arguments of ``sampler.decode`` after the cache (host arrays: the jitted
+        call transfers them itself, cheaper than staging each through ``jnp.asarray``)."""
+        return (self.last, self.pos, self.active, self.remaining, self.history, self.stops, self.page_table, key,
+                *self.sampling)
 
     def destinations(self, count: np.ndarray, n_steps: int, page_size: int) -> tuple[np.ndarray, np.ndarray]:
         """(page, offset) of each new token of the chunk, in (slot, step) order: the slot's page for
@@ -422,8 +423,7 @@ class SamplingEngine:
         seq_of_row = {row: r.seq for row, r, _ in order}
         # The full width: the prefill attention reads each block's pages only up to its position
         # (and the Pallas kernel up to kv_lens), so a narrower table would only add compilations.
-        page_table = jnp.asarray(self._alloc.page_table([seq_of_row.get(r) for r in range(rows)],
-                                                        cfg.pages_per_seq))
+        page_table = self._alloc.page_table([seq_of_row.get(r) for r in range(rows)])
         params = [None] * rows
         for row, request, _ in order:
             params[row] = request.params
@@ -431,11 +431,9 @@ class SamplingEngine:
         self._rng, key = jax.random.split(self._rng)
         self._cache, next_tokens, logprobs = sampler.prefill(
             self._graphdef, self._state, self._cache,
-            jnp.asarray(np.array(flat_tokens + [0] * pad, np.int32)),
-            jnp.asarray(np.array(flat_pos + [0] * pad, np.int32)),
-            jnp.asarray(np.array(flat_row + [0] * pad, np.int32)),
-            jnp.asarray(np.array(flat_valid + [False] * pad)), page_table, jnp.asarray(last_index),
-            jnp.asarray(kv_lens), jnp.asarray(cu_q_lens), jnp.asarray(np.array([rows], np.int32)), key,
+            np.array(flat_tokens + [0] * pad, np.int32), np.array(flat_pos + [0] * pad, np.int32),
+            np.array(flat_row + [0] * pad, np.int32), np.array(flat_valid + [False] * pad), page_table, last_index,
+            kv_lens, cu_q_lens, np.array([rows], np.int32), key,
             temperature, top_k, top_p, attn_impl=cfg.attn_impl, candidates=candidates, block=self._prefill_align)
         next_tokens, logprobs = np.asarray(next_tokens), np.asarray(logprobs)
         self.stats["prefill_calls"] += 1
@@ -517,7 +515,7 @@ class SamplingEngine:
         ran = [run(0)] + [f.result() for f in later]
         results = [out for _, out in ran]
         where = [g.destinations(out[2], steps, self.config.page_size) for g, out in zip(groups, results, strict=True)]
-        page, offset = (jnp.asarray(np.concatenate(parts)) for parts in zip(*where, strict=True))
+        page, offset = (np.concatenate(parts) for parts in zip(*where, strict=True))
         self._cache = sampler.write_decoded(self._cache, tuple(new_kv for new_kv, _ in ran), page, offset)
         return results
 
@@ -660,7 +658,7 @@ class SamplingEngine:
         top_p = np.array([p.top_p if p else 1.0 for p in params], np.float32)
         filtered = any(p is not None and p.filtered for p in params)
         candidates = min(self.config.max_top_k, self.vocab_size) if filtered else 0
-        return jnp.asarray(temperature), jnp.asarray(top_k), jnp.asarray(top_p), candidates
+        return temperature, top_k, top_p, candidates
 
 
 def _set_result(future: asyncio.Future, value) -> None:
