@@ -109,7 +109,8 @@ class RolloutSection:
         tasks_per_step / group_size: root tasks per RL step and trees per task (G).
         recursive: False trains the flat baseline (no ``launch_subagent``).
         root_budget: root step budget; 0 uses each task's own ``max_steps``.
-        temperature / top_k / top_p / max_new_tokens: sampling of each action.
+        temperature / top_k / top_p / max_new_tokens: sampling of each action (temperature 0:
+            greedy, so the G trees of a task are identical and carry no signal; for tests).
         max_context: cap on a node's sequence length (0: the engine's ``max_seq_len``).
         max_depth / max_children / max_concurrent: optional tree caps (0: off).
         sandbox_workers / cell_cpu_seconds / cell_wall_seconds: the REPL worker pool.
@@ -142,7 +143,8 @@ class RolloutSection:
         _need(self.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1")
         _need(self.group_size >= 2, "rollout.group_size must be >= 2 (the leave-one-out baseline needs "
                                     "another tree of the same task)")
-        _need(self.temperature > 0, "rollout.temperature must be > 0 for RL (sampled actions)")
+        _need(self.temperature >= 0, "rollout.temperature must be >= 0 (0 decodes greedily: every tree of a "
+                                     "task is then the same, which only tests and debugging want)")
         _need(self.max_new_tokens >= 8, "rollout.max_new_tokens must be >= 8")
         _need(self.sandbox_workers >= 1, "rollout.sandbox_workers must be >= 1")
         for name in ("root_budget", "max_context", "max_depth", "max_children", "max_concurrent", "top_k"):
@@ -151,8 +153,20 @@ class RolloutSection:
 
 @dataclasses.dataclass(frozen=True)
 class EngineSection:
-    """The sampler's static sizes (``rao_jax.sampling.EngineConfig``)."""
+    """The sampler: its replicas and each replica's static sizes (``rao_jax.sampling.EngineConfig``).
 
+    Attributes:
+        replica_expert / replica_tensor: a replica's mesh. Every replica lies on
+            ``replica_expert x replica_tensor`` devices of one host (heads, MLP units and K/V heads
+            over ``tensor``, experts over ``expert``); a host holds as many replicas as its devices
+            allow, and each has its own weights and page pool (``rao_jax.parallel.mesh``).
+        weights_dtype: the replicas' weight dtype ("" = ``model.dtype``).
+        max_rows / num_pages / ...: per replica.
+    """
+
+    replica_expert: int = 1
+    replica_tensor: int = 1
+    weights_dtype: str = ""
     max_rows: int = 32
     page_size: int = 16
     num_pages: int = 1024
@@ -163,6 +177,11 @@ class EngineSection:
     prefill_buckets_per_octave: int = 2
     attn_impl: str = "reference"
     cache_dtype: str = "float32"
+
+    def __post_init__(self):
+        _need(self.replica_expert >= 1 and self.replica_tensor >= 1,
+              "engine.replica_expert and engine.replica_tensor must be >= 1")
+        _need(self.weights_dtype in ("", "float32", "bfloat16"), "engine.weights_dtype must be '', float32 or bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)

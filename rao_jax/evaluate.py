@@ -17,9 +17,9 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -30,6 +30,8 @@ from rao_jax.agent.tree import TreeResult
 from rao_jax.config import TrainConfig, from_config_dict
 from rao_jax.envs.base import Task
 from rao_jax.models.config import ConfigError
+from rao_jax.parallel import multihost
+from rao_jax.paths import as_path
 
 
 async def rollout_mode(runtime, tasks: Sequence[Task], mode: str, temperature: float, tag: str,
@@ -58,13 +60,22 @@ async def rollout_mode(runtime, tasks: Sequence[Task], mode: str, temperature: f
 
 async def evaluate(runtime, tasks: Sequence[Task], modes: Sequence[str], *, temperature: float,
                    tag: str = "eval", progress: bool = False) -> tuple[dict[str, Any], dict[str, list[TreeResult]]]:
-    """Summaries per mode (``metrics.summarize``) and the trees behind them."""
+    """Summaries per mode (``metrics.summarize``) and the trees behind them.
+
+    On several processes each rolls out its share of ``tasks`` on its own replicas; the trees (their
+    token lists dropped, counts kept) are then gathered, so every process returns the same summaries
+    and trees, in the order of ``tasks``. A collective: every process calls it.
+    """
     rl = runtime.config.rl
     by_id = {t.task_id: t for t in tasks}
     summaries, trees = {}, {}
     for mode in modes:
         start = time.time()
-        trees[mode] = await rollout_mode(runtime, tasks, mode, temperature, tag, progress)
+        mine = await rollout_mode(runtime, multihost.share(list(tasks)), mode, temperature, tag, progress)
+        if jax.process_count() == 1:
+            trees[mode] = mine
+        else:
+            trees[mode] = multihost.unshare(multihost.gather([t.without_tokens() for t in mine]))
         summaries[mode] = metrics.summarize(trees[mode], by_id, bonus=rl.bonus, lam=rl.lam, beta=rl.beta,
                                             cap=rl.cap)
         summaries[mode]["eval_seconds"] = time.time() - start
@@ -81,6 +92,7 @@ def _restore_policy(runtime, checkpoint: str, step: int | None) -> int:
         restored = store.restore(step, params=nnx.to_pure_dict(state))
     nnx.replace_by_pure_dict(state, restored.params)
     nnx.update(runtime.model, state)
+    runtime.learner_updated()
     return restored.step
 
 
@@ -93,16 +105,21 @@ def run(config: TrainConfig, checkpoint: str | None, *, step: int | None = None,
     ev = config.eval
     tasks = runtime.tasks.tasks(ev.split, num_tasks or ev.num_tasks, ev.difficulties)
 
+    runtime.sync_sampler()
+
     async def main():
         async with runtime.sandboxes():
             return await evaluate(runtime, tasks, modes or ev.modes, temperature=ev.temperature, progress=True)
 
     summaries, _ = asyncio.run(main())
-    print(f"checkpoint step {loaded} · {len(tasks)} {ev.split} tasks · temperature {ev.temperature}")
-    print(metrics.format_table(summaries))
-    path = Path(out) if out else Path(config.workdir) / f"eval_step{loaded if loaded is not None else 'init'}.json"
-    path.write_text(metrics.to_json(summaries))
-    print(f"wrote {path}")
+    if multihost.is_primary():
+        print(f"checkpoint step {loaded} · {len(tasks)} {ev.split} tasks · temperature {ev.temperature}")
+        print(metrics.format_table(summaries))
+        name = f"eval_step{loaded if loaded is not None else 'init'}.json"
+        path = as_path(out) if out else as_path(config.workdir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(metrics.to_json(summaries))
+        print(f"wrote {path}")
     return summaries
 
 
@@ -114,6 +131,7 @@ def _define_flags():
     flags.DEFINE_list("modes", [], "modes to evaluate: recursive, flat, oracle (default: eval.modes)")
     flags.DEFINE_integer("num_tasks", None, "held-out tasks (default: eval.num_tasks)")
     flags.DEFINE_string("out", None, "JSON output (default: <workdir>/eval_step<N>.json)")
+    multihost.define_flags()
     flags.mark_flag_as_required("config")
     return config
 
@@ -122,6 +140,7 @@ def main(argv: list[str], config_flag) -> None:
     del argv
     FLAGS = flags.FLAGS
     absl_logging.set_verbosity(absl_logging.WARNING)
+    multihost.initialize_from_flags()
     try:
         config = from_config_dict(config_flag.value)
         run(config, FLAGS.checkpoint, step=FLAGS.step, modes=FLAGS.modes, num_tasks=FLAGS.num_tasks, out=FLAGS.out)

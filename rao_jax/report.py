@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from rao_jax.metrics import difference_interval
+from rao_jax.paths import as_path, staged
 
 MODES = ("recursive", "flat")
 _STEP_FILE = re.compile(r"^step_(\d+)\.json$")
@@ -137,7 +138,7 @@ def load_run(workdir: str | Path) -> Run:
 
     Raises ValueError (naming the path) when the workdir has no metrics.jsonl, no config.json or no eval results.
     """
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     metrics_path = workdir / "metrics.jsonl"
     if not metrics_path.is_file():
         raise ValueError(f"{workdir}: no metrics.jsonl (not a training workdir?)")
@@ -175,7 +176,7 @@ def load_run(workdir: str | Path) -> Run:
 
 def load_oracle(path: str | Path) -> dict[str, float]:
     """Oracle success per difficulty (and ``"all"``) from an eval JSON with an ``"oracle"`` mode key."""
-    path = Path(path)
+    path = as_path(path)
     data = json.loads(path.read_text())
     if "oracle" not in data:
         raise ValueError(f"{path}: no 'oracle' key (found {sorted(data)})")
@@ -622,7 +623,11 @@ def split_by_mode(runs: Sequence[Run]) -> tuple[list[Run], list[Run]]:
 
 def write_report(runs: Sequence[Run], out: str | Path, oracle: OracleLike = None) -> str:
     """Writes learning_curves.png, success_by_depth.png and results.md into ``out``; returns the table."""
-    out = Path(out)
+    with staged(out) as local:
+        return _write_report(runs, local, oracle)
+
+
+def _write_report(runs: Sequence[Run], out: Path, oracle: OracleLike) -> str:
     out.mkdir(parents=True, exist_ok=True)
     oracle_map = _oracle_map(oracle)
     recursive_runs, flat_runs = split_by_mode(runs)
@@ -634,7 +639,7 @@ def write_report(runs: Sequence[Run], out: str | Path, oracle: OracleLike = None
 
 def write_run_report(workdir: str | Path) -> Path:
     """The report of one run, into ``<workdir>/report/``; returns that folder."""
-    out = Path(workdir) / "report"
+    out = as_path(workdir) / "report"
     write_report([load_run(workdir)], out)
     return out
 

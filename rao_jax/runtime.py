@@ -1,14 +1,18 @@
-"""What training and evaluation share: tasks, tokenizer, model, sampler and the rollout of tree groups.
+"""What training and evaluation share: tasks, tokenizer, the learner and its sampler, rollouts.
 
 ``Runtime.create(config)`` builds, in order and with an error naming the culprit when something is
-wrong: the device mesh (its sizes must multiply to the device count), the task datasets (built once
-into ``data_dir`` as array_record, reused afterwards), the tokenizer (a given file, or a
-sentencepiece model trained on the family's prompts and oracle rollouts and saved in the workdir so
-a resumed run reuses it), the model (a Hugging Face checkpoint or random weights shaped by
-``config.json``) and the sampling engine, which reads the model's parameters at every call so the
-learner's in-place updates reach it without any weight transfer. ``async with runtime.sandboxes()``
-starts the REPL worker pool; ``await runtime.rollout(...)`` rolls out G trees per task with the
-model, ``await runtime.scripted_rollout(...)`` with each task's oracle.
+wrong: the layout (the learner mesh and the sampler replicas, ``rao_jax.layout``), the task
+datasets (built once into ``data_dir`` as array_record by process 0, reused afterwards), the
+tokenizer (a given file, or a sentencepiece model trained by process 0 on the family's prompts and
+oracle rollouts and saved in the workdir so a resumed run reuses it), the learner (a Hugging Face
+checkpoint loaded straight into its shards, or random weights shaped by ``config.json``) with its
+optimizers, and the sampler replicas of this process, whose weights are a resharded copy of the
+learner's (``sync_sampler``). ``async with runtime.sandboxes()`` starts the REPL worker pool;
+``await runtime.rollout(...)`` rolls out G trees per task with the model, ``await
+runtime.scripted_rollout(...)`` with each task's oracle.
+
+On several processes (a pod) every process builds the same Runtime; each rolls out only the tasks
+it is given (``share``), on its own replicas, with no collective until the caller gathers.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import dataclasses
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -39,17 +42,15 @@ from rao_jax.data.tokenizer import corpus_texts, load_tokenizer, train_sentencep
 from rao_jax.envs.base import Task
 from rao_jax.envs.families import open_episode
 from rao_jax.envs.oracles import make_oracle, oracle_corpus_texts
+from rao_jax.layout import Layout, LearnerInit, learner_init
 from rao_jax.models import ModelConfig, Qwen3
 from rao_jax.models.config import ConfigError
-from rao_jax.parallel.sharding import make_mesh, shard_model
-from rao_jax.sampling import EngineConfig, SamplingEngine, SamplingParams
+from rao_jax.parallel import multihost
+from rao_jax.paths import as_path, local_copy, staged
+from rao_jax.sampling import EngineConfig, SamplingParams
+from rao_jax.sampling.replicas import SamplerReplicas
 
 log = logging.getLogger(__name__)
-
-
-def resolve(path: str) -> Path:
-    """A config path: absolute, or relative to the working directory."""
-    return Path(path).expanduser()
 
 
 class TaskSet:
@@ -58,9 +59,9 @@ class TaskSet:
     def __init__(self, config: TrainConfig):
         data = config.data
         self.family, self.knobs = data.family, dict(data.knobs)
-        self.data_dir = resolve(data.data_dir) if data.data_dir else Path(config.workdir) / "data"
-        try:
-            datasets.build(self.family, self.data_dir, self.knobs)
+        self.data_dir = as_path(data.data_dir) if data.data_dir else as_path(config.workdir) / "data"
+        try:  # one process builds; the others wait, then read what it wrote
+            multihost.on_primary(lambda: datasets.build(self.family, self.data_dir, self.knobs))
         except (ValueError, TypeError) as err:
             raise ConfigError(f"data: cannot build {self.family} tasks with knobs {self.knobs}: {err}") from None
         self.train_source = datasets.data_source(self.family, self.data_dir, "train", self.knobs)
@@ -122,97 +123,163 @@ class TaskStream:
 def _tokenizer(config: TrainConfig, tasks: TaskSet):
     tok = config.tokenizer
     if tok.path:
-        path = resolve(tok.path)
+        path = as_path(tok.path)
         if not path.exists():
             raise ConfigError(f"tokenizer.path {path} does not exist")
-        return load_tokenizer(path)
-    path = Path(config.workdir) / "tokenizer.model"
-    if path.exists():
-        return load_tokenizer(path)
-    log.info("training a %d-token sentencepiece tokenizer on %d %s tasks", tok.vocab_size, tok.corpus_tasks,
-             tasks.family)
-    corpus = tasks.tasks("train", tok.corpus_tasks)
-    texts = corpus_texts(corpus)
-    if config.sft.oracle_knobs or config.rollout.brief_prompt:
-        # The warm start's oracle and prompt variant are what the model reads and writes most: the
-        # tokenizer learns their text too.
-        texts = itertools.chain(texts, oracle_corpus_texts(corpus, dict(config.sft.oracle_knobs),
-                                                           brief_prompt=config.rollout.brief_prompt))
-    return train_sentencepiece(texts, tok.vocab_size, path.with_suffix(""), seed=config.seed)
+        return load_tokenizer(local_copy(path))
+    workdir = as_path(config.workdir)
+    path = workdir / "tokenizer.model"
+
+    def train() -> None:
+        if path.exists():
+            return
+        log.info("training a %d-token sentencepiece tokenizer on %d %s tasks", tok.vocab_size, tok.corpus_tasks,
+                 tasks.family)
+        corpus = tasks.tasks("train", tok.corpus_tasks)
+        texts = corpus_texts(corpus)
+        if config.sft.oracle_knobs or config.rollout.brief_prompt:
+            # The warm start's oracle and prompt variant are what the model reads and writes most: the
+            # tokenizer learns their text too.
+            texts = itertools.chain(texts, oracle_corpus_texts(corpus, dict(config.sft.oracle_knobs),
+                                                               brief_prompt=config.rollout.brief_prompt))
+        with staged(workdir) as local:
+            train_sentencepiece(texts, tok.vocab_size, local / "tokenizer", seed=config.seed)
+
+    multihost.on_primary(train)
+    return load_tokenizer(local_copy(path))
 
 
-def _model(config: TrainConfig, vocab_size: int) -> tuple[Qwen3, ModelConfig]:
+def _model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
     m = config.model
-    dtype, param_dtype = jnp.dtype(m.dtype), jnp.dtype(m.param_dtype)
+    if m.init_checkpoint:
+        path = as_path(m.init_checkpoint)
+        if not path.exists():
+            raise ConfigError(f"model.init_checkpoint {path} does not exist")
+        cfg = ModelConfig.from_json_file(local_copy(path / "config.json"))
+    else:
+        path = as_path(m.config_json)
+        if not path.exists():
+            raise ConfigError(f"model.config_json {path} does not exist")
+        cfg = ModelConfig.from_json_file(local_copy(path))
+        if m.vocab_from_tokenizer:
+            cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
+    if cfg.vocab_size < vocab_size:
+        raise ConfigError(f"the tokenizer has {vocab_size} tokens but the model's vocabulary only {cfg.vocab_size}")
+    return cfg
+
+
+def layout_of(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> Layout:
+    """The run's meshes (``config.mesh`` for the learner, ``engine.replica_*`` for the sampler)."""
+    mesh, e = config.mesh, config.engine
+    try:
+        return Layout.create(data=mesh.data, fsdp=mesh.fsdp, expert=mesh.expert, tensor=mesh.tensor,
+                             replica_expert=e.replica_expert, replica_tensor=e.replica_tensor, devices=devices)
+    except ValueError as err:
+        raise ConfigError(f"mesh: {err}") from None
+
+
+def learner_constructor(config: TrainConfig, model_cfg: ModelConfig, layout: Layout,
+                        make_optimizers: Callable[[Qwen3], tuple]) -> LearnerInit:
+    """The learner's jitted constructor (``rao_jax.layout.learner_init``) as this config asks."""
+    m = config.model
     from rao_jax.models.attention_kernels import check_attn_impl
 
     try:
         check_attn_impl(m.attn_impl)
     except ValueError as err:
         raise ConfigError(f"model.attn_impl: {err}") from None
-    if m.init_checkpoint:
-        path = resolve(m.init_checkpoint)
-        if not path.exists():
-            raise ConfigError(f"model.init_checkpoint {path} does not exist")
-        model, cfg = load_pretrained(path, dtype=dtype, param_dtype=param_dtype, attn_impl=m.attn_impl)
-    else:
-        path = resolve(m.config_json)
-        if not path.exists():
-            raise ConfigError(f"model.config_json {path} does not exist")
-        cfg = ModelConfig.from_json_file(path)
-        if m.vocab_from_tokenizer:
-            cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
-        model = Qwen3(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(config.seed), attn_impl=m.attn_impl)
-    if cfg.vocab_size < vocab_size:
-        raise ConfigError(f"the tokenizer has {vocab_size} tokens but the model's vocabulary only {cfg.vocab_size}")
-    return model, cfg
+    return learner_init(model_cfg, layout.learner, make_optimizers=make_optimizers, dtype=jnp.dtype(m.dtype),
+                        param_dtype=jnp.dtype(m.param_dtype), attn_impl=m.attn_impl, seed=config.seed)
+
+
+def engine_config(config: TrainConfig) -> EngineConfig:
+    """Each sampler replica's static sizes."""
+    e = config.engine
+    try:
+        return EngineConfig(max_rows=e.max_rows, page_size=e.page_size, num_pages=e.num_pages,
+                            max_seq_len=e.max_seq_len, decode_steps=e.decode_steps, decode_groups=e.decode_groups,
+                            max_prefill_tokens=e.max_prefill_tokens,
+                            prefill_buckets_per_octave=e.prefill_buckets_per_octave, attn_impl=e.attn_impl,
+                            cache_dtype=e.cache_dtype, seed=config.seed)
+    except ValueError as err:
+        raise ConfigError(f"engine: {err}") from None
+
+
+def sampler_dtype(config: TrainConfig) -> str:
+    return config.engine.weights_dtype or config.model.dtype
+
+
+def no_optimizers(model: Qwen3) -> tuple:
+    return ()
 
 
 @dataclasses.dataclass
 class Runtime:
     config: TrainConfig
-    mesh: jax.sharding.Mesh
+    layout: Layout
     tasks: TaskSet
     tokenizer: object
     template: object
     model: Qwen3
     model_cfg: ModelConfig
-    engine: SamplingEngine
+    optimizers: tuple
+    sampler: SamplerReplicas
+    learner_version: int = 0
+    sync_seconds: float = 0.0
     pool: SandboxPool | None = None
 
     @classmethod
-    def create(cls, config: TrainConfig) -> Runtime:
-        mesh_cfg = config.mesh
-        try:
-            mesh = make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.expert, mesh_cfg.tensor)
-        except ValueError as err:
-            raise ConfigError(f"mesh: {err}") from None
-        Path(config.workdir).mkdir(parents=True, exist_ok=True)
+    def create(cls, config: TrainConfig, make_optimizers: Callable[[Qwen3], tuple] = no_optimizers) -> Runtime:
+        """Builds everything (see the module docstring); ``make_optimizers(model)`` gives the
+        optimizers the learner state holds (none for evaluation)."""
+        layout = layout_of(config)
+        share = config.rollout.tasks_per_step % jax.process_count()
+        if share:
+            raise ConfigError(f"rollout.tasks_per_step ({config.rollout.tasks_per_step}) must be a multiple of the "
+                              f"{jax.process_count()} processes (each rolls out its own share of every step's tasks)")
+        multihost.on_primary(lambda: as_path(config.workdir).mkdir(parents=True, exist_ok=True))
         tasks = TaskSet(config)
         tokenizer = _tokenizer(config, tasks)
         template = sentencepiece_template() if config.tokenizer.template == "sentencepiece" else qwen3_template()
-        model, cfg = _model(config, tokenizer.vocab_size)
-        shard_model(model, mesh)
-        e = config.engine
-        try:
-            engine_cfg = EngineConfig(max_rows=e.max_rows, page_size=e.page_size, num_pages=e.num_pages,
-                                      max_seq_len=e.max_seq_len, decode_steps=e.decode_steps,
-                                      decode_groups=e.decode_groups, max_prefill_tokens=e.max_prefill_tokens,
-                                      prefill_buckets_per_octave=e.prefill_buckets_per_octave, attn_impl=e.attn_impl,
-                                      cache_dtype=e.cache_dtype, seed=config.seed)
-        except ValueError as err:
-            raise ConfigError(f"engine: {err}") from None
-        # Synchronous RL samples with the learner's own parameters; with staleness the sampler gets a
-        # copy that the trainer refreshes after each update (``sync_sampler``), so rollouts can run
-        # while the learner updates.
-        sampler_model = model if config.rl.staleness == 0 else nnx.clone(model)
-        engine = SamplingEngine(sampler_model, engine_cfg)
-        return cls(config, mesh, tasks, tokenizer, template, model, cfg, engine)
+        model_cfg = _model_config(config, tokenizer.vocab_size)
+        init = learner_constructor(config, model_cfg, layout, make_optimizers)
+        if config.model.init_checkpoint:
+            m = config.model
+            loaded, _ = load_pretrained(local_copy(m.init_checkpoint), dtype=jnp.dtype(m.dtype),
+                                        param_dtype=jnp.dtype(m.param_dtype), attn_impl=m.attn_impl,
+                                        shardings=init.param_shardings)
+            state = init.init(nnx.state(loaded, nnx.Param))
+        else:
+            state = init.init()
+        model, optimizers = init.merge(state)
+        sampler = SamplerReplicas(layout, model_cfg, engine_config(config), weights_dtype=sampler_dtype(config),
+                                  compute_dtype=config.model.dtype, learner_param_shardings=init.param_shardings,
+                                  learner_dtype=config.model.param_dtype)
+        runtime = cls(config, layout, tasks, tokenizer, template, model, model_cfg, optimizers, sampler)
+        runtime.sync_sampler()
+        return runtime
 
-    def sync_sampler(self) -> None:
-        """Copies the learner's parameters into the sampler's model (a no-op when they are the same)."""
-        if self.engine.model is not self.model:
-            nnx.update(self.engine.model, nnx.state(self.model, nnx.Param))
+    @property
+    def mesh(self) -> jax.sharding.Mesh:
+        """The learner mesh."""
+        return self.layout.learner
+
+    def learner_updated(self) -> None:
+        """Counts one change of the learner's parameters (an update, a restore); the sampler lags
+        until ``sync_sampler``."""
+        self.learner_version += 1
+
+    def sync_sampler(self) -> float:
+        """Brings every sampler replica to the learner's current parameters (one jitted reshard and
+        cast; a collective). Returns the seconds it took, 0 when already current."""
+        if self.sampler.version == self.learner_version and self.sampler.has_weights:
+            return 0.0
+        self.sync_seconds = self.sampler.sync(nnx.state(self.model, nnx.Param), self.learner_version)
+        return self.sync_seconds
+
+    def release_sampler_weights(self) -> None:
+        """Frees the replicas' weight copies while nothing samples (a synchronous run's update)."""
+        self.sampler.release_weights()
 
     @contextlib.asynccontextmanager
     async def sandboxes(self) -> AsyncIterator[SandboxPool]:
@@ -250,10 +317,14 @@ class Runtime:
         """``group_size`` model-driven trees per task, all in flight together; ``[task][g]``."""
         if self.pool is None:
             raise RuntimeError("rollout needs the sandbox pool: use `async with runtime.sandboxes():`")
+        if not tasks:
+            return []
+        if not self.sampler.has_weights:
+            raise RuntimeError("the sampler's weights were released: call sync_sampler() first")
         r = self.config.rollout
         params = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=temperature, top_k=r.top_k,
                                 top_p=r.top_p)
-        policy = ModelPolicy(self.engine, self.tokenizer, self.template, self._tool_docs(tasks), params,
+        policy = ModelPolicy(self.sampler, self.tokenizer, self.template, self._tool_docs(tasks), params,
                              max_context=r.max_context or None, name=name, brief_prompt=r.brief_prompt)
         runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=policy.end_node)
         flat = await runner.run_group([self._budgeted(t) for t in tasks], lambda task, g: open_episode(task),

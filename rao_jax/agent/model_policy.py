@@ -72,7 +72,8 @@ class ModelPolicy:
                  min_new_tokens: int = 32, name: Hashable | None = None, brief_prompt: bool = False):
         """
         Args:
-            engine: the sampler; its ``max_seq_len`` and its model's window bound every node.
+            engine: the sampler (a ``SamplingEngine`` or ``SamplerReplicas``); its ``max_seq_len`` and
+                its model's window bound every node.
             tokenizer: the model's tokenizer (ids must be in the model's vocabulary).
             template: the model's chat layout.
             tool_docs: ``recursive -> text`` documenting the family's tools (``Episode.tool_docs``).
@@ -94,7 +95,7 @@ class ModelPolicy:
             raise ValueError(f"params.max_new_tokens must be >= 1, got {params.max_new_tokens}")
         if min_new_tokens < 1:
             raise ValueError(f"min_new_tokens must be >= 1, got {min_new_tokens}")
-        limits = [cfg.max_seq_len, engine.model.cfg.max_position_embeddings]
+        limits = [cfg.max_seq_len, engine.model_cfg.max_position_embeddings]
         if max_context is not None:
             limits.append(max_context)
         self.context_limit = min(limits)
@@ -157,7 +158,8 @@ class ModelPolicy:
         self.stats["reused_tokens"] += completion.reused_tokens
         self.stats[f"finish_{completion.finish_reason}"] += 1
         return PolicyAction(self.tokenizer.decode(completion.tokens),
-                            ActionTokens(tuple(prompt), tuple(completion.tokens), tuple(completion.logprobs)))
+                            ActionTokens(tuple(prompt), tuple(completion.tokens), tuple(completion.logprobs),
+                                         completion.policy_version))
 
     async def end_node(self, tree_id: int, node_id: int) -> None:
         """Frees a node's KV pages and transcript; pass as ``RolloutRunner(on_node_end=...)``."""

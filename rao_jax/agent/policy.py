@@ -26,12 +26,14 @@ class ActionTokens:
     prompt at the first step; the end of the previous turn, the observation turn and the assistant
     header afterwards); ``response`` is what was sampled and ``logprobs`` its behaviour log-probs. The
     node's full sequence is the concatenation of these segments over its steps, so every step's
-    prompt extends the previous one at the token level.
+    prompt extends the previous one at the token level. ``policy_version``: the oldest version of the
+    sampler's weights that sampled one of ``response`` (None: unversioned, e.g. demonstrations).
     """
 
     prompt: tuple[int, ...]
     response: tuple[int, ...]
     logprobs: tuple[float, ...]
+    policy_version: int | None = None
 
     def __post_init__(self):
         if len(self.response) != len(self.logprobs):

@@ -76,6 +76,7 @@ class _Node:
     tokens: list[int] | None = None
     loss_mask: list[int] | None = None
     logprobs: list[float] | None = None
+    policy_version: int | None = None
 
 
 @dataclasses.dataclass
@@ -160,7 +161,7 @@ class RolloutRunner:
             total_steps=tree.budget.total_used(n.node_id), start_time=n.start_time, end_time=n.end_time,
             end_reason=n.end_reason, finish_message=n.finish_message if n.finished else None, success=n.success,
             children=tuple(n.children), steps=tuple(n.steps), tokens=tup(n.tokens), loss_mask=tup(n.loss_mask),
-            logprobs=tup(n.logprobs))
+            logprobs=tup(n.logprobs), policy_version=n.policy_version)
 
     def _tools(self, tree: _Tree, node: _Node):
         env_tools = dict(tree.episode.tools(node.node_id))
@@ -284,3 +285,6 @@ class RolloutRunner:
         node.tokens += [*tokens.prompt, *tokens.response]
         node.loss_mask += [0] * len(tokens.prompt) + [1] * len(tokens.response)
         node.logprobs += [0.0] * len(tokens.prompt) + list(tokens.logprobs)
+        if tokens.policy_version is not None:
+            v = tokens.policy_version
+            node.policy_version = v if node.policy_version is None else min(node.policy_version, v)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rao_jax.agent.tree import TreeResult
+from rao_jax.paths import as_path
 
 
 def trace_dicts(result: TreeResult, include_tokens: bool = False) -> list[dict[str, Any]]:
@@ -49,19 +50,17 @@ def trace_dicts(result: TreeResult, include_tokens: bool = False) -> list[dict[s
 
 
 def write_trace(result: TreeResult, folder: str | Path, include_tokens: bool = False) -> Path:
-    """Write ``tree_<id>.jsonl`` under ``folder``; returns its path."""
-    folder = Path(folder)
+    """Write ``tree_<id>.jsonl`` under ``folder`` (a local folder or a URL); returns its path."""
+    folder = as_path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"tree_{result.tree_id:06d}.jsonl"
-    with path.open("w") as f:
-        for line in trace_dicts(result, include_tokens):
-            f.write(json.dumps(line, default=repr) + "\n")
+    path.write_text("".join(json.dumps(line, default=repr) + "\n" for line in trace_dicts(result, include_tokens)))
     return path
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
     """The dicts of a trace file (tree line first)."""
-    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in as_path(path).read_text().splitlines() if line.strip()]
     if not lines or lines[0].get("kind") != "tree":
         raise ValueError(f"{path}: not a tree trace (first line must have kind 'tree')")
     return lines

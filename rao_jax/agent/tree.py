@@ -59,6 +59,8 @@ class NodeRecord:
     tokens: tuple[int, ...] | None = None
     loss_mask: tuple[int, ...] | None = None
     logprobs: tuple[float, ...] | None = None
+    policy_version: int | None = None   # the oldest sampler weights version behind its tokens
+    token_counts: tuple[int, int] | None = None  # (prompt, response) once the token lists are dropped
 
     def __post_init__(self):
         if self.tokens is not None:
@@ -71,11 +73,22 @@ class NodeRecord:
 
     @property
     def prompt_token_count(self) -> int | None:
-        return None if self.loss_mask is None else len(self.loss_mask) - sum(self.loss_mask)
+        if self.loss_mask is None:
+            return None if self.token_counts is None else self.token_counts[0]
+        return len(self.loss_mask) - sum(self.loss_mask)
 
     @property
     def response_token_count(self) -> int | None:
-        return None if self.loss_mask is None else sum(self.loss_mask)
+        if self.loss_mask is None:
+            return None if self.token_counts is None else self.token_counts[1]
+        return sum(self.loss_mask)
+
+    def without_tokens(self) -> NodeRecord:
+        """The record without its token lists (what evaluation gathers across hosts), counts kept."""
+        if self.tokens is None:
+            return self
+        counts = (self.prompt_token_count, self.response_token_count)
+        return dataclasses.replace(self, tokens=None, loss_mask=None, logprobs=None, token_counts=counts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +106,9 @@ class TreeResult:
     @property
     def root(self) -> NodeRecord:
         return self.nodes[0]
+
+    def without_tokens(self) -> TreeResult:
+        return dataclasses.replace(self, nodes=tuple(n.without_tokens() for n in self.nodes))
 
     def node(self, node_id: int) -> NodeRecord:
         for n in self.nodes:

@@ -120,7 +120,7 @@ def tensor_map(cfg: ModelConfig) -> list[HFTensor]:
 
 def load_pretrained(path: str | os.PathLike, *, dtype: DType = jnp.float32,
                     param_dtype: DType | None = None, remat: bool = False,
-                    attn_impl: str = "xla") -> tuple[Qwen3, ModelConfig]:
+                    attn_impl: str = "xla", shardings=None) -> tuple[Qwen3, ModelConfig]:
     """Loads a local Hugging Face Qwen3 / Qwen3-MoE folder into a rao_jax model.
 
     Args:
@@ -130,6 +130,10 @@ def load_pretrained(path: str | os.PathLike, *, dtype: DType = jnp.float32,
         param_dtype: storage dtype of the weights; defaults to ``dtype``.
         remat: rematerialise decoder layers in the backward pass.
         attn_impl: the model's training attention (``Qwen3``'s ``attn_impl``).
+        shardings: where each parameter goes (an ``nnx.Param`` state of ``NamedSharding``s, e.g.
+            ``rao_jax.layout.LearnerInit.param_shardings``): every tensor is then placed shard by
+            shard, so no device ever holds a whole tensor it only keeps a slice of, and a
+            multi-host run loads the same way on every host. None: the default device.
 
     Raises:
         ConfigError: no or unusable ``config.json``.
@@ -144,6 +148,15 @@ def load_pretrained(path: str | os.PathLike, *, dtype: DType = jnp.float32,
                                             rngs=nnx.Rngs(0), attn_impl=attn_impl))
     graphdef, state = nnx.split(abstract)
     params = dict(nnx.to_flat_state(state))
+    placement = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
+
+    def place(path_, value: np.ndarray) -> jax.Array:
+        sharding = placement.get(path_)
+        if sharding is None:
+            return jnp.asarray(value, dtype=param_dtype)
+        return jax.make_array_from_callback(value.shape, sharding,
+                                            lambda index: np.asarray(value[index]).astype(param_dtype))
+
     files = _weight_files(folder)
     expected = tensor_map(cfg)
     _check_keys(folder, files, expected, cfg)
@@ -164,14 +177,14 @@ def load_pretrained(path: str | os.PathLike, *, dtype: DType = jnp.float32,
             jax_shape = tuple(params[spec.path].shape)
             value = spec.to_jax(reader.read(spec.key), jax_shape)
             if spec.expert is None:
-                loaded[spec.path] = jnp.asarray(value, dtype=param_dtype)
+                loaded[spec.path] = place(spec.path, value)
                 continue
             stack = stacks.get(spec.path)
             if stack is None:
                 stack = stacks[spec.path] = np.empty(jax_shape, value.dtype)
             stack[spec.expert] = value
             if spec.expert == jax_shape[0] - 1:
-                loaded[spec.path] = jnp.asarray(stacks.pop(spec.path), dtype=param_dtype)
+                loaded[spec.path] = place(spec.path, stacks.pop(spec.path))
     finally:
         for reader in readers.values():
             reader.close()
@@ -297,7 +310,12 @@ def _plan(spec: HFTensor, params: dict, dtype: np.dtype) -> TensorPlan:
 
     def produce() -> np.ndarray:
         value = variable[...] if spec.expert is None else variable[...][spec.expert]
-        return spec.from_jax(np.asarray(jax.device_get(value.astype(dtype))))
+        value = value.astype(dtype)
+        if not value.is_fully_addressable:   # split over several hosts: every process gathers it
+            from jax.experimental import multihost_utils
+
+            return spec.from_jax(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
+        return spec.from_jax(np.asarray(jax.device_get(value)))
 
     return TensorPlan(spec.key, dtype, spec.hf_shape, produce)
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import grain.python as grain
 import tensorflow_datasets as tfds
+from etils import epath
 
 from rao_jax.data.task_sources import iter_tasks, task_from_json, task_to_json
 from rao_jax.envs.base import Task
+from rao_jax.paths import as_path, local_copy, staged
 
 SPLITS = ("train", "val")
 
@@ -60,25 +62,36 @@ class RaoTasks(tfds.core.GeneratorBasedBuilder):
             yield task.task_id, {"task": task_to_json(task)}
 
 
-def _builder(family: str, out_dir: str | Path, knobs: Mapping[str, Any]) -> RaoTasks:
+def _builder(family: str, out_dir: str | os.PathLike, knobs: Mapping[str, Any]) -> RaoTasks:
     config = TaskSetConfig(name=config_name(family, knobs), family=family,
                            knobs=json.dumps(dict(knobs), sort_keys=True))
     return RaoTasks(config=config, data_dir=str(out_dir), file_format="array_record")
 
 
-def build(family: str, out_dir: str | Path, knobs: Mapping[str, Any] | None = None) -> Path:
-    """Generate and write the dataset; returns its folder. Reuses files already built for these knobs."""
-    builder = _builder(family, out_dir, knobs or {})
-    builder.download_and_prepare()
-    return Path(builder.data_dir)
+def dataset_dir(family: str, out_dir: str | os.PathLike, knobs: Mapping[str, Any] | None = None) -> epath.Path:
+    """The folder of one built dataset: ``out_dir/rao_tasks/<config>/<version>``."""
+    return as_path(out_dir) / "rao_tasks" / config_name(family, knobs or {}) / str(RaoTasks.VERSION)
 
 
-def data_source(family: str, out_dir: str | Path, split: str, knobs: Mapping[str, Any] | None = None):
-    """Random-access source of the built split (raises if it was not built)."""
-    builder = _builder(family, out_dir, knobs or {})
-    if not Path(builder.data_dir).joinpath("dataset_info.json").exists():
-        raise FileNotFoundError(f"no dataset at {builder.data_dir}; run python -m rao_jax.data.build first")
-    return builder.as_data_source(split=split)
+def build(family: str, out_dir: str | os.PathLike, knobs: Mapping[str, Any] | None = None) -> epath.Path:
+    """Generate and write the dataset; returns its folder. Reuses files already built for these knobs.
+
+    ``out_dir`` may be a URL (``rao_jax.paths``): the dataset is then built in a local scratch
+    folder and uploaded (tfds' array_record writer only writes local files)."""
+    folder = dataset_dir(family, out_dir, knobs)
+    if not (folder / "dataset_info.json").exists():
+        with staged(out_dir) as local:
+            _builder(family, local, knobs or {}).download_and_prepare()
+    return folder
+
+
+def data_source(family: str, out_dir: str | os.PathLike, split: str, knobs: Mapping[str, Any] | None = None):
+    """Random-access source of the built split (raises if it was not built); a dataset under a URL
+    is read from this host's local copy of it."""
+    folder = dataset_dir(family, out_dir, knobs)
+    if not (folder / "dataset_info.json").exists():
+        raise FileNotFoundError(f"no dataset at {folder}; run python -m rao_jax.data.build first")
+    return tfds.builder_from_directory(os.fspath(local_copy(folder))).as_data_source(split=split)
 
 
 class _DecodeTask(grain.MapTransform):

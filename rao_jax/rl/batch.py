@@ -97,6 +97,7 @@ def rewards_and_advantages(table: NodeTable, cfg: AdvantageConfig) -> tuple[np.n
 class StepBatch:
     batch: PackedBatch | None   # None when no node carries signal
     stats: dict[str, float]
+    sequences: tuple[NodeSequence, ...] = ()   # what ``batch`` packs (to pack again to another row count)
 
 
 def build_batch(groups: Sequence[Sequence[TreeResult]], cfg: AdvantageConfig, *, row_len: int,
@@ -141,7 +142,7 @@ def build_batch(groups: Sequence[Sequence[TreeResult]], cfg: AdvantageConfig, *,
     }
     if not sequences:
         return StepBatch(None, stats)
-    return StepBatch(pack_padded(sequences, row_len, row_multiple), stats)
+    return StepBatch(pack_padded(sequences, row_len, row_multiple), stats, tuple(sequences))
 
 
 def pack_padded(sequences: Sequence[NodeSequence], row_len: int, row_multiple: int = 1) -> PackedBatch:

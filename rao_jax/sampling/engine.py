@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import threading
@@ -35,7 +36,7 @@ from flax import nnx
 
 from rao_jax.models.qwen3 import Qwen3
 from rao_jax.sampling import sampler
-from rao_jax.sampling.kv_cache import copy_pages, init_cache
+from rao_jax.sampling.kv_cache import copy_pages, pool_init
 from rao_jax.sampling.logits import NO_TOKEN, NOT_YET, SamplingParams
 from rao_jax.sampling.page_allocator import NULL_PAGE, PageAllocator, PoolExhausted
 from rao_jax.sampling.paged_attention import IMPLS
@@ -125,6 +126,7 @@ class Completion:
     finish_reason: str         # "stop" | "length" | "prefill" (max_new_tokens=0)
     prompt_tokens: int
     reused_tokens: int         # prompt tokens whose K/V were already cached (not recomputed)
+    policy_version: int = 0    # the oldest weights version that sampled any of ``tokens``
 
 
 @dataclasses.dataclass
@@ -138,12 +140,16 @@ class _Request:
     generated: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
     reused: int = -1           # set at first admission
+    version: int | None = None  # the oldest weights version that sampled one of its tokens
     pos: int = 0               # position of generated[-1] (not yet in the cache)
     admitted_at: int = -1      # admission counter: larger is newer (preemption takes the newest)
 
     @property
     def remaining(self) -> int:
         return self.params.max_new_tokens - len(self.generated)
+
+    def saw_version(self, version: int) -> None:
+        self.version = version if self.version is None else min(self.version, version)
 
     def reach(self, steps: int) -> int:
         """The sequence's length once a decode chunk of ``steps`` steps has run."""
@@ -190,19 +196,32 @@ class SamplingEngine:
     prefill / decode chunk without any weight transfer. The model's structure is split once, here
     (a graph traversal per call costs milliseconds, as much as a small device call): replacing a
     submodule or a variable object after construction is not seen; build a new engine for that.
+
+    Versioned weights: ``swap_weights(params, version)`` installs new parameters between two
+    device calls (never inside one), and every ``Completion`` reports the oldest version that
+    sampled any of its tokens. Keys and values already cached stay as they were computed; the
+    behaviour log-probs are those of the weights that actually sampled each token.
+
+    ``mesh``: a sampler replica's mesh (axes ``expert``, ``tensor``) that the model's parameters
+    already live on; the page pool is laid out on it (``kv_cache.kv_pool_spec``) and the device
+    calls trace under it, so the Pallas kernel and the MoE experts split over its axes. No mesh:
+    one device.
     """
 
-    def __init__(self, model: Qwen3, config: EngineConfig | None = None):
+    def __init__(self, model: Qwen3, config: EngineConfig | None = None, *, mesh=None, version: int = 0):
         config = config or EngineConfig()
         self.model = model
         self.config = config
+        self.mesh = mesh
+        self.version = version
+        self._pending_weights: tuple[object, int] | None = None
         # The state holds the model's own Variable objects: in-place updates show through.
         self._graphdef, self._state = nnx.split(model)
         self.vocab_size = model.cfg.vocab_size
         # Prefill rows start at multiples of this (the Pallas kernel takes rows back to back).
         self._prefill_align = 1 if config.attn_impl == "pallas" else config.prefill_block
         self._alloc = PageAllocator(config.num_pages, config.page_size, config.pages_per_seq)
-        self._cache = init_cache(model.cfg, config.num_pages, config.page_size, jnp.dtype(config.cache_dtype))
+        self._cache = pool_init(model.cfg, config.num_pages, config.page_size, jnp.dtype(config.cache_dtype), mesh)()
         self._cached: dict[Hashable, list[int]] = {}  # tokens whose K/V are in the cache, per sequence
         self._idle: collections.OrderedDict[Hashable, None] = collections.OrderedDict()  # kept, not running
         self._waiting: collections.deque[_Request] = collections.deque()
@@ -271,11 +290,39 @@ class SamplingEngine:
             return list(asyncio.run(run()))
         raise RuntimeError("generate() cannot run inside an event loop; await engine.submit(...) instead")
 
-    def reseed(self, seed: int) -> None:
+    def reseed(self, seed: int, stream: int = 0) -> None:
         """Restarts the sampling rng from ``seed`` (a trainer derives one per step, so a resumed run
-        samples as the uninterrupted one would)."""
+        samples as the uninterrupted one would); replicas of one sampler draw from their own
+        ``stream`` of that seed."""
+        key = jax.random.key(seed)
         with self._lock:
-            self._rng = jax.random.key(seed)
+            self._rng = key if stream == 0 else jax.random.fold_in(key, stream)
+
+    def swap_weights(self, params, version: int) -> None:
+        """Installs new parameters (an ``nnx.Param`` state of the model's structure, on this
+        engine's devices) before the next device call; requests then record ``version``."""
+        with self._lock:
+            self._pending_weights = (params, version)
+        if self._task is None or self._task.done():  # no engine loop running: install right away
+            self._install_weights()
+
+    def _install_weights(self) -> None:
+        with self._lock:
+            pending, self._pending_weights = self._pending_weights, None
+        if pending is not None:
+            params, version = pending
+            nnx.update(self.model, params)
+            self.version = version
+
+    @property
+    def model_cfg(self):
+        return self.model.cfg
+
+    def _on_mesh(self):
+        """The device calls trace under the replica's mesh when it has more than one device."""
+        if self.mesh is None or self.mesh.size == 1:
+            return contextlib.nullcontext()
+        return jax.set_mesh(self.mesh)
 
     def cached_length(self, seq_id: Hashable) -> int:
         return len(self._cached.get(seq_id, ()))
@@ -334,11 +381,13 @@ class SamplingEngine:
     # Device side (the executor thread)
 
     def _step(self) -> None:
-        admitted = self._admit()
-        if admitted:
-            self._prefill(admitted)
-        if any(r is not None and r.remaining > 0 for r in self._rows):
-            self._decode()
+        self._install_weights()
+        with self._on_mesh():
+            admitted = self._admit()
+            if admitted:
+                self._prefill(admitted)
+            if any(r is not None and r.remaining > 0 for r in self._rows):
+                self._decode()
 
     def _admit(self) -> list[tuple[int, _Request, int]]:
         """Moves waiting requests into free rows; returns (row, request, first new token index)."""
@@ -446,6 +495,7 @@ class SamplingEngine:
                 self._finish(row, "prefill")
                 continue
             request.generated.append(int(next_tokens[row]))
+            request.saw_version(self.version)
             request.logprobs.append(float(logprobs[row]))
             request.pos = len(full)
             self._maybe_finish(row)
@@ -488,6 +538,8 @@ class SamplingEngine:
                 request = self._rows[r]
                 n = int(count[i])
                 request.generated += tokens[i, :n].tolist()
+                if n:
+                    request.saw_version(self.version)
                 request.logprobs += logprobs[i, :n].tolist()
                 request.pos += n
                 self.stats["decode_active_rows"] += 1
@@ -505,6 +557,10 @@ class SamplingEngine:
         steps = self.config.decode_steps
 
         def run(i: int):
+            with self._on_mesh():  # the helper threads trace under the replica's mesh too
+                return decode_group(i)
+
+        def decode_group(i: int):
             group = groups[i]
             new_kv, *out = sampler.decode_reads_pages(
                 self._graphdef, self._state, self._cache, *group.device_args(keys[i]), n_steps=steps,
@@ -580,7 +636,8 @@ class SamplingEngine:
             self._drop(request.seq)
         completion = Completion(tokens=list(request.generated), logprobs=list(request.logprobs),
                                 finish_reason=reason, prompt_tokens=len(request.prompt),
-                                reused_tokens=max(request.reused, 0))
+                                reused_tokens=max(request.reused, 0),
+                                policy_version=self.version if request.version is None else request.version)
         request.loop.call_soon_threadsafe(_set_result, request.future, completion)
 
     def _preempt_idle(self, exclude: Hashable) -> bool:

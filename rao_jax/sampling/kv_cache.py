@@ -8,8 +8,11 @@ kernel) and is donated to every jitted call that updates it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
 from rao_jax.models.config import ModelConfig
@@ -18,14 +21,28 @@ from rao_jax.sampling.page_allocator import NULL_PAGE
 KVCache = tuple[Array, ...]  # one [P, S, 2K, D] array per decoder layer
 
 
-def init_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype=jnp.float32) -> KVCache:
+def kv_pool_spec(cfg: ModelConfig, mesh) -> PartitionSpec:
+    """The pool's layout on a sampler replica's mesh: K/V heads over ``tensor`` when it divides the
+    key/value heads (so a key head and its value head stay on one device), otherwise whole."""
+    t = mesh.shape.get("tensor", 1)
+    split = t > 1 and cfg.num_key_value_heads % t == 0
+    return PartitionSpec(None, None, "tensor" if split else None, None)
+
+
+def pool_init(cfg: ModelConfig, num_pages: int, page_size: int, dtype=jnp.float32,
+              mesh: Mesh | AbstractMesh | None = None) -> Callable[[], KVCache]:
+    """The jitted constructor of a page pool of ``num_pages`` pages, laid out by ``kv_pool_spec`` on
+    ``mesh`` (a sampler replica) or on the default device. ``python -m rao_jax.plan`` evaluates the
+    same constructor abstractly."""
     shape = (num_pages, page_size, 2 * cfg.num_key_value_heads, cfg.head_dim)
-    return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
 
+    def zeros() -> KVCache:
+        return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
 
-def cache_bytes(cfg: ModelConfig, num_pages: int, page_size: int, dtype=jnp.float32) -> int:
-    per_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * jnp.dtype(dtype).itemsize
-    return per_token * num_pages * page_size
+    if mesh is None:
+        return jax.jit(zeros)
+    sharding = NamedSharding(mesh, kv_pool_spec(cfg, mesh))
+    return jax.jit(zeros, out_shardings=(sharding,) * cfg.num_hidden_layers)
 
 
 def interleave(k: Float[Array, "t k d"], v: Float[Array, "t k d"]) -> Float[Array, "t kk d"]:
