@@ -1,8 +1,9 @@
 """Qwen3-4B-Instruct-2507, full fine-tune with the paper's settings (RAO_SPEC section 4) on a v5p-16.
 
-v5p-16 = 8 chips (v5p names count TensorCores, 2 per chip) on 2 hosts. Mesh fsdp=2 x tensor=4: the
-training state is split 8 ways; the sampler's weights (SAMPLE_RULES) are split 4 ways over `tensor`
-(8 KV heads -> 2 per chip) and the two fsdp rows act as two sampler replicas. Sizes come from
+v5p-16 = 8 chips (v5p names count TensorCores, 2 per chip) on 2 hosts of 4. Learner mesh fsdp=2 x
+tensor=4: the training state is split 8 ways, each host holding one fsdp row. Sampler: one replica
+per host (replica_tensor=4: bf16 weights and the KV pool split over the host's 4 chips, 8 KV heads
+-> 2 per chip), so 2 replicas of 16384 pages (1M tokens) each. Sizes come from
 `python -m rao_jax.plan --config configs/qwen3_4b_v5p.py` (output in docs/tpu.md).
 
 YOU MUST SET: the checkpoint. `model.init_checkpoint` / `tokenizer.path` name a local folder on every
@@ -22,8 +23,9 @@ def get_config():
         slice_name="v5p-16", model_json="configs/models/qwen3_4b.json", checkpoint=CHECKPOINT,
         workdir="gs://YOUR_BUCKET/rao/runs/qwen3_4b_v5p",  # placeholder: launch.sh overrides it
         family="textcraft_synth", knobs={"preset": "paper"}, context=8192)
+    config.engine.replica_tensor = 4
     config.engine.max_rows = 256
-    config.engine.num_pages = 16384  # 1M tokens: 512k per sampler replica (plan: 18 GiB per chip)
+    config.engine.num_pages = 16384  # per replica: 1M tokens (plan: 36 GiB per chip)
     config.train.micro_batch_rows = 16
     config.mesh.data = 1
     config.mesh.fsdp = 2

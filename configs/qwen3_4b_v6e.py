@@ -1,8 +1,8 @@
 """Qwen3-4B-Instruct-2507, full fine-tune with the paper's settings (RAO_SPEC section 4) on a v6e-8.
 
-v6e-8 = 8 chips on one host (32 GB of HBM each). Mesh fsdp=2 x tensor=4: the
-training state is split 8 ways; the sampler's weights (SAMPLE_RULES) are split 4 ways over `tensor`
-(8 KV heads -> 2 per chip) and the two fsdp rows act as two sampler replicas. Sizes come from
+v6e-8 = 8 chips on one host (32 GB of HBM each). Learner mesh fsdp=2 x tensor=4: the training state
+is split 8 ways. Sampler: two replicas of 4 chips (replica_tensor=4: bf16 weights and the KV pool
+split 4 ways, 8 KV heads -> 2 per chip), 4096 pages (262k tokens) each. Sizes come from
 `python -m rao_jax.plan --config configs/qwen3_4b_v6e.py` (output in docs/tpu.md).
 
 YOU MUST SET: the checkpoint. `model.init_checkpoint` / `tokenizer.path` name a local folder on every
@@ -22,8 +22,9 @@ def get_config():
         slice_name="v6e-8", model_json="configs/models/qwen3_4b.json", checkpoint=CHECKPOINT,
         workdir="gs://YOUR_BUCKET/rao/runs/qwen3_4b_v6e",  # placeholder: launch.sh overrides it
         family="textcraft_synth", knobs={"preset": "paper"}, context=8192)
+    config.engine.replica_tensor = 4
     config.engine.max_rows = 128
-    config.engine.num_pages = 5120  # 328k tokens: 164k per sampler replica (plan: 5.6 GiB per chip)
+    config.engine.num_pages = 4096  # per replica: 262k tokens (plan: 9 GiB per chip)
     config.train.micro_batch_rows = 4
     config.mesh.data = 1
     config.mesh.fsdp = 2

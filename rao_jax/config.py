@@ -41,6 +41,8 @@ class ModelSection:
         dtype / param_dtype: compute and parameter dtypes.
         attn_impl: training attention: "xla" (every backend), "splash" (TPU Pallas kernel) or
             "cudnn" (GPU cuDNN flash attention; needs dtype bfloat16). The sampler has its own.
+        remat: recompute each decoder layer's activations in the backward pass (less memory, about
+            a third more compute; the pod recipes turn it on).
     """
 
     config_json: str = "configs/models/tiny_qwen3.json"
@@ -49,6 +51,7 @@ class ModelSection:
     dtype: str = "float32"
     param_dtype: str = "float32"
     attn_impl: str = "xla"
+    remat: bool = False
 
     def __post_init__(self):
         _need(self.attn_impl in ("xla", "splash", "cudnn"), "model.attn_impl must be xla, splash or cudnn")
@@ -484,6 +487,7 @@ def qwen3_pod_config(*, slice_name: str, model_json: str, checkpoint: str, workd
     config.model.param_dtype = "float32"
     config.model.dtype = "bfloat16"
     config.model.attn_impl = "splash"   # Pallas TPU kernel in training (the plan assumes blockwise attention)
+    config.model.remat = True
     config.tokenizer.path = checkpoint
     config.tokenizer.template = "qwen3"
     config.data.family = family
@@ -505,6 +509,7 @@ def qwen3_pod_config(*, slice_name: str, model_json: str, checkpoint: str, workd
     config.engine.decode_steps = 32
     config.engine.attn_impl = "pallas"
     config.engine.cache_dtype = "bfloat16"
+    config.engine.weights_dtype = "bfloat16"
     config.train.steps = 200
     config.train.row_len = context
     config.train.logprob_chunk = 512

@@ -131,19 +131,33 @@ def learner_init(model_cfg: ModelConfig, mesh: Mesh | AbstractMesh, *, make_opti
     return LearnerInit(graphdef, shardings, param_shardings, jax.jit(init, out_shardings=shardings, donate_argnums=0))
 
 
-def sampler_param_shardings(params_abstract: nnx.State, layout: Layout) -> nnx.State:
-    """The sampler replicas' weights: every parameter laid out by SAMPLE_RULES inside each replica
-    and repeated over the ``replica`` axis of the sampler mesh."""
-    return state_shardings(params_abstract, layout.sampler, SAMPLE_RULES)
+@dataclasses.dataclass(frozen=True)
+class SamplerInit:
+    """The sampler replicas' weights: ``sync(learner params) -> sampler params`` casts the learner's
+    ``nnx.Param`` state to the sampling dtype and reshards it into every replica at once (one jitted
+    call; SAMPLE_RULES inside each replica, repeated over the ``replica`` axis), or is None when the
+    replicas read the learner's own arrays (one device, one dtype). ``graphdef`` rebuilds a
+    replica's model from its weights."""
+
+    graphdef: Any
+    shardings: nnx.State
+    sync: Callable | None
 
 
-def sampler_sync(param_shardings: nnx.State, sampler_shardings: nnx.State, dtype) -> Callable:
-    """One jitted call: the learner's parameters, cast to ``dtype`` and resharded into every sampler
-    replica at once (``params -> sampler params``, both ``nnx.Param`` states)."""
-    def cast(params):
-        return jax.tree.map(lambda x: x.astype(dtype), params)
+def sampler_init(model_cfg: ModelConfig, layout: Layout, *, weights_dtype, compute_dtype,
+                 learner_param_shardings: nnx.State, learner_dtype) -> SamplerInit:
+    weights_dtype = jnp.dtype(weights_dtype)
+    abstract = nnx.eval_shape(lambda: build_model(model_cfg, dtype=compute_dtype, param_dtype=weights_dtype))
+    graphdef, params = nnx.split(abstract, nnx.Param)
+    shardings = state_shardings(params, layout.sampler, SAMPLE_RULES)
+    if layout.single_device and weights_dtype == jnp.dtype(learner_dtype):
+        return SamplerInit(graphdef, shardings, None)
 
-    return jax.jit(cast, in_shardings=(param_shardings,), out_shardings=sampler_shardings)
+    def cast(learner_params):
+        return jax.tree.map(lambda x: x.astype(weights_dtype), learner_params)
+
+    return SamplerInit(graphdef, shardings,
+                       jax.jit(cast, in_shardings=(learner_param_shardings,), out_shardings=shardings))
 
 
 def replica_view(global_params: nnx.State, layout: Layout, replica: int) -> nnx.State:

@@ -1,36 +1,39 @@
 """Per-device HBM plan, step-time and cost estimate of a trainer config on a Cloud TPU slice.
 
-``python -m rao_jax.plan --config configs/qwen3_4b_v5p.py [--slice v5p-16]`` builds the model
-abstractly (``nnx.eval_shape``: no weights are allocated), places its parameters on an abstract mesh
-of the config's shape with the real rules tables (``rao_jax.parallel.sharding``), and adds up what
-one device holds. It prints a table, the total against the chip's HBM, and exits 1 when the plan does
-not fit (the message names the largest item).
+``python -m rao_jax.plan --config configs/qwen3_4b_v5p.py [--slice v5p-16]`` lays the slice out as
+a run would (``rao_jax.layout.Layout`` on abstract meshes: the learner mesh and the sampler
+replicas) and evaluates, with ``jax.eval_shape``, the very constructors a run allocates its
+long-lived arrays with (``rao_jax.runtime.allocate``): nothing is allocated, and what the plan
+counts per device is what the run holds. It prints a table, the total against the chip's HBM, and
+exits 1 when the plan does not fit (the message names the largest item).
 
-What is counted, per device (the mesh is ``config.mesh``; "t" is its tensor size, "B" the product of
-its batch axes data x fsdp x expert):
+Per device (the learner mesh is ``config.mesh``, "t" its tensor size, "B" the product of its batch
+axes data x fsdp x expert; a sampler replica is ``engine.replica_expert x replica_tensor`` devices
+of one host):
 
-* resident all run long: parameters (``model.param_dtype``, TRAIN_RULES); AdamW's two moments
-  (optax.adamw keeps them in the parameters' dtype, so fp32 parameters are the fp32 master copy and
-  bf16 parameters have no master copy); the KV page pool (``engine.num_pages x page_size x
-  2*kv_heads x head_dim x layers``, ``engine.cache_dtype``; pages over B, the head axis over t when t
-  divides kv_heads).
-* training phase: gradients (parameter dtype and shardings; twice when a step accumulates more than
-  one micro-batch: the running sum and the current micro-batch's); activations of one micro-batch
-  with per-layer remat (formula in ``train_activation_bytes``).
-* sampling phase: a copy of the weights in the compute dtype with SAMPLE_RULES (the once-per-step
-  reshard of the sharding recipe; counted even where the sampler reads the training weights, so the
-  plan stays valid when it does not); prefill activations (``sample_activation_bytes``).
+* from the constructors (exact): the learner's parameters (``model.param_dtype``, TRAIN_RULES);
+  its optimizer moments (AdamW's two, in the parameters' dtype and layout: fp32 parameters are the
+  fp32 master copy; the warm start's optimizer too when ``sft.steps`` > 0); the replica's weights
+  (``engine.weights_dtype``, SAMPLE_RULES: whole along the model dimension and the vocabulary,
+  heads / MLP units / experts split inside the replica); the replica's KV page pool
+  (``engine.num_pages`` pages, K/V heads over the replica's ``tensor``).
+* from formulas: gradients (the parameters' bytes; twice when a step accumulates micro-batches:
+  the running sum and the current micro-batch's); activations of one micro-batch with per-layer
+  remat (``train_activation_bytes``); one prefill call's activations (``sample_activation_bytes``).
 
-Peak = resident + max(training phase, sampling phase). The budget is the chip's HBM less a reserve
-(default 10%) for XLA scratch, fragmentation and program code.
+Phases: with ``rl.staleness`` 0 the replicas' weight copies exist only while sampling (the trainer
+frees them for the update and resyncs after), so they count in the sampling phase; with staleness
+> 0 rollouts continue during the update and they are resident. Peak = resident + max(training
+phase, sampling phase). The budget is the chip's HBM less a reserve (default 10%) for XLA scratch,
+fragmentation and program code.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import importlib.util
+import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -38,11 +41,13 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import AbstractMesh, NamedSharding
 
 from rao_jax.config import TrainConfig, from_config_dict
-from rao_jax.models import ModelConfig, Qwen3
-from rao_jax.parallel.sharding import BATCH_AXES, MESH_AXES, SAMPLE_RULES, TRAIN_RULES, partition_spec
+from rao_jax.layout import Layout, bytes_per_device, sampler_init
+from rao_jax.models import ModelConfig
+from rao_jax.models.config import ConfigError
+from rao_jax.parallel.mesh import batch_shards
+from rao_jax.sampling.kv_cache import pool_init
 
 GB = 1e9
 GIB = 1024**3
@@ -123,6 +128,7 @@ class Plan:
     train_seconds: float
     sample_seconds: float
     warnings: tuple[str, ...] = ()
+    replicas: int = 1
 
     def phase_bytes(self, phase: str) -> float:
         return sum(i.bytes for i in self.items if i.phase == phase)
@@ -148,41 +154,13 @@ class Plan:
         return self.step_seconds / 3600 * self.slice.chips * self.slice.chip.usd_per_chip_hour
 
 
-@functools.lru_cache(maxsize=8)
-def abstract_model(model_cfg: ModelConfig, param_dtype) -> Qwen3:
-    """The model as ShapeDtypeStructs with their logical-axis metadata (nothing allocated)."""
-    return nnx.eval_shape(lambda: Qwen3(model_cfg, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-
-
-def abstract_mesh(cfg: TrainConfig) -> AbstractMesh:
-    sizes = tuple(getattr(cfg.mesh, a) for a in MESH_AXES)
-    return AbstractMesh(sizes, MESH_AXES)
-
-
-def param_leaves(model: Qwen3) -> list[tuple[str, tuple[int, ...], tuple]]:
-    """(path, shape, logical axes) of every parameter."""
-    state = nnx.state(model, nnx.Param)
-    out = []
-    for path, var in jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]:
-        out.append((jax.tree_util.keystr(path), tuple(var.shape), var.get_metadata()["logical_axes"]))
-    return out
-
-
-def sharded_bytes(leaves, mesh: AbstractMesh, rules, itemsize: int) -> float:
-    """Bytes one device holds of every parameter, from the shard shape of its NamedSharding."""
-    total = 0
-    for _, shape, axes in leaves:
-        sharding = NamedSharding(mesh, partition_spec(axes, shape, mesh, rules))
-        total += math.prod(sharding.shard_shape(shape)) * itemsize
-    return float(total)
-
-
-def active_params(model_cfg: ModelConfig, leaves) -> tuple[int, int]:
+def active_params(model_cfg: ModelConfig, params: nnx.State) -> tuple[int, int]:
     """(all parameters, parameters in matmuls per token): experts scaled by top-k / experts; the
     input embedding is a lookup and counts only when tied (it is then also the LM head)."""
     total = active = 0
-    for _, shape, axes in leaves:
-        n = math.prod(shape)
+    for variable in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        axes = variable.get_metadata()["logical_axes"]
+        n = math.prod(variable.shape)
         total += n
         if "exp" in axes:
             n = n * model_cfg.num_experts_per_tok // model_cfg.num_experts
@@ -217,38 +195,87 @@ def layer_working_bytes(m: ModelConfig, tokens: float, tensor: int, itemsize: in
 
 
 def train_activation_bytes(m: ModelConfig, cfg: TrainConfig, rows_per_device: int, itemsize: int) -> float:
-    """Activations of one micro-batch on one device, with every decoder layer rematerialised.
+    """Activations of one micro-batch on one device.
 
-    b = micro_batch_rows / B rows of T = row_len tokens:
-    layers x b*T*D*itemsize (saved layer inputs) + one layer's working set (``layer_working_bytes``)
-    + b*T*D*4 (final hidden, fp32) + 3 x b*chunk*V/t*4 (one log-prob chunk: logits, softmax, grad).
+    b = micro_batch_rows / B rows of T = row_len tokens. With ``model.remat`` (each decoder layer
+    recomputed in the backward pass): layers x b*T*D*itemsize (saved layer inputs) + one layer's
+    working set (``layer_working_bytes``); without: every layer keeps its forward half of that
+    working set. Either way + b*T*D*4 (final hidden, fp32) + 3 x b*chunk*V/t*4 (one log-prob chunk:
+    logits, softmax, grad).
     """
     tokens = rows_per_device * cfg.train.row_len
     t = cfg.mesh.tensor
-    saved = m.num_hidden_layers * tokens * m.hidden_size * itemsize
+    layer = layer_working_bytes(m, tokens, t, itemsize)
+    if cfg.model.remat:
+        kept = m.num_hidden_layers * tokens * m.hidden_size * itemsize + layer
+    else:
+        kept = m.num_hidden_layers * layer / 2 + layer
     logits = 3 * rows_per_device * cfg.train.logprob_chunk * m.vocab_size / t * 4
-    return saved + layer_working_bytes(m, tokens, t, itemsize) + tokens * m.hidden_size * 4 + logits
+    return kept + tokens * m.hidden_size * 4 + logits
 
 
 def sample_activation_bytes(m: ModelConfig, cfg: TrainConfig, itemsize: int) -> float:
-    """One prefill call of ``engine.max_prefill_tokens`` tokens (forward only: half the working set)
-    + the sampled rows' fp32 logits (``engine.max_rows x V / t x 4``, twice for the softmax)."""
-    t = cfg.mesh.tensor
+    """One prefill call of ``engine.max_prefill_tokens`` tokens on a replica (forward only: half the
+    working set, heads and MLP split over the replica's ``tensor``) + the sampled rows' fp32 logits
+    (``engine.max_rows x V x 4``, twice for the softmax; the vocabulary is whole in a replica)."""
+    t = cfg.engine.replica_tensor
     prefill = layer_working_bytes(m, cfg.engine.max_prefill_tokens, t, itemsize) / 2
-    return prefill + 2 * cfg.engine.max_rows * m.vocab_size / t * 4
+    return prefill + 2 * cfg.engine.max_rows * m.vocab_size * 4
 
 
-def kv_pool_bytes(m: ModelConfig, cfg: TrainConfig, mesh: AbstractMesh) -> tuple[float, str]:
-    """The page pool on one device: pages split over the batch axes, K/V heads over ``tensor`` when it
-    divides kv_heads (the interleaved key/value pairs stay together)."""
-    e = cfg.engine
-    page_spec = partition_spec(("pages",), (e.num_pages,), mesh, {"pages": BATCH_AXES})
-    pages = NamedSharding(mesh, page_spec).shard_shape((e.num_pages,))[0]
-    t = cfg.mesh.tensor
-    heads = m.num_key_value_heads // t if m.num_key_value_heads % t == 0 else m.num_key_value_heads
-    per = m.num_hidden_layers * e.page_size * 2 * heads * m.head_dim * jnp.dtype(e.cache_dtype).itemsize
-    note = f"{pages} of {e.num_pages} pages x {e.page_size} tok, {2 * heads} K/V heads"
-    return float(pages * per), note
+def layout_of_slice(cfg: TrainConfig, sl: Slice) -> Layout:
+    """The run's layout on ``sl``, without devices.
+
+    Raises:
+        ValueError: the mesh does not have the slice's chip count, a tensor group or a sampler
+            replica does not fit one host.
+    """
+    m, e = cfg.mesh, cfg.engine
+    devices = m.data * m.fsdp * m.expert * m.tensor
+    if devices != sl.chips:
+        raise ValueError(f"mesh data={m.data} fsdp={m.fsdp} expert={m.expert} tensor={m.tensor} has {devices} "
+                         f"devices; slice {sl.name} has {sl.chips} chips")
+    per_host = sl.chips // sl.hosts
+    replica = e.replica_expert * e.replica_tensor
+    if per_host % replica:
+        raise ValueError(f"a sampler replica of engine.replica_expert x replica_tensor = {replica} chips does not "
+                         f"fit the {per_host} chips of one {sl.name} host")
+    if sl.hosts > 1 and per_host % m.tensor:
+        raise ValueError(f"mesh.tensor ({m.tensor}) must divide the {per_host} chips of one {sl.name} host")
+    return Layout.abstract(data=m.data, fsdp=m.fsdp, expert=m.expert, tensor=m.tensor,
+                           replica_expert=e.replica_expert, replica_tensor=e.replica_tensor)
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """Bytes per device of what ``rao_jax.runtime.allocate`` builds, from its own constructors."""
+
+    params: int
+    optimizer: int
+    sampler_weights: int   # 0 when the replicas read the learner's arrays
+    kv_pool: int
+    param_count: int
+    active_param_count: int
+
+
+def allocation(cfg: TrainConfig, layout: Layout) -> Allocation:
+    """``jax.eval_shape`` of the learner's, the replicas' and the page pool's constructors on ``layout``."""
+    from rao_jax.runtime import engine_config, learner_constructor, sampler_dtype
+    from rao_jax.train import make_optimizers
+
+    model_cfg = ModelConfig.from_json_file(_config_json(cfg.model.config_json))
+    init = learner_constructor(cfg, model_cfg, layout, make_optimizers(cfg))
+    model, optimizers = init.merge(jax.eval_shape(init.init))
+    params = nnx.state(model, nnx.Param)
+    sampler = sampler_init(model_cfg, layout, weights_dtype=sampler_dtype(cfg), compute_dtype=cfg.model.dtype,
+                           learner_param_shardings=init.param_shardings, learner_dtype=cfg.model.param_dtype)
+    weights = 0 if sampler.sync is None else bytes_per_device(jax.eval_shape(sampler.sync, params))
+    e = engine_config(cfg)
+    pool = jax.eval_shape(pool_init(model_cfg, e.num_pages, e.page_size, jnp.dtype(e.cache_dtype),
+                                    layout.replica_mesh(0)))
+    total, active = active_params(model_cfg, params)
+    return Allocation(bytes_per_device(nnx.state(model)), bytes_per_device(nnx.state(optimizers)), weights,
+                      bytes_per_device(pool), total, active)
 
 
 def plan(cfg: TrainConfig, slice_name: str = "", *, reserve: float = 0.10, mfu: float = 0.40,
@@ -263,51 +290,53 @@ def plan(cfg: TrainConfig, slice_name: str = "", *, reserve: float = 0.10, mfu: 
             tasks_per_step x group_size x nodes_per_tree x (max_seq_len / 2).
     """
     sl = parse_slice(slice_name or cfg.slice)
-    mesh = abstract_mesh(cfg)
-    devices = math.prod(mesh.shape.values())
-    if devices != sl.chips:
-        raise ValueError(f"mesh {dict(mesh.shape)} has {devices} devices; slice {sl.name} has {sl.chips} chips")
+    layout = layout_of_slice(cfg, sl)
     model_cfg = ModelConfig.from_json_file(_config_json(cfg.model.config_json))
-    param_dtype = jnp.dtype(cfg.model.param_dtype)
     compute = jnp.dtype(cfg.model.dtype).itemsize
-    leaves = param_leaves(abstract_model(model_cfg, param_dtype.name))
-    batch_shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    shards = batch_shards(layout.learner)
     rows = cfg.train.micro_batch_rows
-    if rows % batch_shards:
+    if rows % shards:
         raise ValueError(f"train.micro_batch_rows ({rows}) must be a multiple of the batch axes "
-                         f"data x fsdp x expert = {batch_shards}")
-    rows_per_device = rows // batch_shards
-    n_params, n_active = active_params(model_cfg, leaves)
-    params = sharded_bytes(leaves, mesh, TRAIN_RULES, param_dtype.itemsize)
-    kv, kv_note = kv_pool_bytes(model_cfg, cfg, mesh)
+                         f"data x fsdp x expert = {shards}")
+    rows_per_device = rows // shards
+    alloc = allocation(cfg, layout)
     if not tokens_per_step:
         tree_tokens = nodes_per_tree * cfg.engine.max_seq_len / 2
         tokens_per_step = int(cfg.rollout.tasks_per_step * cfg.rollout.group_size * tree_tokens)
     micro_steps = max(1, math.ceil(tokens_per_step / (rows * cfg.train.row_len)))
-    grads = params * (2 if micro_steps > 1 else 1)
+    e = cfg.engine
+    kv_heads = model_cfg.num_key_value_heads
+    split = e.replica_tensor if kv_heads % e.replica_tensor == 0 else 1
+    replica = f"replica {e.replica_expert}x{e.replica_tensor} chips"
+    optimizers = "adamw moments (2)" + (" x2 (rl + sft)" if cfg.sft.steps else "")
     items = (
-        Item("parameters", "resident", params, f"{cfg.model.param_dtype}, TRAIN_RULES"),
-        Item("adamw moments (2)", "resident", 2 * params, f"{cfg.model.param_dtype} (optax.adamw default)"),
-        Item("kv page pool", "resident", kv, kv_note),
-        Item("gradients", "train", grads, "sum + current micro-batch" if micro_steps > 1 else "one micro-batch"),
+        Item("parameters", "resident", alloc.params, f"{cfg.model.param_dtype}, TRAIN_RULES"),
+        Item(optimizers, "resident", alloc.optimizer, f"{cfg.model.param_dtype}, laid out as the parameters"),
+        Item("kv page pool", "resident", alloc.kv_pool,
+             f"{e.num_pages} pages x {e.page_size} tok per replica, {2 * kv_heads // split} of {2 * kv_heads} "
+             f"K/V heads"),
+        Item("sampler weights", "resident" if cfg.rl.staleness else "sample", alloc.sampler_weights,
+             f"{cfg.engine.weights_dtype or cfg.model.dtype}, SAMPLE_RULES, {replica}"
+             + ("" if alloc.sampler_weights else " (the learner's own arrays)")),
+        Item("gradients", "train", alloc.params * (2 if micro_steps > 1 else 1),
+             "sum + current micro-batch" if micro_steps > 1 else "one micro-batch"),
         Item("train activations", "train", train_activation_bytes(model_cfg, cfg, rows_per_device, compute),
-             f"{rows_per_device} row(s) x {cfg.train.row_len} tok, remat"),
-        Item("sampling weights", "sample", sharded_bytes(leaves, mesh, SAMPLE_RULES, compute),
-             f"{cfg.model.dtype}, SAMPLE_RULES"),
+             f"{rows_per_device} row(s) x {cfg.train.row_len} tok" + (", remat" if cfg.model.remat else "")),
         Item("sample activations", "sample", sample_activation_bytes(model_cfg, cfg, compute),
              f"prefill {cfg.engine.max_prefill_tokens} tok"),
     )
-    flops_train, flops_sample = step_flops(model_cfg, n_active, tokens_per_step, cfg.engine.max_seq_len)
+    flops_train, flops_sample = step_flops(model_cfg, alloc.active_param_count, tokens_per_step,
+                                           cfg.engine.max_seq_len)
     peak = sl.chips * sl.chip.peak_flops
     warnings = []
     if cfg.model.param_dtype == "bfloat16" and cfg.optim.learning_rate < 1e-4:
         warnings.append(f"bf16 parameters without an fp32 master copy: updates of lr {cfg.optim.learning_rate:g} "
                         "fall below bf16 resolution; use model.param_dtype='float32'")
-    page_share = cfg.engine.num_pages // batch_shards
-    if page_share - 1 < cfg.engine.max_seq_len // cfg.engine.page_size:
-        warnings.append(f"each sampler replica's {page_share} pages hold less than one max_seq_len sequence")
-    return Plan(sl, dict(mesh.shape), items, sl.chip.hbm_bytes * (1 - reserve), n_params, n_active,
-                tokens_per_step, flops_train / (peak * mfu), flops_sample / (peak * sample_mfu), tuple(warnings))
+    if e.num_pages - 1 < e.max_seq_len // e.page_size:
+        warnings.append(f"each sampler replica's {e.num_pages} pages hold less than one max_seq_len sequence")
+    return Plan(sl, dict(layout.learner.shape), items, sl.chip.hbm_bytes * (1 - reserve), alloc.param_count,
+                alloc.active_param_count, tokens_per_step, flops_train / (peak * mfu),
+                flops_sample / (peak * sample_mfu), tuple(warnings), layout.replicas)
 
 
 def step_flops(m: ModelConfig, active: int, tokens: int, context: int) -> tuple[float, float]:
@@ -321,20 +350,43 @@ def _config_json(path: str) -> str:
     return path if path.endswith(".json") else f"{path.rstrip('/')}/config.json"
 
 
-def load_config(path: str) -> TrainConfig:
-    """Runs ``get_config()`` of a config file and validates it."""
+def load_config(path: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Runs ``get_config()`` of a config file, applies ``key.path=value`` overrides (values parsed
+    as JSON when they parse, else strings) and validates it.
+
+    Raises:
+        ValueError: an unreadable file or a malformed override; ConfigError: an invalid config.
+    """
     spec = importlib.util.spec_from_file_location("_rao_plan_config", path)
     if spec is None or spec.loader is None:
         raise ValueError(f"cannot load config file {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return from_config_dict(module.get_config())
+    raw = module.get_config().to_dict()
+    for override in overrides:
+        key, eq, text = override.partition("=")
+        if not eq:
+            raise ValueError(f"--set {override!r}: expected key.path=value")
+        *sections, name = key.split(".")
+        target = raw
+        for part in sections:
+            target = target.get(part)
+            if not isinstance(target, dict):
+                raise ValueError(f"--set {override!r}: no config section {part!r}")
+        try:
+            target[name] = json.loads(text)
+        except json.JSONDecodeError:
+            target[name] = text
+    return from_config_dict(raw)
 
 
 def format_plan(p: Plan, cfg: TrainConfig) -> str:
     mesh = " ".join(f"{k}={v}" for k, v in p.mesh.items())
+    e = cfg.engine
     lines = [f"slice {p.slice.name}: {p.slice.chips} chips on {p.slice.hosts} host(s), "
              f"{p.slice.chip.hbm_bytes / GIB:.1f} GiB HBM per chip; mesh {mesh}",
+             f"sampler: {p.replicas} replica(s) of expert {e.replica_expert} x tensor {e.replica_tensor} chips "
+             f"(inside one host), {e.num_pages} KV pages x {e.page_size} tokens each",
              f"model {cfg.model.config_json}: {p.param_count / 1e9:.2f}B params, "
              f"{p.active_param_count / 1e9:.2f}B active in matmuls per token",
              "", f"{'per device':<20} {'phase':<9} {'GiB':>8}  note", "-" * 78]
@@ -364,8 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mfu", type=float, default=0.40, help="training MFU assumed (default 0.40)")
     parser.add_argument("--sample-mfu", type=float, default=0.10, help="sampling MFU assumed (default 0.10)")
     parser.add_argument("--tokens-per-step", type=int, default=0, help="tokens per RL step (default: estimated)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set engine.num_pages=8192 (repeatable)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config)
+    try:
+        cfg = load_config(args.config, args.set)
+    except (ValueError, ConfigError) as e:
+        print(f"plan: {e}", file=sys.stderr)
+        return 2
     try:
         p = plan(cfg, args.slice, reserve=args.reserve, mfu=args.mfu, sample_mfu=args.sample_mfu,
                  tokens_per_step=args.tokens_per_step)

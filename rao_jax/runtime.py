@@ -182,14 +182,8 @@ def learner_constructor(config: TrainConfig, model_cfg: ModelConfig, layout: Lay
                         make_optimizers: Callable[[Qwen3], tuple]) -> LearnerInit:
     """The learner's jitted constructor (``rao_jax.layout.learner_init``) as this config asks."""
     m = config.model
-    from rao_jax.models.attention_kernels import check_attn_impl
-
-    try:
-        check_attn_impl(m.attn_impl)
-    except ValueError as err:
-        raise ConfigError(f"model.attn_impl: {err}") from None
     return learner_init(model_cfg, layout.learner, make_optimizers=make_optimizers, dtype=jnp.dtype(m.dtype),
-                        param_dtype=jnp.dtype(m.param_dtype), attn_impl=m.attn_impl, seed=config.seed)
+                        param_dtype=jnp.dtype(m.param_dtype), attn_impl=m.attn_impl, remat=m.remat, seed=config.seed)
 
 
 def engine_config(config: TrainConfig) -> EngineConfig:
@@ -213,6 +207,28 @@ def no_optimizers(model: Qwen3) -> tuple:
     return ()
 
 
+def allocate(config: TrainConfig, model_cfg: ModelConfig, layout: Layout,
+             make_optimizers: Callable[[Qwen3], tuple] = no_optimizers) -> tuple[Qwen3, tuple, SamplerReplicas]:
+    """Everything long-lived on the devices: the learner (weights from ``model.init_checkpoint`` or
+    random) with its optimizers, and this process's sampler replicas holding version 0 of its
+    weights, each with its page pool. ``python -m rao_jax.plan`` evaluates these same constructors."""
+    m = config.model
+    init = learner_constructor(config, model_cfg, layout, make_optimizers)
+    if m.init_checkpoint:
+        loaded, _ = load_pretrained(local_copy(m.init_checkpoint), dtype=jnp.dtype(m.dtype),
+                                    param_dtype=jnp.dtype(m.param_dtype), attn_impl=m.attn_impl, remat=m.remat,
+                                    shardings=init.param_shardings)
+        state = init.init(nnx.state(loaded, nnx.Param))
+    else:
+        state = init.init()
+    model, optimizers = init.merge(state)
+    sampler = SamplerReplicas(layout, model_cfg, engine_config(config), weights_dtype=sampler_dtype(config),
+                              compute_dtype=m.dtype, learner_param_shardings=init.param_shardings,
+                              learner_dtype=m.param_dtype)
+    sampler.sync(nnx.state(model, nnx.Param), version=0)
+    return model, optimizers, sampler
+
+
 @dataclasses.dataclass
 class Runtime:
     config: TrainConfig
@@ -232,6 +248,12 @@ class Runtime:
     def create(cls, config: TrainConfig, make_optimizers: Callable[[Qwen3], tuple] = no_optimizers) -> Runtime:
         """Builds everything (see the module docstring); ``make_optimizers(model)`` gives the
         optimizers the learner state holds (none for evaluation)."""
+        from rao_jax.models.attention_kernels import check_attn_impl
+
+        try:
+            check_attn_impl(config.model.attn_impl)
+        except ValueError as err:
+            raise ConfigError(f"model.attn_impl: {err}") from None
         layout = layout_of(config)
         share = config.rollout.tasks_per_step % jax.process_count()
         if share:
@@ -242,22 +264,8 @@ class Runtime:
         tokenizer = _tokenizer(config, tasks)
         template = sentencepiece_template() if config.tokenizer.template == "sentencepiece" else qwen3_template()
         model_cfg = _model_config(config, tokenizer.vocab_size)
-        init = learner_constructor(config, model_cfg, layout, make_optimizers)
-        if config.model.init_checkpoint:
-            m = config.model
-            loaded, _ = load_pretrained(local_copy(m.init_checkpoint), dtype=jnp.dtype(m.dtype),
-                                        param_dtype=jnp.dtype(m.param_dtype), attn_impl=m.attn_impl,
-                                        shardings=init.param_shardings)
-            state = init.init(nnx.state(loaded, nnx.Param))
-        else:
-            state = init.init()
-        model, optimizers = init.merge(state)
-        sampler = SamplerReplicas(layout, model_cfg, engine_config(config), weights_dtype=sampler_dtype(config),
-                                  compute_dtype=config.model.dtype, learner_param_shardings=init.param_shardings,
-                                  learner_dtype=config.model.param_dtype)
-        runtime = cls(config, layout, tasks, tokenizer, template, model, model_cfg, optimizers, sampler)
-        runtime.sync_sampler()
-        return runtime
+        model, optimizers, sampler = allocate(config, model_cfg, layout, make_optimizers)
+        return cls(config, layout, tasks, tokenizer, template, model, model_cfg, optimizers, sampler)
 
     @property
     def mesh(self) -> jax.sharding.Mesh:

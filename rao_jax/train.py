@@ -400,12 +400,15 @@ class Trainer:
                        "policy_lag_mean": float(np.mean(lags)) if lags else 0.0,
                        "rollout_seconds": rollout_seconds}
         local_rows = 0 if step.batch is None else len(step.batch.tokens)
-        parts = multihost.gather((local_rows, local_stats))
+        rolled_out = [g[0].task_id for g in groups]
+        parts = multihost.gather((local_rows, local_stats, rolled_out))
         rows_each = max(p[0] for p in parts)
         stats = merge_stats([p[1] for p in parts])
         stats["rollout_seconds"] = max(p[1]["rollout_seconds"] for p in parts)
         record: dict[str, Any] = {"kind": "train", "step": self.sft_done + pending.rl_step, "rl_step": pending.rl_step,
                                   "tasks": [t.task_id for t in pending.tasks], **stats}
+        if len(parts) > 1:   # which process rolled out which tasks (from its trees)
+            record["tasks_by_process"] = [p[2] for p in parts]
         if rows_each:
             local = step.batch
             if local_rows != rows_each:   # this process pads to the agreed rows (zero loss mask)

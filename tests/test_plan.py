@@ -1,6 +1,5 @@
 """The memory plan of every shipped TPU config, and the tpu_scripts (syntax, shellcheck, dry run)."""
 
-import math
 import os
 import shutil
 import subprocess
@@ -46,6 +45,7 @@ def test_over_budget_config_fails_naming_the_largest_item(tmp_path, capsys):
             config.slice = "v6e-1"
             config.mesh.fsdp = 1
             config.mesh.tensor = 1
+            config.engine.replica_tensor = 1
             config.train.micro_batch_rows = 1
             return config
     """))
@@ -67,7 +67,8 @@ def test_slice_names():
         plan_lib.parse_slice("v4-8")
 
 
-def test_tiny_parameter_bytes_equal_the_real_model():
+def test_tiny_single_device_plan_equals_the_real_model():
+    """One device, fp32 everywhere: the replica reads the learner's arrays (no copy counted)."""
     d = default_config()
     d.slice = "v6e-1"
     d.engine.num_pages = 256
@@ -77,22 +78,32 @@ def test_tiny_parameter_bytes_equal_the_real_model():
     model_cfg = ModelConfig.from_json_file(ROOT / cfg.model.config_json)
     state = jax.jit(lambda: nnx.state(Qwen3(model_cfg, param_dtype=jnp.float32, rngs=nnx.Rngs(0)), nnx.Param))()
     real = sum(x.nbytes for x in jax.tree.leaves(state))
-    params = next(i for i in p.items if i.name == "parameters")
-    assert params.bytes == real
-    assert p.param_count * 4 == real
-    kv = next(i for i in p.items if i.name == "kv page pool")
-    assert kv.bytes == model_cfg.num_hidden_layers * 256 * 16 * 2 * model_cfg.num_key_value_heads * \
+    items = {i.name: i.bytes for i in p.items}
+    assert items["parameters"] == real and p.param_count * 4 == real
+    assert items["adamw moments (2)"] == 2 * real + 8   # mu, nu, and the step counts of optax and nnx
+    assert items["sampler weights"] == 0
+    assert items["kv page pool"] == model_cfg.num_hidden_layers * 256 * 16 * 2 * model_cfg.num_key_value_heads * \
         model_cfg.head_dim * 4
 
 
-def test_sharded_parameter_bytes_split_over_the_mesh():
-    model_cfg = ModelConfig.from_json_file(ROOT / "configs/models/qwen3_4b.json")
-    leaves = plan_lib.param_leaves(plan_lib.abstract_model(model_cfg, "bfloat16"))
-    whole = sum(math.prod(s) for _, s, _ in leaves) * 2
-    mesh = jax.sharding.AbstractMesh((1, 2, 1, 4), ("data", "fsdp", "expert", "tensor"))
-    sharded = plan_lib.sharded_bytes(leaves, mesh, plan_lib.TRAIN_RULES, 2)
-    norms = sum(math.prod(s) for _, s, axes in leaves if axes == ("norm",)) * 2
-    assert sharded == pytest.approx((whole - norms) / 8 + norms)
+def test_replicas_must_fit_one_host(capsys):
+    assert plan_lib.main(["--config", str(ROOT / "configs" / "qwen3_4b_v5p.py"),
+                          "--set", "engine.replica_tensor=8"]) == 2
+    assert "does not fit the 4 chips of one v5p-16 host" in capsys.readouterr().err
+
+
+def test_sampler_weights_resident_only_with_staleness():
+    cfg = plan_lib.load_config(str(ROOT / "configs" / "qwen3_4b_v5p.py"))
+    phase = {i.name: i.phase for i in plan_lib.plan(cfg).items}["sampler weights"]
+    assert phase == "sample"
+    stale = from_config_dict({**_dict(cfg), "rl": {**_dict(cfg)["rl"], "staleness": 1}})
+    assert {i.name: i.phase for i in plan_lib.plan(stale).items}["sampler weights"] == "resident"
+
+
+def _dict(cfg):
+    from rao_jax.config import to_dict
+
+    return to_dict(cfg)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

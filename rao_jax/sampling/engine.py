@@ -218,6 +218,9 @@ class SamplingEngine:
         # The state holds the model's own Variable objects: in-place updates show through.
         self._graphdef, self._state = nnx.split(model)
         self.vocab_size = model.cfg.vocab_size
+        if config.attn_impl == "pallas" and model.cfg.head_dim % 128:
+            raise ValueError(f"attn_impl='pallas': the ragged paged attention kernel needs head_dim to be a multiple "
+                             f"of 128, the model's is {model.cfg.head_dim}; use attn_impl='reference'")
         # Prefill rows start at multiples of this (the Pallas kernel takes rows back to back).
         self._prefill_align = 1 if config.attn_impl == "pallas" else config.prefill_block
         self._alloc = PageAllocator(config.num_pages, config.page_size, config.pages_per_seq)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -54,11 +55,32 @@ def reference_paged_attention(q: Float[Array, "t hq d"], pages: Float[Array, "p 
     return out.reshape(t, hq, d)
 
 
-def pallas_paged_attention(q, pages, page_table, kv_lens, cu_q_lens, num_rows, *, sm_scale: float):
-    """JAX's TPU ragged paged attention kernel (TPU only; ``kv_lens`` include the new tokens)."""
-    from jax.experimental.pallas.ops.tpu.ragged_paged_attention import ragged_paged_attention
+def pallas_paged_attention(q, pages, page_table, kv_lens, cu_q_lens, num_rows, *, sm_scale: float,
+                           kernel=None, **block_sizes):
+    """JAX's TPU ragged paged attention kernel (TPU only; ``kv_lens`` include the new tokens).
 
-    return ragged_paged_attention(q, pages, kv_lens, page_table, cu_q_lens, num_rows, sm_scale=sm_scale)
+    A Mosaic kernel cannot be partitioned automatically: traced under a sampler replica's mesh
+    (``jax.set_mesh``) whose ``tensor`` axis splits the K/V heads (``kv_cache.kv_pool_spec``), the
+    kernel runs per device under ``jax.shard_map``, each device on its own query heads and their
+    key / value heads, everything else replicated. ``block_sizes`` (``num_kv_pages_per_block``,
+    ``num_queries_per_block``) default to the kernel's tuned sizes for the TPU generation.
+    ``kernel`` replaces the kernel (same signature), e.g. in tests.
+    """
+    if kernel is None:
+        from jax.experimental.pallas.ops.tpu.ragged_paged_attention import ragged_paged_attention as kernel
+
+    def run(q, pages, kv_lens, page_table, cu_q_lens, num_rows):
+        return kernel(q, pages, kv_lens, page_table, cu_q_lens, num_rows, sm_scale=sm_scale, **block_sizes)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    t = 1 if mesh.empty else mesh.shape.get("tensor", 1)
+    if t == 1 or (pages.shape[2] // 2) % t:
+        return run(q, pages, kv_lens, page_table, cu_q_lens, num_rows)
+    heads, pool = P(None, "tensor", None), P(None, None, "tensor", None)
+    # The kernel's output ShapeDtypeStruct carries no varying-axes type, so check_vma must be off.
+    sharded = jax.shard_map(run, mesh=mesh, in_specs=(heads, pool, P(), P(), P(), P()), out_specs=heads,
+                            check_vma=False)
+    return sharded(q, pages, kv_lens, page_table, cu_q_lens, num_rows)
 
 
 def reference_prefill_attention(q: Float[Array, "t hq d"], pages: Float[Array, "p s kk d"],

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rao_jax.layout import Layout, build_model, replica_view, sampler_param_shardings, sampler_sync
+from rao_jax.layout import Layout, replica_view, sampler_init
 from rao_jax.models.config import ModelConfig
 from rao_jax.sampling.engine import Completion, EngineConfig, SamplingEngine
 from rao_jax.sampling.logits import SamplingParams
@@ -53,12 +53,10 @@ class SamplerReplicas:
         self.vocab_size = model_cfg.vocab_size
         self.replica_ids = layout.local_replicas()
         self.weights_dtype = jnp.dtype(weights_dtype)
-        abstract = nnx.eval_shape(lambda: build_model(model_cfg, dtype=compute_dtype, param_dtype=self.weights_dtype))
-        self._graphdef, params = nnx.split(abstract, nnx.Param)
-        self.shardings = sampler_param_shardings(params, layout)
-        self.shares_learner_arrays = layout.single_device and self.weights_dtype == jnp.dtype(learner_dtype)
-        self._sync = None if self.shares_learner_arrays else sampler_sync(learner_param_shardings, self.shardings,
-                                                                          self.weights_dtype)
+        init = sampler_init(model_cfg, layout, weights_dtype=weights_dtype, compute_dtype=compute_dtype,
+                            learner_param_shardings=learner_param_shardings, learner_dtype=learner_dtype)
+        self._graphdef, self.shardings, self._sync = init.graphdef, init.shardings, init.sync
+        self.shares_learner_arrays = self._sync is None
         self._weights = None          # the sampler arrays this process holds (global across replicas)
         self.engines: list[SamplingEngine] = []
         self.version: int | None = None
@@ -73,8 +71,8 @@ class SamplerReplicas:
         """Installs the learner's ``params`` (its ``nnx.Param`` state) in every replica as ``version``;
         returns the seconds the reshard took (waited for). A collective: every process calls it."""
         start = time.perf_counter()
-        if self.shares_learner_arrays:
-            weights = params
+        if self.shares_learner_arrays:   # new Variables around the learner's arrays, not its Variables
+            weights = jax.tree.map(lambda x: x, params)
         else:
             weights = self._sync(params)
             jax.block_until_ready(weights)
