@@ -91,6 +91,34 @@ def test_killed_run_resumes_from_its_last_checkpoint_with_the_same_data_order(tm
         assert r["response_tokens"] > 0 and ("loss" in r or r.get("skipped_update"))
 
 
+@pytest.mark.timeout(900)
+def test_sigterm_checkpoints_the_step_reached_exits_75_and_the_rerun_resumes(tmp_path):
+    from rao_jax.train import PREEMPTED_EXIT_CODE
+
+    workdir = tmp_path / "run"
+    args = ("--config.train.steps=5", "--config.train.checkpoint_every=4")
+    proc = subprocess.Popen(_train_cmd(workdir, *args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while not (workdir / "metrics.jsonl").exists() or not _records(workdir):
+        assert proc.poll() is None, f"the run ended early:\n{proc.stdout.read()}"
+        assert time.time() < deadline, "no RL step within 10 minutes"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)   # during step 2's rollout or update at the earliest
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == PREEMPTED_EXIT_CODE == 75, output[-3000:]
+    assert "preempted: saved a checkpoint of step" in output
+    reached = max(r["step"] for r in _records(workdir))
+    assert 1 <= reached < 4   # stopped at the next step boundary, before the regular checkpoint at 4
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [reached]
+
+    resumed = subprocess.run(_train_cmd(workdir, *args), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {reached}" in resumed.stderr
+    assert [r["step"] for r in _records(workdir)] == [1, 2, 3, 4, 5]
+
+
 def test_unknown_config_key_fails_at_start_naming_it(tmp_path):
     out = subprocess.run(_train_cmd(tmp_path, "--config.rl.lamda=0.5"), cwd=ROOT, env=_env(),
                          capture_output=True, text=True, timeout=120)
@@ -177,6 +205,53 @@ def test_bounded_staleness_overlaps_rollouts_with_updates_and_keeps_the_data_ord
     stream = TaskSet(config).train_iterator()
     assert [r["tasks"] for r in records] == [[t.task_id for t in stream.take(1)] for _ in range(3)]
     assert all("loss" in r for r in records)
+
+
+def _sampler_matches_learner(trainer) -> bool:
+    """The first replica's weights are the learner's, cast to the sampler dtype (bfloat16 here)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    sampled = trainer.runtime.sampler.weights(0)
+    learner = nnx.state(trainer.model, nnx.Param)
+    assert {x.dtype for x in jax.tree.leaves(sampled)} == {jnp.dtype(jnp.bfloat16)}
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b.astype(a.dtype)))),
+                        sampled, learner)
+    return all(jax.tree.leaves(same))
+
+
+@pytest.mark.timeout(900)
+def test_with_staleness_the_sampler_takes_the_warm_start_and_the_restored_policy(tmp_path):
+    import asyncio
+
+    from rao_jax.train import Trainer
+
+    overrides = {"workdir": str(tmp_path / "run"), "rl.staleness": 1, "engine.weights_dtype": "bfloat16",
+                 "sft.steps": 2, "sft.num_tasks": 2, "sft.rows": 2, "sft.learning_rate": 3e-3, "train.steps": 1,
+                 "train.eval_every": 1, "eval.num_tasks": 1}
+    import jax
+
+    trainer = Trainer(from_config_dict(_config(**overrides)), progress=False)
+    initial = jax.tree.map(np.array, trainer.runtime.sampler.weights(0))   # a copy: the replica's swaps show through
+    seen = []
+    evaluate = trainer._evaluate
+
+    async def checked_evaluate():
+        seen.append((trainer.sft_done, trainer.rl_done, _sampler_matches_learner(trainer)))
+        return await evaluate()
+
+    trainer._evaluate = checked_evaluate
+    asyncio.run(trainer.run())
+    assert seen[0] == (2, 0, True)   # the evaluation right after the warm start samples the warm-started policy
+    assert seen[-1] == (2, 1, True)
+
+    resumed = Trainer(from_config_dict(_config(**{**overrides, "train.steps": 2})), progress=False)
+    assert resumed.rl_done == 1 and _sampler_matches_learner(resumed)
+    changed = jax.tree.map(lambda a, b: not np.array_equal(np.asarray(a), np.asarray(b)), initial,
+                           resumed.runtime.sampler.weights(0))
+    assert any(jax.tree.leaves(changed))   # the restored policy, not the freshly built one
+    resumed.close()
 
 
 @pytest.mark.slow
