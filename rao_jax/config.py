@@ -255,6 +255,8 @@ class TrainSection:
         checkpoint_every / keep_checkpoints: checkpoint cadence and retention.
         eval_every: evaluate every N steps (0: only at the end).
         export_hf: write the final policy as a Hugging Face folder ``<workdir>/hf``.
+        save_trees: keep every RL step's trees with their tokens, as traces under
+            ``<workdir>/trees/step_<N>/process_<i>/`` (each process its own).
     """
 
     steps: int = 20
@@ -265,6 +267,7 @@ class TrainSection:
     keep_checkpoints: int = 3
     eval_every: int = 0
     export_hf: bool = True
+    save_trees: bool = False
 
     def __post_init__(self):
         _need(self.steps >= 0, "train.steps must be >= 0")

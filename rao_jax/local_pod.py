@@ -7,7 +7,8 @@ runs ``python -m rao_jax.train`` (``--module rao_jax.evaluate`` for the evaluato
 process with ``N`` fake CPU devices (``--xla_force_host_platform_device_count``), joined through
 ``jax.distributed`` on a free localhost port with gloo collectives: exactly the multi-controller
 code path of a TPU pod, where every host runs the same command. Everything after ``--`` goes to
-every process. Process 0's output is shown; the others' go to ``--log-dir`` (``process_<i>.log``).
+every process. Process 0's output is shown; the others' go to ``--log-dir`` (``process_<i>.log``,
+and ``pids.json``: the process ids, in process order).
 
 If a process fails the others are stopped (they would wait in a collective until gloo's timeout),
 and the pod exits with that process's code. SIGTERM / SIGINT are passed on to every process (a
@@ -17,6 +18,7 @@ preemption notice: the trainer checkpoints and exits with 75, which the pod retu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -65,6 +67,7 @@ def run(processes: int, devices_per_process: int, args: list[str], *, module: st
             out = (logs / f"process_{i}.log").open("w")
             files.append(out)
         procs.append(subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT if out else None))
+    (logs / "pids.json").write_text(json.dumps([p.pid for p in procs]))
 
     def forward(signum, frame):
         for p in procs:

@@ -390,6 +390,13 @@ class Trainer:
         cfg = self.config
         groups = await pending.trees
         rollout_seconds = time.time() - pending.started
+        if cfg.train.save_trees:
+            from rao_jax.agent.trace import write_trace
+
+            step_dir = self.workdir / "trees" / f"step_{self.sft_done + pending.rl_step}"
+            folder = step_dir / f"process_{jax.process_index()}"
+            for tree in (t for g in groups for t in g):
+                write_trace(tree, folder, include_tokens=True)
         multiple = self._micro_rows // jax.process_count()   # each process holds its share of every micro-batch
         step = build_batch(groups, self.adv, row_len=cfg.train.row_len, row_multiple=multiple)
         # How many updates behind the learner (as it is now, before this step's update) the weights

@@ -40,9 +40,13 @@ class Restored:
 
 
 def abstract_like(tree: Any) -> Any:
-    """Shape/dtype (and sharding, when present) skeleton of a pytree, as a restore target."""
+    """Shape/dtype/sharding skeleton of a pytree, as a restore target. Leaves without a sharding
+    (``nnx.eval_shape`` skeletons) restore onto this process's first device, whatever layout the
+    checkpoint was saved from (a pod's checkpoint reads back on a laptop)."""
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
     def leaf(x):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or default)
     return jax.tree.map(leaf, tree)
 
 
