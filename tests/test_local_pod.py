@@ -135,3 +135,14 @@ def test_greedy_pod_and_one_process_with_eight_devices_agree(tmp_path):
     moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
                          nnx.state(before, nnx.Param), nnx.state(single_model, nnx.Param))
     assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+@pytest.mark.timeout(300)
+def test_a_tensor_group_across_two_hosts_is_refused_and_the_pod_stops(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "rao_jax.local_pod", "--processes=2", "--devices-per-process=1",
+                          f"--log-dir={tmp_path / 'logs'}", "--", f"--config={TINY}",
+                          f"--config.workdir={tmp_path / 'run'}", "--config.mesh.tensor=2", "--noprogress"],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "mesh.tensor (2) must divide the devices of each process ([1, 1])" in out.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -277,3 +277,17 @@ def test_every_shipped_config_file_loads_and_validates(name):
     spec.loader.exec_module(module)
     config = from_config_dict(module.get_config())
     assert config.train.steps >= 1 and config.rollout.group_size >= 1
+
+
+def test_step_statistics_merge_over_processes():
+    from rao_jax.train import merge_stats
+
+    parts = [{"trees": 2.0, "nodes": 6.0, "success": 1.0, "node_success": 0.5, "policy_lag": 0.0,
+              "policy_lag_mean": 0.0, "response_tokens": 10.0},
+             {"trees": 6.0, "nodes": 2.0, "success": 0.0, "node_success": 1.0, "policy_lag": 1.0,
+              "policy_lag_mean": 1.0, "response_tokens": 5.0}]
+    merged = merge_stats(parts)
+    assert merged["trees"] == 8 and merged["nodes"] == 8 and merged["response_tokens"] == 15
+    assert merged["success"] == pytest.approx(0.25)          # over trees
+    assert merged["node_success"] == pytest.approx(0.625)    # over nodes
+    assert merged["policy_lag"] == 1 and merged["policy_lag_mean"] == pytest.approx(0.25)
