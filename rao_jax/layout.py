@@ -154,7 +154,9 @@ def sampler_init(model_cfg: ModelConfig, layout: Layout, *, weights_dtype, compu
         return SamplerInit(graphdef, shardings, None)
 
     def cast(learner_params):
-        return jax.tree.map(lambda x: x.astype(weights_dtype), learner_params)
+        # Cast where the learner's shards lie, then reshard: the all-gathers move the narrow dtype.
+        return jax.tree.map(lambda s, p: jax.lax.with_sharding_constraint(p[...].astype(weights_dtype), s),
+                            learner_param_shardings, learner_params)
 
     return SamplerInit(graphdef, shardings,
                        jax.jit(cast, in_shardings=(learner_param_shardings,), out_shardings=shardings))
