@@ -170,3 +170,21 @@ def test_decode_attention_over_the_gathered_context_equals_the_reference():
     k_out, v_out = write_decode_context(k_rows, v_rows, k_new, v_new, jnp.full(rows, W * S, jnp.int32))
     np.testing.assert_array_equal(np.asarray(k_out), np.asarray(k_rows))
     np.testing.assert_array_equal(np.asarray(v_out), np.asarray(v_rows))
+
+
+def test_the_kernel_call_splits_heads_over_a_replica_tensor_axis():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("sharded_kernel_check.py"))],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["diff"] <= 1e-5 and r["crossed_diff"] > 1e-2, r
+    assert r["out_spec"] == "P(None, 'tensor', None)" and r["devices"] == 2
