@@ -31,7 +31,7 @@ the sampler. "Runnable" is read from ``ModelPolicy.in_flight`` at each decode ca
 ``engine.stats`` logs it when the engine counts the call), so it can count a request that arrived
 during the call: the restricted figures are close approximations, the overall fill is exact.
 
-    /work/venv/bin/python benchmarks/rollout_batch_fill.py [--structure fanout] [--trees 8] [--leaves 64]
+    python benchmarks/rollout_batch_fill.py [--structure fanout] [--trees 8] [--leaves 64]
         [--max-rows 64] [--steps 2] [--max-new-tokens 16,24,32,48]
 
 Uses the test helpers ``tests/agent/local_tokenizer.py`` (a byte-level BPE trained in-process) and

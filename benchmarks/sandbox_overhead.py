@@ -12,7 +12,7 @@ async launches (each answered by the host at once). Also a concurrent run: many 
 the pool, to show the cost when cells of many trees overlap. Prints per-cell latency (median, p90),
 throughput and the sandbox / peer ratios.
 
-    /work/venv/bin/python benchmarks/sandbox_overhead.py [--cells 300] [--workers 2] [--nodes 32]
+    python benchmarks/sandbox_overhead.py [--cells 300] [--workers 2] [--nodes 32]
 """
 
 from __future__ import annotations
