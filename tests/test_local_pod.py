@@ -146,3 +146,26 @@ def test_a_tensor_group_across_two_hosts_is_refused_and_the_pod_stops(tmp_path):
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "mesh.tensor (2) must divide the devices of each process ([1, 1])" in out.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_to_the_pod_checkpoints_one_step_on_every_process_and_exits_75(tmp_path):
+    """A preemption notice reaching the pod: every process stops after the same step (JAX's
+    preemption sync point), the checkpoint of that step is saved, and the pod exits with 75."""
+    workdir, logs = tmp_path / "run", tmp_path / "logs"
+    args = ["--config.train.steps=6", "--config.train.checkpoint_every=5"]
+    pod = subprocess.Popen(_pod_cmd(workdir, logs, *args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while not (workdir / "metrics.jsonl").exists() or not _records(workdir):
+        assert pod.poll() is None, f"the pod ended early:\n{pod.stdout.read()}"
+        assert time.time() < deadline, "no RL step within 10 minutes"
+        time.sleep(0.2)
+    pod.send_signal(signal.SIGTERM)
+    output, _ = pod.communicate(timeout=600)
+    assert pod.returncode == 75, output[-3000:]
+    reached = max(r["step"] for r in _records(workdir))
+    assert reached < 5
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [reached]
+    assert f"preempted: saved a checkpoint of step {reached}" in (logs / "process_1.log").read_text()
