@@ -64,7 +64,7 @@ from rao_jax.evaluate import evaluate
 from rao_jax.models.config import ConfigError
 from rao_jax.models.qwen3 import Qwen3
 from rao_jax.parallel import multihost
-from rao_jax.parallel.mesh import batch_shards
+from rao_jax.parallel.mesh import batch_shards, process_batch_rows
 from rao_jax.parallel.sharding import global_batch
 from rao_jax.paths import LineLog, as_path, copy_tree, is_remote, tensorboard_writer
 from rao_jax.rl.batch import AdvantageConfig, build_batch, pack_padded
@@ -311,8 +311,6 @@ class Trainer:
 
     def _process_block(self, packed: PackedBatch) -> PackedBatch:
         """This process's rows of a batch every process holds whole (the warm start's)."""
-        from rao_jax.parallel.mesh import process_batch_rows
-
         start, stop = process_batch_rows(self.runtime.mesh, len(packed.tokens))
         return PackedBatch(**{f.name: getattr(packed, f.name)[start:stop] for f in dataclasses.fields(packed)})
 
