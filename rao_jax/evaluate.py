@@ -93,6 +93,7 @@ def _restore_policy(runtime, checkpoint: str, step: int | None) -> int:
     nnx.replace_by_pure_dict(state, restored.params)
     nnx.update(runtime.model, state)
     runtime.learner_updated()
+    runtime.sync_sampler()   # the replicas sample the restored policy
     return restored.step
 
 
@@ -105,7 +106,6 @@ def run(config: TrainConfig, checkpoint: str | None, *, step: int | None = None,
     ev = config.eval
     tasks = runtime.tasks.tasks(ev.split, num_tasks or ev.num_tasks, ev.difficulties)
 
-    runtime.sync_sampler()
 
     async def main():
         async with runtime.sandboxes():
