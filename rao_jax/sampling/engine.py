@@ -269,7 +269,16 @@ class SamplingEngine:
             self._waiting.append(request)
         self._ensure_loop()
         self._wake.set()
-        return await request.future
+        try:
+            return await request.future
+        except asyncio.CancelledError:   # the caller gave up: the request stops and frees its row and pages
+            loop.run_in_executor(self._executor, self._abort, request.seq)
+            raise
+
+    async def abort(self, seq_id: Hashable) -> bool:
+        """Stops the request on ``seq_id`` (queued or running) and frees its row and its KV pages; the
+        request's ``submit`` raises ``asyncio.CancelledError``. Returns whether there was one."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._abort, seq_id)
 
     async def fork(self, src: Hashable, dst: Hashable) -> None:
         """Makes ``dst`` a cached copy of ``src`` that shares its full KV pages."""
@@ -283,6 +292,9 @@ class SamplingEngine:
                  *, top_k: int = 0, top_p: float = 1.0, stop: Sequence[Sequence[int]] = ()) -> list[Completion]:
         """Synchronous batch generation for scripts (runs its own event loop)."""
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, tuple(tuple(s) for s in stop))
+
+        for prompt in prompts:   # refuse a bad batch before anything of it is queued
+            self._validate([int(t) for t in prompt], params)
 
         async def run():
             return await asyncio.gather(*(self.submit(p, params) for p in prompts))
@@ -402,12 +414,15 @@ class SamplingEngine:
                     break
                 request = self._waiting[0]
             full = request.prompt + request.generated
+            # The prefill budget is checked before any page is reserved: a request that waits for the
+            # next call holds no pages (nothing could preempt them while it waits).
+            new = self._aligned(len(full) - self._reusable(request.seq, full))
+            if admitted and new > budget:
+                break
             start = self._prepare(request.seq, full)
             if start is None:
                 break  # no pages yet: running requests will free some
             new = self._aligned(len(full) - start)
-            if admitted and new > budget:
-                break  # next call; the pages stay reserved
             budget -= new
             if request.reused < 0:
                 request.reused = start
@@ -419,6 +434,11 @@ class SamplingEngine:
             self._idle.pop(request.seq, None)
             admitted.append((row, request, start))
         return admitted
+
+    def _reusable(self, seq: Hashable, tokens: list[int]) -> int:
+        """How many of ``tokens`` ``seq``'s cache already holds (at least the last is recomputed)."""
+        cached = self._cached.get(seq) if seq in self._alloc else None
+        return 0 if cached is None else min(_common_prefix(cached, tokens), len(tokens) - 1)
 
     def _prepare(self, seq: Hashable, tokens: list[int]) -> int | None:
         """Gets ``seq``'s cache ready to take ``tokens``; returns how many are already cached.
@@ -514,9 +534,10 @@ class SamplingEngine:
                 try:
                     self._alloc.reserve(request.seq, request.reach(steps))
                     break
-                except PoolExhausted:
+                except PoolExhausted as err:
                     if not (self._preempt_idle(exclude=request.seq) or self._preempt_running(keep_row=row)):
-                        raise
+                        self._fail(row, err)   # this request alone: the others go on
+                        break
         active_rows = [r for r in range(cfg.max_rows) if self._rows[r] is not None]
         if not active_rows:
             return
@@ -643,6 +664,34 @@ class SamplingEngine:
                                 policy_version=self.version if request.version is None else request.version)
         request.loop.call_soon_threadsafe(_set_result, request.future, completion)
 
+    def _fail(self, row: int, error: Exception) -> None:
+        """Ends the request in ``row`` with ``error``, freeing its row and pages."""
+        with self._lock:
+            request, self._rows[row] = self._rows[row], None
+            self._busy.discard(request.seq)
+        self._idle.pop(request.seq, None)
+        self._drop(request.seq)
+        request.loop.call_soon_threadsafe(_set_exception, request.future, error)
+
+    def _abort(self, seq: Hashable) -> bool:
+        """Drops the request on ``seq`` wherever it is, with its row and pages (executor thread)."""
+        with self._lock:
+            request = next((r for r in self._waiting if r.seq == seq), None)
+            if request is not None:
+                self._waiting.remove(request)
+            else:
+                row = next((i for i, r in enumerate(self._rows) if r is not None and r.seq == seq), None)
+                if row is None:
+                    return False
+                request, self._rows[row] = self._rows[row], None
+            self._busy.discard(seq)
+        self._idle.pop(seq, None)
+        if seq in self._alloc:
+            self._drop(seq)
+        request.loop.call_soon_threadsafe(_cancel, request.future)
+        self.stats["aborted"] += 1
+        return True
+
     def _preempt_idle(self, exclude: Hashable) -> bool:
         for seq in self._idle:
             if seq != exclude:
@@ -724,6 +773,11 @@ class SamplingEngine:
 def _set_result(future: asyncio.Future, value) -> None:
     if not future.done():
         future.set_result(value)
+
+
+def _cancel(future: asyncio.Future) -> None:
+    if not future.done():
+        future.cancel()
 
 
 def _set_exception(future: asyncio.Future, error: Exception) -> None:

@@ -379,3 +379,66 @@ def test_prefill_buckets_per_octave():
     assert sizes[4] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
     assert all(_bucket(n, k) >= n for k in (1, 2, 4) for n in range(1, 5000))
     assert _bucket(8700, 2) == 12288 and _bucket(8700, 4) == 10240
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from flax import nnx
+
+    from rao_jax.models import Qwen3, tiny_config
+
+    return Qwen3(tiny_config("qwen3"), rngs=nnx.Rngs(0))
+
+
+def test_a_request_waiting_for_the_next_prefill_holds_no_pages(tiny_model):
+    """The prefill token budget is checked before pages are reserved: a request left for the next
+    call must not sit on pages nothing can preempt (this pool fails every request otherwise)."""
+    engine = SamplingEngine(tiny_model, EngineConfig(max_rows=2, page_size=12, num_pages=22, max_seq_len=252,
+                                                     max_prefill_tokens=252))
+    out = engine.generate([[1] * 200, [2] * 45], max_new_tokens=8, temperature=0.0)
+    assert [len(o.tokens) for o in out] == [8, 8]
+    engine._alloc.check()
+    assert engine._alloc.free_pages == 21
+
+
+def test_a_rejected_batch_leaves_nothing_queued(tiny_model):
+    engine = SamplingEngine(tiny_model, EngineConfig(max_rows=2, num_pages=80, max_seq_len=256,
+                                                     max_prefill_tokens=256))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.generate([[1] * 10, [10 ** 6]], max_new_tokens=4)
+    assert not engine._waiting and not engine._busy
+    assert [len(o.tokens) for o in engine.generate([[3] * 10], max_new_tokens=4)] == [4]
+
+
+def test_abort_and_cancellation_free_the_row_and_the_pages(tiny_model):
+    engine = SamplingEngine(tiny_model, EngineConfig(max_rows=1, num_pages=80, max_seq_len=256,
+                                                     max_prefill_tokens=256, decode_steps=2))
+    free = engine._alloc.free_pages
+
+    async def main():
+        long = SamplingParams(max_new_tokens=200, temperature=0.0)
+        running = asyncio.create_task(engine.submit([1] * 20, long, seq_id="a"))
+        queued = asyncio.create_task(engine.submit([2] * 20, long, seq_id="b"))   # one row: it waits
+        while engine.stats["decode_chunks"] < 2:
+            await asyncio.sleep(0.01)
+        assert await engine.abort("b") and await engine.abort("a")
+        for task in (running, queued):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert not await engine.abort("a")   # nothing left to abort
+        # Cancelling the awaiting task aborts too; the engine then serves the next request.
+        chunks = engine.stats["decode_chunks"]
+        cancelled = asyncio.create_task(engine.submit([3] * 20, long, seq_id="c"))
+        while engine.stats["decode_chunks"] < chunks + 2:
+            await asyncio.sleep(0.01)
+        assert engine._rows[0].seq == "c"
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        done = await engine.submit([4] * 20, SamplingParams(max_new_tokens=3, temperature=0.0))
+        assert len(done.tokens) == 3
+
+    asyncio.run(main())
+    engine._alloc.check()
+    assert engine._alloc.free_pages == free and "c" not in engine._alloc and engine.stats["aborted"] == 3
+    assert engine._rows == [None] and not engine._waiting and not engine._busy
