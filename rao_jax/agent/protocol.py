@@ -152,6 +152,7 @@ class NodeTranscript:
         return {p.text for p in pieces if p.special} | {t.end_of_turn}
 
     def _encode_text(self, text: str) -> list[int]:
+        text = clean_text(text)   # a cell's output, a parent's context: any str a tokenizer may choke on
         ids = self.tokenizer.encode(text)
         if not self._special_ids.isdisjoint(ids):
             # Text (an observation, a goal) spelled a special token: break the spelling with a zero-width
@@ -327,6 +328,16 @@ def parse_action(text: str) -> ParsedAction:
     return ParsedAction(thought, code, None, note)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` as every tokenizer can take it: lone surrogates (``chr(0xD800)``, which UTF-8 cannot
+    encode) become U+FFFD, control characters other than tab, newline and carriage return go."""
+    return _CONTROL.sub("", _LONE_SURROGATE.sub("\ufffd", text))
+
+
 def truncate_middle(text: str, max_chars: int) -> str:
     """``text`` cut to about ``max_chars``, keeping its head and tail around a note of what was cut."""
     if len(text) <= max_chars:
@@ -348,4 +359,4 @@ def format_observation(output: str, value: str | None, error: str | None, notes:
     if error:
         parts.append(error.rstrip("\n"))
     body = truncate_middle("\n".join(parts), max_chars) if parts else "(the cell ran and printed nothing)"
-    return "\n".join([body, *notes])
+    return clean_text("\n".join([body, *notes]))

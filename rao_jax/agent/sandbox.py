@@ -1,22 +1,28 @@
-"""Host side of the sandboxed REPL: a pool of worker processes that run model-written cells.
+"""Host side of the sandboxed REPL: one worker process per delegation tree runs its model-written cells.
 
-Model-written code never runs in the trainer process. ``SandboxPool`` starts ``size`` processes of
-``sandbox_worker.py`` (standard library only; confinement is set up there before any cell runs, see
-``sandbox_confine``: empty network namespace, private size-capped tmpfs scratch, chroot, unprivileged
-user or capability-less user namespace, rlimits). A ``SandboxSession`` is pinned to one worker and
-holds one delegation tree's node namespaces there; trees are spread over the workers, so a worker
-that dies (a cell's C code ignored its CPU limit, a crash) costs only the trees on that worker their
-variables, never the trainer or the other workers' trees.
+Model-written code never runs in the trainer process, and no two trees share a process. A
+``SandboxPool`` starts ``size`` template processes of ``sandbox_worker.py`` (standard library only),
+which import the cells' modules once; every ``SandboxSession`` (one tree) gets a worker forked from a
+template the first time it runs a cell (``sandbox_confine``: new network, mount and PID namespaces,
+a private size-capped tmpfs scratch dir, chroot, a uid of its own or a capability-less user
+namespace, rlimits). What one tree's cells change (module objects, files, umask, memory, file
+descriptors, signal handlers) stays in its own process; it cannot see, signal or read another
+tree's worker or the trainer.
 
 A cell talks back only through tool proxies. Sync tools (environment actions, ``finish``) run in the
 host's event loop while the cell blocks; async tools (``launch_subagent``) are awaited in the cell, so
 ``await asyncio.gather(launch_subagent(...), ...)`` issues several host calls that run concurrently
-here. Arguments and results cross as JSON: the host never unpickles anything a cell produced.
+here. Arguments and results cross as JSON: the host never unpickles anything a cell produced, checks
+every frame against its schema (anything else is a fault of that worker: it is killed), and decides
+itself whether a cell finished its node (a successful call of a node-ending tool it served).
 
-Limits per cell: CPU time and running wall time (time suspended on a tool or subagent is free),
-printed output, the size of tool-call arguments; per worker: address space, file sizes, no new
-processes or threads. Every failure of a cell (exception, syntax error, violation, limit, worker
-death) comes back as ``CellResult.error`` text, never as an exception in the host.
+Limits per cell: CPU time and running wall time (time suspended on a tool or subagent is free), in
+the worker and, for a worker that stops answering, a host-side watchdog that kills it at the wall
+limit plus ``WATCHDOG_MARGIN_SECONDS``; printed output; the size of tool-call arguments. Per worker:
+address space, file sizes, open files, scratch bytes, no new processes or threads. Every failure of a
+cell (exception, syntax error, violation, limit, worker death or fault) comes back as
+``CellResult.error`` text, never as an exception in the host; a killed worker is replaced at the
+tree's next cell (its variables are gone, and the cell is told so).
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -35,12 +43,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rao_jax.agent.protocol import clean_text
 from rao_jax.envs.base import ActionError
 
 log = logging.getLogger(__name__)
 
 WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
 MAX_FRAME = 16 << 20
+UID_BASE = 200_000                 # a root-run pool gives tree slot k the uid UID_BASE + k
+WATCHDOG_MARGIN_SECONDS = 5.0      # past the wall limit (the worker's own stop takes up to ~2.5 s)
+WATCH_SECONDS = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +67,10 @@ class SandboxLimits:
     file_bytes: int = 16 << 20            # largest file a cell may write in the scratch dir
     scratch_bytes: int = 64 << 20         # all files of a worker (a private tmpfs where the kernel allows)
     worker_cpu_seconds: int = 3_600       # lifetime CPU of a worker; then it is replaced
-    isolate: bool = True                  # kernel isolation (network namespace, chroot, user nobody)
+    isolate: bool = True                  # kernel isolation (namespaces, chroot, own uid)
     user_namespace: bool | None = None    # isolate inside a user namespace; None: only when not root
     python_guards: bool = True            # AST / builtins / import whitelist; off only to test the kernel layer
-    require_isolation: bool = False       # fail at start unless network and file isolation are in the kernel
+    require_isolation: bool = False       # fail at start unless network, files and pids are kernel-isolated
     start_timeout_seconds: float = 60.0
 
     def __post_init__(self):
@@ -66,6 +78,13 @@ class SandboxLimits:
             raise ValueError("SandboxLimits: cpu_seconds and wall_seconds must be positive")
         if self.memory_bytes < 128 << 20:
             raise ValueError(f"SandboxLimits.memory_bytes={self.memory_bytes} is below the 128 MiB a worker needs")
+
+    def worker_config(self) -> dict:
+        return {"cpu_seconds": self.cpu_seconds, "wall_seconds": self.wall_seconds, "memory_bytes": self.memory_bytes,
+                "output_chars": self.output_chars, "max_output_chars": self.max_output_chars,
+                "file_bytes": self.file_bytes, "worker_cpu_seconds": self.worker_cpu_seconds, "isolate": self.isolate,
+                "scratch_bytes": self.scratch_bytes, "user_namespace": self.user_namespace,
+                "python_guards": self.python_guards}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +100,51 @@ class CellResult:
 
 
 class SandboxError(RuntimeError):
-    """The sandbox cannot serve at all (a worker does not start); raised to the caller."""
+    """The sandbox cannot serve at all (no worker starts, isolation required but missing)."""
+
+
+KERNEL_LAYERS = ("network", "files", "pids")
+
+
+def missing_layers(isolation: Mapping[str, str]) -> list[str]:
+    """The kernel isolation layers a worker did not get (see ``sandbox_confine``)."""
+    missing = [layer for layer in ("network", "files") if "python" in isolation.get(layer, "python")]
+    if isolation.get("pids") != "own PID namespace":
+        missing.append("pids")
+    return missing
+
+
+# Frames a worker may send, with their exact fields and types; anything else is a fault of the worker.
+FRAMES: dict[str, dict[str, tuple[type, ...]]] = {
+    "call": {"op": (str,), "cell": (int,), "call": (int,), "name": (str,), "args": (list,), "kwargs": (dict,)},
+    "done": {"op": (str,), "cell": (int,), "output": (str,), "value": (str, type(None)), "error": (str, type(None)),
+             "finished": (bool,)},
+}
+START_FRAMES: dict[str, dict[str, tuple[type, ...]]] = {
+    "pid": {"op": (str,), "pid": (int,)},
+    "ready": {"op": (str,), "isolation": (dict,)},
+    "fatal": {"op": (str,), "error": (str,)},
+}
+
+
+class WorkerFault(ValueError):
+    """A worker sent something the protocol does not allow."""
+
+
+def check_frame(frame: Any, schemas: Mapping[str, Mapping[str, tuple[type, ...]]]) -> dict:
+    """``frame`` if it matches one of ``schemas`` exactly (no missing, extra or mistyped field)."""
+    if not isinstance(frame, dict) or frame.get("op") not in schemas:
+        raise WorkerFault(f"unexpected frame {str(frame)[:80]!r}")
+    schema = schemas[frame["op"]]
+    if set(frame) != set(schema):
+        raise WorkerFault(f"{frame['op']} frame with fields {sorted(frame)}, expected {sorted(schema)}")
+    for key, kinds in schema.items():
+        value = frame[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise WorkerFault(f"{frame['op']} frame field {key!r} is a {type(value).__name__}")
+    if frame["op"] == "call" and not all(isinstance(k, str) for k in frame["kwargs"]):
+        raise WorkerFault("call frame with a non-string keyword")
+    return frame
 
 
 @dataclasses.dataclass
@@ -89,18 +152,11 @@ class _CellRun:
     cell_id: int
     sync_tools: Mapping[str, Callable[..., Any]]
     async_tools: Mapping[str, Callable[..., Awaitable[Any]]]
+    ends_cell: frozenset[str]
     done: asyncio.Future
     calls: set[asyncio.Task] = dataclasses.field(default_factory=set)
-
-
-def _describe_exit(rc: int | None) -> str:
-    if rc is None:
-        return "no exit status"
-    if rc < 0:
-        sig = signal.Signals(-rc)
-        why = {signal.SIGXCPU: " (CPU time limit)", signal.SIGKILL: " (killed)", signal.SIGSEGV: " (crash)"}
-        return f"killed by {sig.name}{why.get(sig, '')}"
-    return f"exit status {rc}"
+    finished: bool = False      # a node-ending tool succeeded (decided here, not by the worker)
+    active: float = 0.0         # seconds running in the worker, not waiting on the host (the watchdog's)
 
 
 def _bind_error(fn: Callable, name: str, args: Sequence, kwargs: Mapping) -> str | None:
@@ -113,117 +169,159 @@ def _bind_error(fn: Callable, name: str, args: Sequence, kwargs: Mapping) -> str
     return None
 
 
-class _Worker:
-    """One worker process, restarted with a fresh generation when it dies."""
+class _Template:
+    """A process that imports the cells' modules once and forks a worker per request."""
 
-    def __init__(self, index: int, limits: SandboxLimits, scratch: Path):
-        self.index = index
+    def __init__(self, limits: SandboxLimits):
         self.limits = limits
-        self.scratch = scratch
-        self.generation = 0
-        self.sessions = 0
-        self.isolation: dict[str, str] = {}
-        self.cells: dict[int, _CellRun] = {}
         self.proc: asyncio.subprocess.Process | None = None
-        self.ready = asyncio.Event()
-        self._reader: asyncio.Task | None = None
-        self._restart: asyncio.Task | None = None
-        self._closing = False
-
-    def config(self) -> str:
-        lim = self.limits
-        return json.dumps({
-            "scratch": str(self.scratch), "cpu_seconds": lim.cpu_seconds, "wall_seconds": lim.wall_seconds,
-            "memory_bytes": lim.memory_bytes, "output_chars": lim.output_chars,
-            "max_output_chars": lim.max_output_chars, "file_bytes": lim.file_bytes,
-            "worker_cpu_seconds": lim.worker_cpu_seconds, "isolate": lim.isolate, "scratch_bytes": lim.scratch_bytes,
-            "user_namespace": lim.user_namespace,
-            "python_guards": lim.python_guards,
-        })
+        self._control: socket.socket | None = None
 
     async def start(self) -> None:
-        self.ready.clear()
+        host, child = socket.socketpair()
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-S", str(WORKER_SCRIPT), self.config(),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, start_new_session=True, limit=MAX_FRAME)
-        try:
-            first = await asyncio.wait_for(self._read_frame(), self.limits.start_timeout_seconds)
-        except (TimeoutError, asyncio.IncompleteReadError) as e:
-            await self._kill()
-            raise SandboxError(f"sandbox worker {self.index} did not start ({type(e).__name__})") from None
-        if first.get("op") != "ready":
-            await self._kill()
-            raise SandboxError(f"sandbox worker {self.index} failed to start: {first.get('error', first)}")
-        self.isolation = dict(first["isolation"])
-        if self.limits.require_isolation and ("python" in self.isolation["network"]
-                                              or "python" in self.isolation["files"]):
-            await self._kill()
-            raise SandboxError(f"kernel isolation required but unavailable: {self.isolation}")
-        self.generation += 1
-        self._reader = asyncio.create_task(self._read_loop(self.proc, self.generation))
-        self.ready.set()
+            sys.executable, "-I", "-S", str(WORKER_SCRIPT), json.dumps(self.limits.worker_config()),
+            str(child.fileno()), pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, start_new_session=True)
+        child.close()
+        self._control = host
 
-    async def _read_frame(self) -> dict:
-        header = await self.proc.stdout.readexactly(4)
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def spawn(self, scratch: Path, uid: int) -> socket.socket:
+        """Asks for a worker on ``scratch`` as ``uid``; returns the host's end of its socket."""
+        host, child = socket.socketpair()
+        try:
+            request = json.dumps({"op": "spawn", "scratch": str(scratch), "uid": uid}).encode()
+            socket.send_fds(self._control, [request], [child.fileno()])
+        except OSError:
+            host.close()
+            raise
+        finally:
+            child.close()
+        return host
+
+    async def close(self) -> None:
+        if self._control is not None:
+            self._control.close()   # the template exits at end of file
+        if self.alive:
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+class _Worker:
+    """One tree's worker process (see the module docstring); dead for good once it dies."""
+
+    def __init__(self, pool: SandboxPool, slot: int, uid: int, scratch: Path):
+        self.pool, self.slot, self.uid, self.scratch = pool, slot, uid, scratch
+        self.pid: int | None = None
+        self.isolation: dict[str, str] = {}
+        self.cells: dict[int, _CellRun] = {}
+        self.death: str | None = None
+        self._pidfd: int | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._read_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        limits = self.pool.limits
+        try:
+            sock = self.pool.template().spawn(self.scratch, self.uid)
+        except OSError as e:
+            raise SandboxError(f"the sandbox template cannot fork a worker: {e}") from None
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_FRAME)
+        try:
+            first = check_frame(await asyncio.wait_for(self._read_frame(), limits.start_timeout_seconds),
+                                START_FRAMES)
+            if first["op"] == "pid":
+                self.pid = first["pid"]
+                try:
+                    self._pidfd = os.pidfd_open(self.pid)
+                except OSError:
+                    self._pidfd = None
+                first = check_frame(await asyncio.wait_for(self._read_frame(), limits.start_timeout_seconds),
+                                    START_FRAMES)
+        except (TimeoutError, asyncio.IncompleteReadError, WorkerFault, json.JSONDecodeError) as e:
+            await self.kill(f"did not start ({type(e).__name__}: {e})")
+            raise SandboxError(f"a sandbox worker did not start ({type(e).__name__}: {e})") from None
+        if first["op"] != "ready":
+            await self.kill("failed to start")
+            raise SandboxError(f"a sandbox worker failed to start: {first.get('error', first)}")
+        self.isolation = {str(k): str(v) for k, v in first["isolation"].items()}
+        self._read_task = asyncio.create_task(self._read_loop())
+
+    async def _read_frame(self) -> Any:
+        header = await self._reader.readexactly(4)
         n = int.from_bytes(header, "big")
         if n > MAX_FRAME:
-            raise ValueError(f"sandbox frame of {n} bytes exceeds {MAX_FRAME}")
-        return json.loads(await self.proc.stdout.readexactly(n))
+            raise WorkerFault(f"frame of {n} bytes exceeds {MAX_FRAME}")
+        return json.loads(await self._reader.readexactly(n))
 
     def write(self, frame: dict) -> bool:
         """Queue a frame for the worker (whole frames: StreamWriter.write is synchronous)."""
-        if self.proc is None or self.proc.stdin.is_closing():
+        if self.death is not None or self._writer is None or self._writer.is_closing():
             return False
         data = json.dumps(frame).encode()
-        self.proc.stdin.write(len(data).to_bytes(4, "big") + data)
+        self._writer.write(len(data).to_bytes(4, "big") + data)
         return True
 
     async def send(self, frame: dict) -> None:
-        """Write a frame and wait until the pipe has room again."""
+        """Write a frame and wait until the socket has room again."""
         try:
             if self.write(frame):
-                await self.proc.stdin.drain()
+                await self._writer.drain()
         except (BrokenPipeError, ConnectionResetError):
             pass   # the reader sees the death and reports it
 
-    async def _read_loop(self, proc: asyncio.subprocess.Process, generation: int) -> None:
-        problem = None
+    async def _read_loop(self) -> None:
+        reason = "it exited"
         try:
             while True:
-                frame = await self._read_frame()
-                op = frame.get("op")
-                if op == "call":
+                frame = check_frame(await self._read_frame(), FRAMES)
+                if frame["op"] == "call":
                     self._on_call(frame)
-                elif op == "done":
-                    run = self.cells.pop(frame["cell"], None)
-                    if run is not None and not run.done.done():
-                        run.done.set_result(frame)
-                else:
-                    raise ValueError(f"unexpected frame {op!r}")
-        except asyncio.IncompleteReadError:
+                    continue
+                run = self.cells.pop(frame["cell"], None)
+                if run is None:
+                    raise WorkerFault(f"a done frame for cell {frame['cell']}, which is not running")
+                if not run.done.done():
+                    run.done.set_result(frame)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
             pass
-        except (ValueError, KeyError, TypeError) as e:   # a confused or compromised worker
-            problem = f"protocol error: {e}"
-            proc.kill()
-        rc = await proc.wait()
-        if self._closing:
-            return
-        reason = problem or _describe_exit(rc)
-        log.warning("sandbox worker %d (generation %d) died: %s", self.index, generation, reason)
-        self.ready.clear()
+        except (WorkerFault, ValueError, RecursionError) as e:   # ValueError: JSON that does not parse
+            reason = f"it broke the protocol ({type(e).__name__}: {str(e)[:200]})"
+        await self.kill(reason)
+
+    async def kill(self, reason: str) -> None:
+        """Kills the process (if it still runs) and fails its running cells with ``reason``."""
+        if self.death is None:
+            self.death = reason
+            if self.pid is not None and reason != "closed":
+                log.warning("sandbox worker %d stopped: %s", self.pid, reason)
+        self._signal(signal.SIGKILL)
+        if self._writer is not None:
+            self._writer.close()
         dead, self.cells = self.cells, {}
         for run in dead.values():
+            for task in run.calls:
+                task.cancel()
             if not run.done.done():
-                run.done.set_result({"died": reason})
-        self._restart = asyncio.create_task(self._restart_worker())
+                run.done.set_result({"died": self.death})
 
-    async def _restart_worker(self) -> None:
+    def _signal(self, sig: int) -> None:
         try:
-            await self.start()
-        except SandboxError as e:
-            log.error("sandbox worker %d could not restart: %s", self.index, e)
-            self.ready.set()   # waiting cells then fail with the error below instead of hanging
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            elif self.pid is not None:
+                os.kill(self.pid, sig)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
 
     def _on_call(self, frame: dict) -> None:
         run = self.cells.get(frame["cell"])
@@ -231,7 +329,7 @@ class _Worker:
             self.write({"op": "reply", "call": frame["call"], "ok": False, "kind": "ToolError",
                         "error": "this cell has already ended"})
             return
-        name, args, kwargs = frame["name"], list(frame["args"]), dict(frame["kwargs"])
+        name, args, kwargs = frame["name"], frame["args"], frame["kwargs"]
         if name in run.async_tools:
             task = asyncio.create_task(self._async_call(run, frame["call"], name, args, kwargs))
             run.calls.add(task)
@@ -250,6 +348,8 @@ class _Worker:
             except Exception as e:   # a tool bug must not take down the tree; the agent sees it
                 log.exception("tool %s raised", name)
                 reply = {"ok": False, "kind": "ToolError", "error": f"{name} failed: {type(e).__name__}: {e}"}
+            if reply["ok"] and name in run.ends_cell:
+                run.finished = True
         self.write({"op": "reply", "call": frame["call"], **reply})   # the cell is blocked on it: no task
 
     @staticmethod
@@ -276,47 +376,71 @@ class _Worker:
             await self.send({"op": "reply", "call": call_id, **reply})
 
     async def run_cell(self, node_key: str, cell_id: int, code: str, sync_tools, async_tools,
-                       ends_cell: Sequence[str]) -> tuple[dict, int]:
-        """Run one cell; returns the worker's done frame (or {"died": reason}) and the generation."""
-        await self.ready.wait()
-        if self.proc is None or self.proc.returncode is not None:
-            return {"died": "the sandbox worker could not be restarted"}, self.generation
-        generation = self.generation
-        run = _CellRun(cell_id, sync_tools, async_tools, asyncio.get_running_loop().create_future())
+                       ends_cell: Sequence[str]) -> tuple[dict, _CellRun]:
+        """Run one cell; returns the worker's done frame (or {"died": reason}) and the run."""
+        run = _CellRun(cell_id, sync_tools, async_tools, frozenset(ends_cell),
+                       asyncio.get_running_loop().create_future())
+        if self.death is not None:
+            return {"died": self.death}, run
         self.cells[cell_id] = run
         await self.send({"op": "cell", "cell": cell_id, "node": node_key, "code": code,
                          "sync": sorted(sync_tools), "async": sorted(async_tools), "ends_cell": list(ends_cell)})
-        return await run.done, generation
+        return await run.done, run
+
+    def watch(self, elapsed: float, limit: float) -> None:
+        """The host's watchdog: charges ``elapsed`` seconds to each cell not waiting on the host and
+        kills the worker when one has run past ``limit`` (it stopped answering its own timers)."""
+        for run in self.cells.values():
+            if not run.calls:
+                run.active += elapsed
+            if run.active > limit and self.death is None:
+                asyncio.get_running_loop().create_task(self.kill(
+                    f"a cell ran for more than {limit:g} s without returning, past its own time limit"))
+                return
 
     async def drop(self, node_key: str) -> None:
         await self.send({"op": "drop", "node": node_key})
 
-    async def _kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
     async def close(self) -> None:
-        self._closing = True
-        if self._restart is not None:
-            await asyncio.gather(self._restart, return_exceptions=True)
-        if self.proc is not None and self.proc.returncode is None:
-            await self.send({"op": "exit"})
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                await self._kill()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+        await self.kill("closed")
+        if self._read_task is not None:
+            await asyncio.gather(self._read_task, return_exceptions=True)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 class SandboxSession:
-    """The namespaces of one tree's nodes on one worker."""
+    """The sandbox of one tree: its own worker process (started at the first cell, replaced when it
+    dies or is killed), holding its nodes' namespaces."""
 
-    def __init__(self, pool: SandboxPool, worker: _Worker, session_id: int):
-        self._pool, self._worker, self._id = pool, worker, session_id
-        self._generation: dict[int, int] = {}   # node -> worker generation holding its namespace
-        worker.sessions += 1
+    def __init__(self, pool: SandboxPool, session_id: int):
+        self._pool, self._id = pool, session_id
+        self._worker: _Worker | None = None
+        self._generation = 0
+        self._nodes: dict[int, int] = {}   # node -> worker generation holding its namespace
+        self._starting: asyncio.Lock | None = None
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of this tree's worker (None before its first cell or after it died)."""
+        w = self._worker
+        return w.pid if w is not None and w.death is None else None
+
+    @property
+    def scratch_dir(self) -> Path | None:
+        return None if self._worker is None else self._worker.scratch
+
+    async def _live_worker(self) -> _Worker:
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._worker is None or self._worker.death is not None:
+                if self._worker is not None:
+                    await self._pool.retire(self._worker)
+                self._worker = await self._pool.new_worker()
+                self._generation += 1
+        return self._worker
 
     async def run_cell(self, node: int, code: str, sync_tools: Mapping[str, Callable[..., Any]],
                        async_tools: Mapping[str, Callable[..., Awaitable[Any]]] = {},
@@ -324,74 +448,144 @@ class SandboxSession:
         """Run ``code`` in ``node``'s namespace with these tools; never raises for a cell's misdeeds."""
         t0 = time.perf_counter()
         notes = []
-        before = self._generation.get(node)
-        frame, generation = await self._worker.run_cell(f"{self._id}.{node}", self._pool.next_cell_id(), code,
-                                                        sync_tools, async_tools, ends_cell)
-        if before is not None and before != generation:
+        worker = await self._live_worker()
+        before = self._nodes.get(node)
+        if before is not None and before != self._generation:
             notes.append("Note: the sandbox was restarted since your last cell; variables from earlier cells are gone.")
+        frame, run = await worker.run_cell(f"{self._id}.{node}", self._pool.next_cell_id(), code, sync_tools,
+                                           async_tools, ends_cell)
         seconds = time.perf_counter() - t0
         if "died" in frame:
-            self._generation.pop(node, None)
-            return CellResult("", None, f"SandboxError: the sandbox process running this cell died ({frame['died']}). "
-                              "It was restarted; variables from your earlier cells are gone.", False,
-                              tuple(notes), seconds)
-        self._generation[node] = generation
-        return CellResult(frame["output"], frame["value"], frame["error"], bool(frame["finished"]), tuple(notes),
-                          seconds)
+            self._nodes.pop(node, None)
+            error = (f"SandboxError: the sandbox process running this cell was stopped ({frame['died']}). A new "
+                     "one takes the next cell; variables from your earlier cells are gone.")
+            return CellResult("", None, clean_text(error), run.finished, tuple(notes), seconds)
+        self._nodes[node] = self._generation
+        value = None if frame["value"] is None else clean_text(frame["value"])
+        error = None if frame["error"] is None else clean_text(frame["error"])
+        return CellResult(clean_text(frame["output"]), value, error, run.finished, tuple(notes), seconds)
 
     async def drop(self, node: int) -> None:
         """Forget ``node``'s namespace (the node has ended)."""
-        if self._generation.pop(node, None) == self._worker.generation:
+        if self._nodes.pop(node, None) == self._generation and self._worker is not None:
             await self._worker.drop(f"{self._id}.{node}")
 
     async def close(self) -> None:
-        for node in list(self._generation):
-            await self.drop(node)
-        self._worker.sessions -= 1
+        """Ends the tree's worker (killed: nothing of the tree outlives it)."""
+        self._nodes.clear()
+        if self._worker is not None:
+            await self._pool.retire(self._worker)
+            self._worker = None
 
 
 class SandboxPool:
-    """``size`` worker processes; use ``async with SandboxPool(...) as pool`` and ``pool.session()``."""
+    """Templates of tree workers; use ``async with SandboxPool(...) as pool`` and ``pool.session()``.
 
-    def __init__(self, size: int = 2, limits: SandboxLimits = SandboxLimits(), scratch_root: str | None = None):
+    Args:
+        size: template processes forking the workers (one is plenty; more only spread the forks).
+        limits: every cell's and worker's limits.
+        scratch_root: where the workers' scratch dirs are made (default: the system temp dir).
+    """
+
+    def __init__(self, size: int = 1, limits: SandboxLimits = SandboxLimits(), scratch_root: str | None = None):
         if size < 1:
             raise ValueError(f"SandboxPool size must be >= 1, got {size}")
         self.limits = limits
         self._root = Path(tempfile.mkdtemp(prefix="rao_sandbox_", dir=scratch_root))
-        self._root.chmod(0o711)   # workers that drop to another user must reach their own dir
-        self._workers = [_Worker(i, limits, self._root / f"w{i}") for i in range(size)]
+        self._root.chmod(0o711)   # workers that drop to their own uid must reach their own dir
+        self._templates = [_Template(limits) for _ in range(size)]
+        self._next_template = 0
+        self._workers: set[_Worker] = set()
+        self._free_slots: list[int] = []
+        self._slots = 0
+        self._spawned = 0
         self._cell_ids = 0
         self._session_ids = 0
+        self._watchdog: asyncio.Task | None = None
+        self.isolation: dict[str, str] = {}   # what the workers achieved (network, files, pids, user)
 
     def next_cell_id(self) -> int:
         self._cell_ids += 1
         return self._cell_ids
 
-    @property
-    def isolation(self) -> dict[str, str]:
-        """What isolation the workers achieved (network, files, user)."""
-        return dict(self._workers[0].isolation)
+    def template(self) -> _Template:
+        live = [t for t in self._templates if t.alive]
+        if not live:
+            raise OSError("every sandbox template process has died")
+        self._next_template += 1
+        return live[self._next_template % len(live)]
 
-    def scratch_dir(self, worker: int) -> Path:
-        return self._workers[worker].scratch
+    def live_worker_pids(self) -> list[int]:
+        return sorted(w.pid for w in self._workers if w.pid is not None and w.death is None)
 
-    def worker_pids(self) -> list[int | None]:
-        return [w.proc.pid if w.proc is not None else None for w in self._workers]
+    async def new_worker(self) -> _Worker:
+        """A fresh worker process with its own slot (uid) and scratch dir."""
+        if not any(t.alive for t in self._templates):
+            await asyncio.gather(*(t.start() for t in self._templates if not t.alive))
+        slot = self._free_slots.pop() if self._free_slots else self._slots
+        self._slots = max(self._slots, slot + 1)
+        root = os.geteuid() == 0
+        uid = UID_BASE + slot if root else os.getuid()
+        self._spawned += 1
+        scratch = self._root / f"w{self._spawned}"
+        scratch.mkdir(mode=0o700)
+        if root and self.limits.isolate:
+            os.chown(scratch, uid, uid)
+        worker = _Worker(self, slot, uid, scratch)
+        try:
+            await worker.start()
+        except BaseException:
+            await self.retire(worker)
+            raise
+        self._workers.add(worker)
+        return worker
+
+    async def retire(self, worker: _Worker) -> None:
+        """Kills a worker, frees its slot and removes its scratch dir."""
+        await worker.close()
+        self._workers.discard(worker)
+        if worker.slot not in self._free_slots:
+            self._free_slots.append(worker.slot)
+        shutil.rmtree(worker.scratch, ignore_errors=True)
 
     async def start(self) -> SandboxPool:
-        for w in self._workers:
-            w.scratch.mkdir()
-        await asyncio.gather(*(w.start() for w in self._workers))
+        await asyncio.gather(*(t.start() for t in self._templates))
+        probe = await self.new_worker()   # what isolation this machine gives a worker
+        self.isolation = dict(probe.isolation)
+        await self.retire(probe)
+        missing = missing_layers(self.isolation)
+        if missing and self.limits.require_isolation:
+            raise SandboxError(f"kernel isolation required but missing for {', '.join(missing)} on this machine "
+                               f"({self.isolation}); run where unprivileged user namespaces are allowed, or turn "
+                               "the requirement off (rollout.require_isolation=False) to rely on the Python "
+                               "guards alone")
+        if missing:
+            log.warning("SANDBOX NOT ISOLATED by the kernel for %s (%s): model-written code is held by the Python "
+                        "guards alone, which a determined policy can get around", ", ".join(missing), self.isolation)
+        self._watchdog = asyncio.create_task(self._watch())
         return self
 
+    async def _watch(self) -> None:
+        limit = self.limits.wall_seconds + WATCHDOG_MARGIN_SECONDS
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            now = time.monotonic()
+            for worker in list(self._workers):
+                worker.watch(now - last, limit)
+            last = now
+
     def session(self) -> SandboxSession:
-        """A session on the least-loaded worker."""
-        worker = min(self._workers, key=lambda w: w.sessions)
+        """A new tree's sandbox (its worker starts with its first cell)."""
         self._session_ids += 1
-        return SandboxSession(self, worker, self._session_ids)
+        return SandboxSession(self, self._session_ids)
 
     async def close(self) -> None:
-        await asyncio.gather(*(w.close() for w in self._workers))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+        await asyncio.gather(*(self.retire(w) for w in list(self._workers)))
+        await asyncio.gather(*(t.close() for t in self._templates))
         shutil.rmtree(self._root, ignore_errors=True)
 
     async def __aenter__(self) -> SandboxPool:

@@ -3,13 +3,17 @@
 Loaded by ``sandbox_worker.py`` from its own directory (standard library only; never imports
 rao_jax). Two layers:
 
-- kernel (the boundary): new network and mount namespaces, a private size-capped tmpfs as the scratch
-  dir, ``chroot`` into it, then either user ``nobody`` (started as root) or, in a user namespace,
-  root mapped to an unprivileged uid with every capability dropped; rlimits on address space, CPU,
-  processes / threads (none), file size and open files;
+- kernel (the boundary), per tree: its own process forked from a template, in new network, mount
+  and PID namespaces (the worker is PID 1 of its own: it cannot see or signal another process), a
+  private size-capped tmpfs as the scratch dir, ``chroot`` into it, then either a uid of its own
+  (started as root) or, in a user namespace, root mapped to an unprivileged uid with every
+  capability dropped; rlimits on address space, CPU, processes / threads (none), file size and
+  open files;
 - Python (defence in depth): an AST check that rejects underscore and frame attributes, builtins
-  without eval / exec / compile, an ``open`` confined to the scratch dir, and ``import`` that returns
-  attribute-filtered views of whitelisted modules only.
+  without eval / exec / compile, an ``open`` confined to the scratch dir, ``import`` that returns
+  attribute-filtered views of whitelisted modules only, and no string-named attribute access that
+  skips those checks (``getattr`` and ``operator.attrgetter`` / ``methodcaller`` check the name;
+  ``string.Formatter`` is not offered).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import ast
 import builtins
 import ctypes
 import importlib
+import operator
 import os
 import resource
 import signal
@@ -37,7 +42,8 @@ MODULE_ALLOWLISTS = {
                 "iscoroutine", "iscoroutinefunction", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"},
 }
 # Callables that evaluate strings although their names look harmless.
-HIDDEN_MODULE_ATTRS = {"typing": {"get_type_hints", "ForwardRef"}}
+HIDDEN_MODULE_ATTRS = {"typing": {"get_type_hints", "ForwardRef"},
+                       "string": {"Formatter"}}   # get_field walks dotted names to any attribute
 # Dunders ordinary class code uses that lead nowhere (no __class__, __dict__, __self__, __globals__...).
 SAFE_DUNDERS = frozenset({
     "__init__", "__name__", "__doc__", "__len__", "__str__", "__repr__", "__eq__", "__lt__", "__le__", "__gt__",
@@ -57,7 +63,6 @@ SAFE_BUILTINS = (
     "sorted", "staticmethod", "str", "sum", "super", "tuple", "type", "zip", "True", "False", "None",
     "Ellipsis", "NotImplemented", "__build_class__",
 )
-NOBODY = 65534
 
 
 class SandboxViolation(Exception):
@@ -97,9 +102,27 @@ def module_view(name: str, module: types.ModuleType, submodules: dict[str, types
         if allowed is not None and key not in allowed:
             continue
         setattr(view, key, value)
+    for key, value in GUARDED_MODULE_ATTRS.get(name, {}).items():
+        setattr(view, key, value)
     for key, value in submodules.items():
         setattr(view, key, value)
     return view
+
+
+def _checked_attrgetter(*names):
+    """``operator.attrgetter`` with every dotted part checked like ``getattr``'s name."""
+    for name in names:
+        for part in _checked_name(name).split("."):
+            _checked_name(part)
+    return operator.attrgetter(*names)
+
+
+def _checked_methodcaller(name, /, *args, **kwargs):
+    return operator.methodcaller(_checked_name(name), *args, **kwargs)
+
+
+# Names of allowed modules that would reach any attribute by a string: the checked versions.
+GUARDED_MODULE_ATTRS = {"operator": {"attrgetter": _checked_attrgetter, "methodcaller": _checked_methodcaller}}
 
 
 def _checked_name(name: object) -> str:
@@ -147,16 +170,17 @@ def make_builtins(views: dict[str, types.ModuleType], open_root: str) -> dict:
 
 # ---- isolation -------------------------------------------------------------------------------
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 38, 4
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
 
 
-def _mount_scratch(libc, scratch: str, size: int, root: bool) -> str:
-    """A private tmpfs of ``size`` bytes on the scratch dir: files cannot fill the host's disk."""
+def _mount_scratch(libc, scratch: str, size: int, uid: int | None) -> str:
+    """A private tmpfs of ``size`` bytes on the scratch dir: files cannot fill the host's disk, and no
+    other tree's worker sees them (the mount lives in this worker's mount namespace)."""
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:   # keep our mounts out of the host's view
         return f"not mounted ({os.strerror(ctypes.get_errno())})"
-    options = f"size={size},mode=0700" + (f",uid={NOBODY},gid={NOBODY}" if root else "")
+    options = f"size={size},mode=0700" + (f",uid={uid},gid={uid}" if uid is not None else "")
     if libc.mount(b"tmpfs", scratch.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options.encode()) != 0:
         return f"not mounted ({os.strerror(ctypes.get_errno())})"
     return f"tmpfs of {size >> 20} MiB"
@@ -170,53 +194,67 @@ def _drop_capabilities(libc) -> None:
         raise OSError(ctypes.get_errno(), f"capset: {os.strerror(ctypes.get_errno())}")
 
 
-def isolate(scratch: str, kernel: bool, scratch_bytes: int, userns: bool | None) -> dict[str, str]:
-    """Confine this process; returns what was achieved, for the host to report and check.
+def _become(uid: int) -> None:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
 
-    As root without a user namespace: new network and mount namespaces, tmpfs scratch, chroot, then
-    setuid nobody. Otherwise (not root, or ``userns``): also a new user namespace in which we are
-    root mapped to our own uid (nobody when started as root), chroot, then every capability dropped.
-    """
-    report = {"network": "python guards only", "files": "python guards only", "user": f"uid {os.getuid()}"}
-    os.chdir(scratch)
+
+def enter_namespaces(kernel: bool, userns: bool | None, uid: int) -> dict[str, str]:
+    """Step one, in the process that will fork the worker: new network, mount and PID namespaces
+    (the worker, forked next, is PID 1 of its own), and a user namespace when not root or asked.
+    As root the tree's own ``uid`` is taken first when a user namespace is wanted. Returns what was
+    achieved (``confine`` completes it)."""
+    report = {"network": "python guards only", "files": "python guards only", "pids": "shared with the host",
+              "user": f"uid {os.getuid()}"}
     if not kernel:
         return report
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     root = os.geteuid() == 0
     use_userns = (not root) if userns is None else userns
-    if root and use_userns:   # become nobody first: then this is exactly the unprivileged path
-        os.chown(scratch, NOBODY, NOBODY)
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+    if root and use_userns:   # the tree's own uid first: then this is the unprivileged path
+        _become(uid)
         libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)   # a uid change makes /proc/self root-owned otherwise
-        root = False
     outside_uid, outside_gid = os.getuid(), os.getgid()
-    if libc.unshare(CLONE_NEWNET | CLONE_NEWNS | (CLONE_NEWUSER if use_userns else 0)) != 0:
+    flags = CLONE_NEWNET | CLONE_NEWNS | (CLONE_NEWUSER if use_userns else 0)
+    if libc.unshare(flags | CLONE_NEWPID) == 0:
+        report["pids"] = "own PID namespace"
+    elif libc.unshare(flags) != 0:
         report["unshare_error"] = os.strerror(ctypes.get_errno())
-    else:
-        if use_userns:
-            maps = (("setgroups", "deny"), ("uid_map", f"0 {outside_uid} 1"), ("gid_map", f"0 {outside_gid} 1"))
-            for name, text in maps:
-                with open(f"/proc/self/{name}", "w") as f:
-                    f.write(text)
-        report["network"] = "empty network namespace"
-        report["scratch"] = _mount_scratch(libc, scratch, scratch_bytes, root and not use_userns)
-        if root and not use_userns and not report["scratch"].startswith("tmpfs"):
-            os.chown(scratch, NOBODY, NOBODY)
-        os.chdir(scratch)   # the tmpfs now covers the directory we were in
-        os.chroot(scratch)
-        os.chdir("/")
-        report["files"] = "chroot into scratch dir"
-        if use_userns:
-            _drop_capabilities(libc)
-            report["user"] = f"user namespace, uid {outside_uid} outside, no capabilities"
-    if root and not use_userns:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        report["user"] = "nobody"
+        return report
+    if use_userns:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {outside_uid} 1"),
+                           ("gid_map", f"0 {outside_gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        report["userns"] = str(outside_uid)
+    report["network"] = "empty network namespace"
+    return report
+
+
+def confine(scratch: str, scratch_bytes: int, uid: int, report: dict[str, str]) -> dict[str, str]:
+    """Step two, in the worker itself: a private tmpfs scratch dir, chroot into it, then the tree's
+    own unprivileged uid (as root) or no capabilities at all (in a user namespace)."""
+    os.chdir(scratch)
+    if report["network"].startswith("python"):
+        return report
+    libc = ctypes.CDLL(None, use_errno=True)
+    in_userns = "userns" in report
+    root = os.geteuid() == 0 and not in_userns
+    report["scratch"] = _mount_scratch(libc, scratch, scratch_bytes, uid if root else None)
+    if root and not report["scratch"].startswith("tmpfs"):
+        os.chown(scratch, uid, uid)
+    os.chdir(scratch)   # the tmpfs now covers the directory we were in
+    os.chroot(scratch)
+    os.chdir("/")
+    report["files"] = "chroot into its own scratch dir"
+    if in_userns:
+        _drop_capabilities(libc)
+        report["user"] = f"user namespace, uid {report.pop('userns')} outside, no capabilities"
+    elif root:
+        _become(uid)
+        report["user"] = f"uid {uid} (its own)"
     return report
 
 

@@ -1,18 +1,22 @@
-"""The sandbox worker process: runs model-written cells for many nodes, never in the trainer.
+"""The sandbox worker processes: each runs the model-written cells of ONE delegation tree.
 
-Started by ``rao_jax.agent.sandbox`` as ``python -I -S sandbox_worker.py CONFIG_JSON``; standard library
-only (it must not import rao_jax, jax or anything installed). Before it reads the first cell it
-imports the modules cells may use, then confines itself (``sandbox_confine``: namespaces, tmpfs
-scratch, chroot, unprivileged user, rlimits).
-
-Then it serves frames (4-byte big-endian length + UTF-8 JSON) on the pipes it was started with; its
-stdin/stdout/stderr are pointed at /dev/null so stray writes cannot corrupt the protocol.
+Started by ``rao_jax.agent.sandbox`` as ``python -I -S sandbox_worker.py CONFIG_JSON CONTROL_FD``:
+the template. Standard library only (it must not import rao_jax, jax or anything installed). The
+template imports the modules cells may use once, then waits on its control socket for spawn
+requests, each carrying (as SCM_RIGHTS) the worker's end of a fresh socket to the host. Per request
+it forks a process that enters new namespaces (``sandbox_confine.enter_namespaces``) and forks the
+namespace's init (PID 1), which forks the worker; the middle process tells the host the init's pid
+(killing it ends the namespace), waits for it and exits with it. The worker confines itself
+(``sandbox_confine.confine``: tmpfs scratch, chroot, its own uid or no capabilities, rlimits) and
+serves frames (4-byte big-endian length + UTF-8 JSON) on its socket. Module state is the template's copy, so nothing one tree changes (a
+rebound ``math.sqrt``, a patched ``json.JSONEncoder``) reaches another tree.
 
 Cells are compiled with top-level await and run as asyncio tasks of the worker's event loop, so a
 cell awaiting ``launch_subagent`` (an async proxy to the host) lets the other cells of this worker
 run. Every task a cell creates (``asyncio.gather`` children included) is metered against the cell:
 CPU time (SIGPROF) and running wall time (SIGALRM) raise ``CellTimeout`` inside the cell, and a
-per-segment ``RLIMIT_CPU`` kills the whole process if C code ignores the signal.
+per-segment ``RLIMIT_CPU`` kills the whole process if C code ignores the signal. A cell that ignores
+all of it is the host's watchdog's (``sandbox.WATCHDOG_MARGIN_SECONDS``).
 
 The Python-level guards (``python_guards``, in ``sandbox_confine``) are defence in depth, not the
 boundary.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import builtins
+import contextlib
 import io
 import json
 import linecache
@@ -30,6 +35,7 @@ import os
 import resource
 import select
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -38,7 +44,7 @@ import types
 # -I leaves the script's directory off sys.path; append it (after the standard library, so nothing
 # here can shadow a standard module) to load the sibling confinement module.
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-from sandbox_confine import check_source, import_views, isolate, make_builtins, set_rlimits  # noqa: E402
+from sandbox_confine import check_source, confine, enter_namespaces, import_views, make_builtins, set_rlimits  # noqa: E402
 
 MAX_FRAME = 16 << 20
 MAX_CALL_CHARS = 1 << 20     # JSON of one tool call's arguments (the host refuses frames over MAX_FRAME)
@@ -185,6 +191,7 @@ class Cell:
         self.timeout_reason = ""
         self.timeout_at = 0.0
         self.abandoned = False
+        self.ended = False   # its result went to the host: none of its tasks may run again
 
 
 class Metered:
@@ -196,6 +203,10 @@ class Metered:
     def __await__(self):
         value, error = None, None
         while True:
+            if self.cell.ended:   # a task its cell left behind (it swallowed the cancellation): end it here
+                with contextlib.suppress(RuntimeError):   # it ignored GeneratorExit too: dropped all the same
+                    self.coro.close()
+                raise CellTimeout("the cell that started this task has ended")
             if self.cell.timeout_reason and not isinstance(error, CellTimeout):
                 error = CellTimeout(self.cell.timeout_reason)
             self.worker.arm(self.cell)
@@ -411,6 +422,7 @@ class Worker:
     def end_cell(self, cell: Cell, task: asyncio.Task) -> None:
         if cell.abandoned:
             return
+        cell.ended = True
         for other in cell.tasks:
             other.cancel()   # tasks the cell created and did not await die with it
         for call_id in cell.calls:
@@ -454,7 +466,7 @@ class Worker:
         for task in cell.tasks:
             task.cancel()
         self.cells.pop(cell.cell_id, None)
-        cell.abandoned = True
+        cell.abandoned = cell.ended = True
         self.channel.send({"op": "done", "cell": cell.cell_id, "output": cell.output.text(), "value": None,
                            "error": f"TimeoutError: {cell.timeout_reason}; the cell ignored the stop and was "
                                     "abandoned", "finished": False})
@@ -497,20 +509,16 @@ def _error_text(exc: BaseException) -> str:
     return text
 
 
-def main() -> None:
-    cfg = json.loads(sys.argv[1])
-    channel = Channel(os.dup(0), os.dup(1))
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
+def serve(cfg: dict, fd: int, views: dict[str, types.ModuleType], report: dict, spawn: dict) -> None:
+    """The worker: confine, then serve cells on the socket ``fd`` until the host goes away."""
+    channel = Channel(fd, fd)
     try:
-        views = import_views()
-        report = isolate(cfg["scratch"], cfg["isolate"], cfg["scratch_bytes"], cfg["user_namespace"])
+        report = confine(spawn["scratch"], cfg["scratch_bytes"], spawn["uid"], report)
         open_root = os.path.realpath(os.getcwd())
         set_rlimits(cfg)
     except Exception as e:
         channel.send({"op": "fatal", "error": f"{type(e).__name__}: {e}"})
-        raise SystemExit(1) from None
+        os._exit(1)
     worker = Worker(cfg, channel, views, open_root)
     sys.stdout = sys.stderr = OutputRouter(worker)
     signal.signal(signal.SIGPROF, worker.on_timer)
@@ -520,8 +528,73 @@ def main() -> None:
     loop.set_task_factory(worker.task_factory)
     loop.add_reader(channel.fd_in, worker.on_readable)
     loop.call_later(WATCH_SECONDS, worker.watch_waiting_cells, time.monotonic())
-    channel.send({"op": "ready", "pid": os.getpid(), "isolation": report})
+    channel.send({"op": "ready", "isolation": report})
     loop.run_forever()
+    os._exit(0)
+
+
+def spawn(cfg: dict, request: dict, fd: int, views: dict[str, types.ModuleType]) -> None:
+    """In the template's child: enter namespaces, start the worker, report the pid to kill, wait.
+
+    With a PID namespace the first child is the namespace's init (PID 1), which only starts the
+    worker and reaps: the kernel would not deliver the worker's own CPU-limit signals to a PID 1,
+    and killing the init (the pid the host gets) takes the whole namespace down with it."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)   # the template ignores it; this process waits
+    channel = Channel(fd, fd)
+    try:
+        report = enter_namespaces(cfg["isolate"], cfg["user_namespace"], request["uid"])
+        ready_r, ready_w = os.pipe()
+        child = os.fork()
+    except Exception as e:
+        channel.send({"op": "fatal", "error": f"{type(e).__name__}: {e}"})
+        os._exit(1)
+    if child == 0:
+        os.close(ready_w)
+        os.read(ready_r, 1)   # the pid goes to the host first
+        os.close(ready_r)
+        if report["pids"] == "own PID namespace":
+            worker = os.fork()
+            if worker != 0:   # the namespace's init
+                os.close(fd)
+                while True:
+                    pid, status = os.wait()
+                    if pid == worker:
+                        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+        os.closerange(3, fd)
+        os.closerange(fd + 1, 1 << 16)
+        serve(cfg, fd, views, report, request)
+    os.close(ready_r)
+    channel.send({"op": "pid", "pid": child})
+    os.write(ready_w, b"x")
+    os.close(ready_w)
+    os.close(fd)
+    _, status = os.waitpid(child, 0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def template(cfg: dict, control_fd: int) -> None:
+    """Pre-imports the cells' modules, then forks one worker per spawn request."""
+    views = import_views()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # children are reaped by the kernel
+    control = socket.socket(fileno=control_fd)
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
+        except InterruptedError:
+            continue
+        if not message:
+            os._exit(0)   # the host is gone
+        request = json.loads(message)
+        if request.get("op") == "exit" or not fds:
+            os._exit(0)
+        if os.fork() == 0:
+            control.close()
+            spawn(cfg, request, fds[0], views)
+        os.close(fds[0])
+
+
+def main() -> None:
+    template(json.loads(sys.argv[1]), int(sys.argv[2]))
 
 
 if __name__ == "__main__":

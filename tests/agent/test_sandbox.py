@@ -54,9 +54,9 @@ def test_namespace_persists_and_cells_are_async():
             r = await _cell(s, "open('notes.txt', 'w').write('kept')\nopen('notes.txt').read()")
             assert r.value == "'kept'"
             if pool.isolation.get("scratch", "").startswith("tmpfs"):   # private to the worker
-                assert not (pool.scratch_dir(0) / "notes.txt").exists()
+                assert not (s.scratch_dir / "notes.txt").exists()
             else:
-                assert (pool.scratch_dir(0) / "notes.txt").read_text() == "kept"
+                assert (s.scratch_dir / "notes.txt").read_text() == "kept"
             await s.drop(0)
             assert "NameError" in (await _cell(s, "x")).error
     run(main())
@@ -181,7 +181,7 @@ def test_hostile_cell_becomes_an_observation(case):
         async with SandboxPool(2, LIMITS) as pool:
             if case == "fill_disk" and not pool.isolation.get("scratch", "").startswith("tmpfs"):
                 pytest.skip("no private tmpfs scratch here: the cell would fill the real disk")
-            hostile, benign = pool.session(), pool.session()   # two workers: two trees
+            hostile, benign = pool.session(), pool.session()   # two trees: two workers
             await _cell(hostile, "kept = 'still here'")
             benign_code = "total = 0\nfor i in range(200):\n    total += echo(i)\ntotal"
             t0 = time.perf_counter()
@@ -196,7 +196,7 @@ def test_hostile_cell_becomes_an_observation(case):
             assert other.value == str(sum(range(200))) and other.error is None
             after = await _cell(hostile, "kept")             # the REPL goes on, variables intact
             assert after.value == "'still here'" and after.error is None
-            assert list(pool.scratch_dir(0).parent.glob("**/rao_escape*")) == []
+            assert list(hostile.scratch_dir.parent.glob("**/rao_escape*")) == []
 
     run(main())
     assert not Path(ESCAPE).exists() and not Path("/tmp/rao_escape_dotdot").exists()
@@ -210,16 +210,16 @@ def test_c_level_cpu_hog_kills_only_its_worker():
         async with SandboxPool(2, LIMITS) as pool:
             hostile, benign = pool.session(), pool.session()
             await _cell(benign, "mine = 7")
-            pids = pool.worker_pids()
+            await _cell(hostile, "1")
+            pids = hostile.worker_pid, benign.worker_pid
             t0 = time.perf_counter()
             r = await _cell(hostile, "sum(range(10 ** 12))")
             assert time.perf_counter() - t0 < LIMITS.cpu_seconds + 5
-            assert "SandboxError" in r.error and "SIGXCPU" in r.error
+            assert "SandboxError" in r.error and "stopped (it exited)" in r.error
             assert (await _cell(benign, "mine")).value == "7"
             again = await _cell(hostile, "1 + 1")
-            assert again.value == "2"
-            new_pids = pool.worker_pids()
-            assert new_pids[0] != pids[0] and new_pids[1] == pids[1]
+            assert again.value == "2" and "restarted" in again.notes[0] if again.notes else again.value == "2"
+            assert hostile.worker_pid != pids[0] and benign.worker_pid == pids[1]
     run(main())
 
 
@@ -255,8 +255,9 @@ def test_kernel_layer_holds_without_python_guards(user_namespace):
                 else:
                     assert fragment in (r.error or ""), (code, r)
             assert iso.get("scratch", "").startswith("tmpfs"), iso
-            if iso["user"] == "nobody":
-                assert (await _cell(s, "import os\nos.getuid()")).value == "65534"
+            if iso["user"].endswith("(its own)"):
+                from rao_jax.agent.sandbox import UID_BASE
+                assert int((await _cell(s, "import os\nos.getuid()")).value) >= UID_BASE
             if user_namespace:
                 assert "no capabilities" in iso["user"]
                 r = await _cell(s, "import os\nos.mkdir('x')\nos.chroot('x')")
