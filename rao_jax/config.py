@@ -116,7 +116,11 @@ class RolloutSection:
             greedy, so the G trees of a task are identical and carry no signal; for tests).
         max_context: cap on a node's sequence length (0: the engine's ``max_seq_len``).
         max_depth / max_children / max_concurrent: optional tree caps (0: off).
-        sandbox_workers / cell_cpu_seconds / cell_wall_seconds: the REPL worker pool.
+        sandbox_workers: template processes that fork each tree's own sandbox worker (1-2 suffice:
+            a fork takes milliseconds); cell_cpu_seconds / cell_wall_seconds: limits of every cell.
+        require_isolation: refuse to start unless the kernel isolates every tree's worker (network,
+            files, processes; ``rao_jax.agent.sandbox``). Turn off only where the kernel cannot (e.g.
+            Docker's default seccomp profile): the run then relies on the Python guards and says so.
         brief_prompt: a few-line system prompt (format + tool signatures) for tiny from-scratch
             models, in training, evaluation and warm-start demonstrations alike.
         goal_variables: predefine ``goal`` (the node's goal spec, e.g. ``{'targets': {'s3b': 2}}``) and
@@ -139,6 +143,7 @@ class RolloutSection:
     sandbox_workers: int = 2
     cell_cpu_seconds: float = 5.0
     cell_wall_seconds: float = 20.0
+    require_isolation: bool = True
     brief_prompt: bool = False
     goal_variables: bool = False
 
@@ -500,7 +505,7 @@ def qwen3_pod_config(*, slice_name: str, model_json: str, checkpoint: str, workd
     config.rollout.temperature = 1.0
     config.rollout.max_new_tokens = 512
     config.rollout.max_context = context
-    config.rollout.sandbox_workers = 32
+    config.rollout.sandbox_workers = 2
     config.optim.learning_rate = 3e-6
     config.optim.b1 = 0.9
     config.optim.b2 = 0.95

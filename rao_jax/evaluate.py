@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from rao_jax import metrics
+from rao_jax.agent.sandbox import SandboxError
 from rao_jax.agent.tree import TreeResult
 from rao_jax.config import TrainConfig, from_config_dict
 from rao_jax.envs.base import Task
@@ -144,7 +145,7 @@ def main(argv: list[str], config_flag) -> None:
     try:
         config = from_config_dict(config_flag.value)
         run(config, FLAGS.checkpoint, step=FLAGS.step, modes=FLAGS.modes, num_tasks=FLAGS.num_tasks, out=FLAGS.out)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, SandboxError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         sys.exit(2)
 

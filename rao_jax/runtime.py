@@ -292,7 +292,8 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def sandboxes(self) -> AsyncIterator[SandboxPool]:
         r = self.config.rollout
-        limits = SandboxLimits(cpu_seconds=r.cell_cpu_seconds, wall_seconds=r.cell_wall_seconds)
+        limits = SandboxLimits(cpu_seconds=r.cell_cpu_seconds, wall_seconds=r.cell_wall_seconds,
+                               require_isolation=r.require_isolation)
         async with SandboxPool(r.sandbox_workers, limits) as pool:
             self.pool = pool
             try:

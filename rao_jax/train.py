@@ -57,6 +57,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from rao_jax import metrics
+from rao_jax.agent.sandbox import SandboxError
 from rao_jax.checkpoint.hf import save_pretrained
 from rao_jax.checkpoint.orbax_io import CheckpointStore, save_model_checkpoint
 from rao_jax.config import TrainConfig, from_config_dict, to_dict
@@ -603,6 +604,9 @@ def main(argv: list[str], config_flag) -> None:
         train(config, progress=flags.FLAGS.progress)
     except ConfigError as err:
         print(f"train: config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except SandboxError as err:
+        print(f"train: sandbox: {err}", file=sys.stderr)
         sys.exit(2)
     except Preempted as stop:
         print(f"train: {stop}", file=sys.stderr)

@@ -18,7 +18,8 @@ itself whether a cell finished its node (a successful call of a node-ending tool
 
 Limits per cell: CPU time and running wall time (time suspended on a tool or subagent is free), in
 the worker and, for a worker that stops answering, a host-side watchdog that kills it at the wall
-limit plus ``WATCHDOG_MARGIN_SECONDS``; printed output; the size of tool-call arguments. Per worker:
+limit plus ``SandboxLimits.watchdog_margin_seconds`` (the worker's own stop takes up to ~2.5 s);
+printed output; the size of tool-call arguments. Per worker:
 address space, file sizes, open files, scratch bytes, no new processes or threads. Every failure of a
 cell (exception, syntax error, violation, limit, worker death or fault) comes back as
 ``CellResult.error`` text, never as an exception in the host; a killed worker is replaced at the
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
 MAX_FRAME = 16 << 20
 UID_BASE = 200_000                 # a root-run pool gives tree slot k the uid UID_BASE + k
-WATCHDOG_MARGIN_SECONDS = 5.0      # past the wall limit (the worker's own stop takes up to ~2.5 s)
 WATCH_SECONDS = 0.25
 
 
@@ -72,6 +72,7 @@ class SandboxLimits:
     python_guards: bool = True            # AST / builtins / import whitelist; off only to test the kernel layer
     require_isolation: bool = False       # fail at start unless network, files and pids are kernel-isolated
     start_timeout_seconds: float = 60.0
+    watchdog_margin_seconds: float = 5.0  # the host kills a worker whose cell runs this long past wall_seconds
 
     def __post_init__(self):
         if self.cpu_seconds <= 0 or self.wall_seconds <= 0:
@@ -280,7 +281,7 @@ class _Worker:
             pass   # the reader sees the death and reports it
 
     async def _read_loop(self) -> None:
-        reason = "it exited"
+        reason = "its process ended: an exit, a crash or its CPU limit"
         try:
             while True:
                 frame = check_frame(await self._read_frame(), FRAMES)
@@ -566,7 +567,7 @@ class SandboxPool:
         return self
 
     async def _watch(self) -> None:
-        limit = self.limits.wall_seconds + WATCHDOG_MARGIN_SECONDS
+        limit = self.limits.wall_seconds + self.limits.watchdog_margin_seconds
         last = time.monotonic()
         while True:
             await asyncio.sleep(WATCH_SECONDS)

@@ -22,6 +22,7 @@ import ast
 import builtins
 import ctypes
 import importlib
+import json
 import operator
 import os
 import resource
@@ -121,8 +122,21 @@ def _checked_methodcaller(name, /, *args, **kwargs):
     return operator.methodcaller(_checked_name(name), *args, **kwargs)
 
 
-# Names of allowed modules that would reach any attribute by a string: the checked versions.
-GUARDED_MODULE_ATTRS = {"operator": {"attrgetter": _checked_attrgetter, "methodcaller": _checked_methodcaller}}
+class _JSONEncoder(json.JSONEncoder):
+    """What cells get as ``json.JSONEncoder``: patching it cannot change the worker's own framing."""
+
+
+class _JSONDecoder(json.JSONDecoder):
+    """What cells get as ``json.JSONDecoder`` (see ``_JSONEncoder``)."""
+
+
+_JSONEncoder.__name__ = _JSONEncoder.__qualname__ = "JSONEncoder"
+_JSONDecoder.__name__ = _JSONDecoder.__qualname__ = "JSONDecoder"
+
+# Names of allowed modules that would reach any attribute by a string, or objects the worker itself
+# uses: what cells get instead.
+GUARDED_MODULE_ATTRS = {"operator": {"attrgetter": _checked_attrgetter, "methodcaller": _checked_methodcaller},
+                        "json": {"JSONEncoder": _JSONEncoder, "JSONDecoder": _JSONDecoder}}
 
 
 def _checked_name(name: object) -> str:

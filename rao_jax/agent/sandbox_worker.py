@@ -8,15 +8,16 @@ it forks a process that enters new namespaces (``sandbox_confine.enter_namespace
 namespace's init (PID 1), which forks the worker; the middle process tells the host the init's pid
 (killing it ends the namespace), waits for it and exits with it. The worker confines itself
 (``sandbox_confine.confine``: tmpfs scratch, chroot, its own uid or no capabilities, rlimits) and
-serves frames (4-byte big-endian length + UTF-8 JSON) on its socket. Module state is the template's copy, so nothing one tree changes (a
-rebound ``math.sqrt``, a patched ``json.JSONEncoder``) reaches another tree.
+serves frames (4-byte big-endian length + UTF-8 JSON) on its socket. Module state is the
+template's copy, so nothing one tree changes (a rebound ``math.sqrt``, a patched
+``json.JSONEncoder``) reaches another tree.
 
 Cells are compiled with top-level await and run as asyncio tasks of the worker's event loop, so a
 cell awaiting ``launch_subagent`` (an async proxy to the host) lets the other cells of this worker
 run. Every task a cell creates (``asyncio.gather`` children included) is metered against the cell:
 CPU time (SIGPROF) and running wall time (SIGALRM) raise ``CellTimeout`` inside the cell, and a
 per-segment ``RLIMIT_CPU`` kills the whole process if C code ignores the signal. A cell that ignores
-all of it is the host's watchdog's (``sandbox.WATCHDOG_MARGIN_SECONDS``).
+all of it is the host's watchdog's (``SandboxLimits.watchdog_margin_seconds``).
 
 The Python-level guards (``python_guards``, in ``sandbox_confine``) are defence in depth, not the
 boundary.

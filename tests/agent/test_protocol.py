@@ -169,3 +169,22 @@ def test_action_stop_sequences_end_typical_actions(template, tok):
     for action in [*ACTIONS, "<thought>x</thought><python>print(1)</python>"]:
         ids = tok.encode(action)
         assert any(tuple(ids[-len(s):]) == s for s in seqs), action
+
+
+def test_text_any_cell_prints_tokenises_with_both_tokenizer_kinds(tmp_path, tok):
+    """A lone surrogate makes both tokenizers raise (HF tokenizers a TypeError, sentencepiece a
+    RuntimeError): observations and prompts are cleaned first, control characters dropped too."""
+    from rao_jax.data.tokenizer import train_sentencepiece
+
+    texts = [f"<thought>pick {i}</thought>\n<python>\nprint(view_bag())\n</python> out {i}" for i in range(200)]
+    sp = train_sentencepiece(texts, 320, tmp_path / "sp")
+    nasty = "out" + chr(0xD800) + "\x00\x1b[2J\x07" + chr(0xDFFF) + "end"
+    for template, tokenizer in ((qwen3_template(), tok), (sentencepiece_template(), sp)):
+        with pytest.raises((TypeError, RuntimeError, UnicodeError)):
+            tokenizer.encode(nasty)
+        tr = NodeTranscript(template, tokenizer)
+        tr.start("SYS", "Add 1x a." + chr(0xDC00))          # a parent's context can carry one too
+        tr.add_response(tokenizer.encode(ACTIONS[0]), [-0.5] * len(tokenizer.encode(ACTIONS[0])))
+        ids = tr.observe(format_observation(nasty, None, None))
+        assert "out\ufffd[2J\ufffdend" in tokenizer.decode(ids)
+    assert format_observation(nasty, None, None) == "out\ufffd[2J\ufffdend"
