@@ -272,10 +272,13 @@ def test_trace_roundtrip_and_rendering(tmp_path):
 
 
 def test_more_than_512_nodes_live_at_once():
-    """40 trees of 15 nodes step concurrently over a pool of 2 workers; every tree solves its task."""
+    """40 trees of 15 nodes (each tree its own sandbox process) step concurrently; every tree solves
+    its task. Each leaf's first cell waits half a second, so the trees overlap however fast their
+    sandboxes start."""
     target = {"a": 4, "b": 4}
     worlds = [BagWorld(target) for _ in range(40)]
-    trees = run(_roll(SplitPolicy(), worlds, [budget_for(target)] * 40))
+    slow = {item: f"import asyncio\nawait asyncio.sleep(0.5)\npick({item!r})\nview_bag()" for item in target}
+    trees = run(_roll(SplitPolicy(slow), worlds, [budget_for(target)] * 40))
     events = sorted([(n.start_time, 1) for t in trees for n in t.nodes] +
                     [(n.end_time, -1) for t in trees for n in t.nodes])
     live = peak = 0
