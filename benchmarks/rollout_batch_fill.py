@@ -73,13 +73,21 @@ class DecodeProbe(collections.Counter):
 
     def __init__(self, base: collections.Counter, mix: Mix):
         self.mix = mix
-        self.calls: list[tuple[int, int]] = []
+        self._calls: list[list[int]] = []   # [active rows, nodes waiting] per decode chunk
         super().__init__(base)
 
     def __setitem__(self, key, value):
-        if key == "decode_active_rows":
-            self.calls.append((value - self.get(key, 0), self.mix.in_flight))
+        # The engine counts a chunk, then each of its active rows one by one: a chunk's rows are the
+        # active-row increments up to the next chunk.
+        if key == "decode_chunks":
+            self._calls.append([0, self.mix.in_flight])
+        elif key == "decode_active_rows" and self._calls:
+            self._calls[-1][0] += value - self.get(key, 0)
         super().__setitem__(key, value)
+
+    @property
+    def calls(self) -> list[tuple[int, int]]:
+        return [(active, waiting) for active, waiting in self._calls]
 
 
 class Mix:
