@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from rao_jax.config import from_config_dict
+from tests.test_train import wait_for_a_step
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny_test.py"
@@ -157,11 +158,7 @@ def test_sigterm_to_the_pod_checkpoints_one_step_on_every_process_and_exits_75(t
     args = ["--config.train.steps=6", "--config.train.checkpoint_every=5"]
     pod = subprocess.Popen(_pod_cmd(workdir, logs, *args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 600
-    while not (workdir / "metrics.jsonl").exists() or not _records(workdir):
-        assert pod.poll() is None, f"the pod ended early:\n{pod.stdout.read()}"
-        assert time.time() < deadline, "no RL step within 10 minutes"
-        time.sleep(0.2)
+    wait_for_a_step(pod, workdir)
     pod.send_signal(signal.SIGTERM)
     output, _ = pod.communicate(timeout=600)
     assert pod.returncode == 75, output[-3000:]

@@ -46,6 +46,15 @@ def _env() -> dict[str, str]:
     return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
+def wait_for_a_step(proc: subprocess.Popen, workdir: Path, seconds: float = 600) -> None:
+    """Waits until a running trainer (or pod) has logged its first RL step."""
+    deadline = time.time() + seconds
+    while not (workdir / "metrics.jsonl").exists() or not _records(workdir):
+        assert proc.poll() is None, f"the run ended early:\n{proc.stdout.read()}"
+        assert time.time() < deadline, f"no RL step within {seconds:g} s"
+        time.sleep(0.2)
+
+
 def _records(workdir: Path, kind: str = "train") -> list[dict]:
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("kind") == kind]
@@ -99,11 +108,7 @@ def test_sigterm_checkpoints_the_step_reached_exits_75_and_the_rerun_resumes(tmp
     args = ("--config.train.steps=5", "--config.train.checkpoint_every=4")
     proc = subprocess.Popen(_train_cmd(workdir, *args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 600
-    while not (workdir / "metrics.jsonl").exists() or not _records(workdir):
-        assert proc.poll() is None, f"the run ended early:\n{proc.stdout.read()}"
-        assert time.time() < deadline, "no RL step within 10 minutes"
-        time.sleep(0.2)
+    wait_for_a_step(proc, workdir)
     proc.send_signal(signal.SIGTERM)   # during step 2's rollout or update at the earliest
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == PREEMPTED_EXIT_CODE == 75, output[-3000:]
