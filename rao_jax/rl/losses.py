@@ -65,8 +65,9 @@ def _ratio_metrics(ratio: Array, log_ratio: Array, mask: Array) -> dict[str, Arr
     return {
         "is_weight_mean": _token_mean(ratio, mask),
         "is_weight_max": jnp.max(big),
-        # k3 estimator of KL(behaviour || current): non-negative, unbiased.
-        "approx_kl": _token_mean(jnp.exp(-log_ratio) - 1.0 + log_ratio, mask),
+        # k3 estimator of KL(behaviour || current) on the behaviour's samples, with r = log current -
+        # log behaviour: exp(r) - 1 - r (non-negative, unbiased).
+        "approx_kl": _token_mean(jnp.exp(log_ratio) - 1.0 - log_ratio, mask),
         "tokens": jnp.sum(mask),
     }
 

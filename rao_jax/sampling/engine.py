@@ -65,7 +65,7 @@ class EngineConfig:
         prefill_block: queries per block of the reference prefill attention (a power of two, at
             most half of ``min_prefill_bucket``): each admitted row's new tokens start a new block,
             and each block attends over its own row only, up to its last position.
-        max_top_k: static bound on top-k; top-p also considers only this many tokens.
+        max_top_k: static bound on top-k (the nucleus of top-p is found over the whole vocabulary).
         max_stops / max_stop_len: stop sequences per request, and their longest length.
         attn_impl: "reference" (pure jnp, every backend) or "pallas" (TPU kernel).
         cache_dtype: dtype of the KV pages.
@@ -122,7 +122,7 @@ class EngineConfig:
 @dataclasses.dataclass(frozen=True)
 class Completion:
     tokens: list[int]
-    logprobs: list[float]      # log pi(token) under the model (temperature 1), float32
+    logprobs: list[float]      # behaviour log-probs: under the distribution each token was drawn from
     finish_reason: str         # "stop" | "length" | "prefill" (max_new_tokens=0)
     prompt_tokens: int
     reused_tokens: int         # prompt tokens whose K/V were already cached (not recomputed)

@@ -1,8 +1,9 @@
 """Choosing the next token from logits, and stop checks, on the device, per batch row.
 
 Every row has its own temperature (0 = greedy), top-k (0 = off) and top-p (1 = off). The returned
-log-probability is always the model's own ``log_softmax(logits)`` at the chosen token (temperature
-1, no filtering): the quantity the RL importance ratio needs, whatever the sampling settings.
+log-probability is the chosen token's under the distribution it was actually drawn from (after
+temperature, top-k and the nucleus, renormalised; 0 for a greedy row): the behaviour policy of the
+RL importance ratio (``choose_tokens``).
 """
 
 from __future__ import annotations
@@ -62,35 +63,60 @@ class SamplingParams:
 def choose_tokens(logits: Float[Array, "b v"], rng: Array, temperature: Float[Array, " b"],
                   top_k: Int[Array, " b"], top_p: Float[Array, " b"], *, candidates: int
                   ) -> tuple[Int[Array, " b"], Float[Array, " b"]]:
-    """Samples one token per row; returns the tokens and the model's log-probabilities of them.
+    """Samples one token per row; returns the tokens and their behaviour log-probabilities.
+
+    A row with temperature ``T > 0`` samples from ``softmax(logits / T)`` restricted to its top-k
+    tokens (``top_k > 0``) and then to its nucleus (``top_p < 1``: the most likely tokens whose
+    probabilities reach ``top_p``, found over the whole vocabulary by a threshold search), renormalised;
+    the log-probability returned is the token's under exactly that distribution, which is the
+    behaviour policy an importance ratio needs. A greedy row (``T = 0``) takes the argmax, whose
+    probability under its (deterministic) policy is 1: log-probability 0.
 
     Args:
-        candidates: 0 to sample from the full vocabulary (no row filters), else the number of most
-            likely tokens that top-k / top-p filtering considers (a static bound, so filtering is a
-            ``lax.top_k`` and a cumulative sum rather than a sort of the whole vocabulary).
+        candidates: 0 when no row filters (top-k 0, top-p 1: one categorical draw), else a static
+            bound on top-k (``lax.top_k`` finds each row's k-th largest logit among this many).
     """
     logits = logits.astype(jnp.float32)
-    logprobs = jax.nn.log_softmax(logits, axis=-1)
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+    if candidates:
+        scaled = jnp.where(_top_k_mask(scaled, top_k, candidates) & _nucleus_mask(scaled, top_p, top_k, candidates),
+                           scaled, -jnp.inf)
 
     def sample() -> Int[Array, " b"]:
-        scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
-        if not candidates:
-            return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
-        values, index = jax.lax.top_k(scaled, candidates)  # sorted, most likely first
-        rank = jnp.arange(candidates)[None, :]
-        keep = (top_k[:, None] == 0) | (rank < top_k[:, None])
-        values = jnp.where(keep, values, -jnp.inf)
-        probs = jax.nn.softmax(values, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        keep &= (mass_before < top_p[:, None]) | (rank == 0)
-        choice = jax.random.categorical(rng, jnp.where(keep, values, -jnp.inf), axis=-1)
-        return jnp.take_along_axis(index, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+        return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
 
     # A batch of greedy rows draws no random numbers (the noise costs as much as the argmax).
     sampled = jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)
     tokens = jnp.where(temperature > 0, sampled, greedy)
-    return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+    behaviour = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)[:, 0]
+    return tokens, jnp.where(temperature > 0, behaviour, 0.0)
+
+
+def _top_k_mask(scaled: Float[Array, "b v"], top_k: Int[Array, " b"], candidates: int) -> Bool[Array, "b v"]:
+    """Each row's top ``top_k`` logits (all of them where ``top_k`` is 0); tokens tied with the k-th stay."""
+    values, _ = jax.lax.top_k(scaled, candidates)   # sorted, largest first
+    kth = jnp.take_along_axis(values, jnp.clip(top_k - 1, 0, candidates - 1)[:, None], axis=-1)
+    return (top_k[:, None] == 0) | (scaled >= kth)
+
+
+def _nucleus_mask(scaled: Float[Array, "b v"], top_p: Float[Array, " b"], top_k: Int[Array, " b"],
+                  candidates: int, iterations: int = 40) -> Bool[Array, "b v"]:
+    """Each row's nucleus over the whole vocabulary: the tokens whose probability (after top-k) is at
+    least the largest threshold ``t`` with ``P(p >= t) >= top_p``, found by bisection on ``t`` (40
+    halvings resolve probabilities 1e-12 apart); ``top_p`` 1 keeps every token."""
+    probs = jax.nn.softmax(jnp.where(_top_k_mask(scaled, top_k, candidates), scaled, -jnp.inf), axis=-1)
+    lo = jnp.zeros(probs.shape[0], jnp.float32)
+    hi = probs.max(axis=-1)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) / 2
+        enough = jnp.sum(jnp.where(probs >= mid[:, None], probs, 0.0), axis=-1) >= top_p
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, iterations, halve, (lo, hi))
+    return (top_p[:, None] >= 1.0) | (probs >= lo[:, None])
 
 
 def push_history(history: Int[Array, "b m"], tokens: Int[Array, " b"]) -> Int[Array, "b m"]:
