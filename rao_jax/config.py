@@ -284,14 +284,19 @@ class TrainSection:
         _need(self.eval_every >= 0, "train.eval_every must be >= 0")
 
 
+EVAL_MODES = ("recursive", "flat", "recursive_greedy", "flat_greedy", "oracle")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalSection:
     """Held-out evaluation (``split`` tasks, the same ones every time).
 
     Attributes:
         num_tasks: tasks evaluated (the first ``num_tasks`` of the split, in file order).
-        modes: any of ``recursive``, ``flat`` (the model) and ``oracle`` (the scripted expert).
-        temperature: 0 decodes greedily.
+        modes: any of ``recursive``, ``flat`` (the model at ``temperature``), ``recursive_greedy``,
+            ``flat_greedy`` (the model decoding greedily, whatever ``temperature`` is) and ``oracle``
+            (the scripted expert).
+        temperature: of the ``recursive`` and ``flat`` modes (0 decodes greedily).
         difficulties: only these buckets (empty: all).
     """
 
@@ -302,8 +307,8 @@ class EvalSection:
     difficulties: tuple[str, ...] = ()
 
     def __post_init__(self):
-        bad = [m for m in self.modes if m not in ("recursive", "flat", "oracle")]
-        _need(not bad, f"eval.modes: unknown {bad}; use recursive, flat, oracle")
+        bad = [m for m in self.modes if m not in EVAL_MODES]
+        _need(not bad, f"eval.modes: unknown {bad}; use {', '.join(EVAL_MODES)}")
         _need(self.num_tasks >= 1, "eval.num_tasks must be >= 1")
 
 

@@ -1,10 +1,11 @@
 """Held-out evaluation: recursive mode, flat mode and the oracle, tabulated by difficulty and depth.
 
     python -m rao_jax.evaluate --config configs/x.py --checkpoint runs/x/checkpoints [--step N]
-        [--modes recursive,flat,oracle] [--num_tasks 200] [--out results.json]
+        [--modes recursive,recursive_greedy,flat,oracle] [--num_tasks 200] [--out results.json]
 
 Loads the policy saved at ``--checkpoint`` (the trainer's checkpoint folder; default step: the
-latest), rolls out one tree per held-out task in each mode (greedy by default, ``eval.temperature``)
+latest), rolls out one tree per held-out task in each mode (at ``eval.temperature``; the ``_greedy``
+modes at 0)
 and prints RAO_SPEC section 6's table: success (with a 95% interval), reward, tree depth, children
 per node, parallel fraction, model calls vs critical path, tokens, wall clock and context overflows,
 per difficulty; the same figures go to a JSON file. The trainer calls ``evaluate`` every
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from rao_jax import metrics
 from rao_jax.agent.sandbox import SandboxError
 from rao_jax.agent.tree import TreeResult
-from rao_jax.config import TrainConfig, from_config_dict
+from rao_jax.config import EVAL_MODES, TrainConfig, from_config_dict
 from rao_jax.envs.base import Task
 from rao_jax.models.config import ConfigError
 from rao_jax.parallel import multihost
@@ -37,12 +38,16 @@ from rao_jax.paths import as_path
 
 async def rollout_mode(runtime, tasks: Sequence[Task], mode: str, temperature: float, tag: str,
                        progress: bool = False) -> list[TreeResult]:
-    """One tree per task in ``mode`` (``recursive``, ``flat`` or ``oracle``: the family's oracle with
+    """One tree per task in ``mode`` (``recursive``, ``flat``, either with ``_greedy``: decoded at
+    temperature 0 instead of ``temperature``, or ``oracle``: the family's oracle with
     ``sft.oracle_knobs``, the same one the warm start imitates); ``progress`` shows a bar of finished
     trees with their running success rate."""
+    label = mode
+    if mode.endswith("_greedy"):
+        mode, temperature = mode.removesuffix("_greedy"), 0.0
     if mode == "oracle":  # the oracle the warm start imitates, when one is configured
         return await runtime.scripted_rollout(tasks, recursive=True, oracle_knobs=runtime.config.sft.oracle_knobs)
-    bar = tqdm(total=len(tasks), desc=f"eval {mode}", leave=False, disable=not progress)
+    bar = tqdm(total=len(tasks), desc=f"eval {label}", leave=False, disable=not progress)
     solved, finished = [0.0], [0]
 
     def done(tree: TreeResult) -> None:
@@ -53,7 +58,7 @@ async def rollout_mode(runtime, tasks: Sequence[Task], mode: str, temperature: f
 
     try:
         groups = await runtime.rollout(tasks, 1, recursive=mode == "recursive", temperature=temperature,
-                                       name=f"{tag}-{mode}", on_tree_end=done)
+                                       name=f"{tag}-{label}", on_tree_end=done)
     finally:
         bar.close()
     return [g[0] for g in groups]
@@ -67,6 +72,9 @@ async def evaluate(runtime, tasks: Sequence[Task], modes: Sequence[str], *, temp
     token lists dropped, counts kept) are then gathered, so every process returns the same summaries
     and trees, in the order of ``tasks``. A collective: every process calls it.
     """
+    bad = [m for m in modes if m not in EVAL_MODES]
+    if bad:
+        raise ConfigError(f"unknown eval mode(s) {bad}; use {', '.join(EVAL_MODES)}")
     rl = runtime.config.rl
     by_id = {t.task_id: t for t in tasks}
     summaries, trees = {}, {}
@@ -129,7 +137,8 @@ def _define_flags():
     flags.DEFINE_string("checkpoint", None, "checkpoint folder (the trainer's <workdir>/checkpoints); none: the "
                         "initial policy")
     flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
-    flags.DEFINE_list("modes", [], "modes to evaluate: recursive, flat, oracle (default: eval.modes)")
+    flags.DEFINE_list("modes", [], "modes to evaluate: recursive, flat, recursive_greedy, flat_greedy, oracle "
+                      "(default: eval.modes)")
     flags.DEFINE_integer("num_tasks", None, "held-out tasks (default: eval.num_tasks)")
     flags.DEFINE_string("out", None, "JSON output (default: <workdir>/eval_step<N>.json)")
     multihost.define_flags()

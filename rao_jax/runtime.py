@@ -76,18 +76,16 @@ class TaskSet:
         return TaskStream(self, cursor)
 
     def tasks(self, split: str, limit: int | None = None, difficulties: Sequence[str] = ()) -> list[Task]:
-        """Tasks of ``split`` in file order, interleaved across difficulties (so a prefix covers all)."""
+        """The first ``limit`` tasks of ``split`` (of those in ``difficulties``, when given) in file order:
+        the authors' order for their files; generated families come round-robin over difficulty
+        buckets (``task_sources.iter_tasks``), so a prefix covers every bucket."""
         source = datasets.data_source(self.family, self.data_dir, split, self.knobs)
-        by_difficulty: dict[str, list[Task]] = {}
-        for task in datasets.task_loader(source, shuffle=False):
-            if not difficulties or task.difficulty in difficulties:
-                by_difficulty.setdefault(task.difficulty, []).append(task)
         out: list[Task] = []
-        queues = list(by_difficulty.values())
-        while any(queues) and (limit is None or len(out) < limit):
-            for q in queues:
-                if q and (limit is None or len(out) < limit):
-                    out.append(q.pop(0))
+        for task in datasets.task_loader(source, shuffle=False):
+            if limit is not None and len(out) >= limit:
+                break
+            if not difficulties or task.difficulty in difficulties:
+                out.append(task)
         return out
 
 

@@ -1,9 +1,13 @@
 """tfds builders writing array_record (no TensorFlow) and grain pipelines yielding root tasks.
 
-``build(family, out_dir, knobs)`` writes ``out_dir/rao_tasks/<config>/1.0.0/*.array_record`` with one
+``build(family, out_dir, knobs)`` writes ``out_dir/rao_tasks/<config>/1.1.0/*.array_record`` with one
 example per task, ``{"task": <canonical JSON of the Task>}``, for the splits train and val; the config
-name is the family plus a digest of the knobs, so different knobs never share files. It is read back
-through ``tfds.data_source`` (random access over ArrayRecord: no TensorFlow, no ``tfds.load``).
+name is the family plus a digest of the knobs, so different knobs never share files. Examples are
+keyed by their position and written unshuffled, so record ``i`` of a split is its ``i``-th task in
+file order (the authors' files) or generation order (generated families); the task id is a field of
+the record, and an id used twice in one split (the authors' Minecraft val file has eight) is logged,
+not fatal. It is read back through ``tfds.data_source`` (random access over ArrayRecord: no
+TensorFlow, no ``tfds.load``).
 
 ``task_loader`` wraps that source in a grain ``DataLoader``: index sampling is seeded (deterministic
 order, optional shuffle per epoch) and the iterator's ``get_state()`` is a small JSON-able cursor; a
@@ -15,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +33,8 @@ from rao_jax.envs.base import Task
 from rao_jax.paths import as_path, local_copy, staged
 
 SPLITS = ("train", "val")
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,22 +51,31 @@ def config_name(family: str, knobs: Mapping[str, Any]) -> str:
 
 
 class RaoTasks(tfds.core.GeneratorBasedBuilder):
-    """Root tasks of one family; examples keyed by task id."""
+    """Root tasks of one family, in file order; examples keyed by position."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "examples keyed by position and kept in file order (1.0.0: keyed by task id, "
+                              "stored in key-hash order)"}
     BUILDER_CONFIGS: list[TaskSetConfig] = []
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({"task": tfds.features.Text()}),
-            description="Root tasks for RAO (rao_jax.envs); each example is a Task as canonical JSON.")
+            description="Root tasks for RAO (rao_jax.envs); each example is a Task as canonical JSON.",
+            disable_shuffling=True)
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split) for split in SPLITS}
 
     def _generate_examples(self, split: str):
-        for task in iter_tasks(self.builder_config.family, split, json.loads(self.builder_config.knobs)):
-            yield task.task_id, {"task": task_to_json(task)}
+        first_seen: dict[str, int] = {}
+        for index, task in enumerate(iter_tasks(self.builder_config.family, split,
+                                                json.loads(self.builder_config.knobs))):
+            if task.task_id in first_seen:
+                log.warning("%s %s: task id %r at positions %d and %d (both kept)", self.builder_config.family,
+                            split, task.task_id, first_seen[task.task_id], index)
+            first_seen.setdefault(task.task_id, index)
+            yield index, {"task": task_to_json(task)}
 
 
 def _builder(family: str, out_dir: str | os.PathLike, knobs: Mapping[str, Any]) -> RaoTasks:

@@ -7,8 +7,10 @@ Nothing here downloads: point it at a wheel fetched once with
 (or at the unpacked ``platoon_textcraft/data`` folder). The package ships
 
 - ``textcraft_synth_{train,val}.jsonl``: TextCraft-Synth tasks. Their recipe book is not shipped, but
-  every gold step names its item, executions, total ingredients and units made, so the book is rebuilt
-  from the gold plans (``book_from_gold``), checking that every task agrees on every recipe;
+  every gold step names its item, executions, total ingredients (in recipe order) and units made, so
+  the book is rebuilt from the gold plans (``book_from_gold``), checking that every task agrees on
+  every recipe. The authors' ``get_info`` reports an item's generator tier as its crafting depth; the
+  tier is written in the item's name (``authors_tier``), and each task carries it;
 - ``textcraft_{train,val}.jsonl`` and ``recipes/*.json``: the original Minecraft TextCraft tasks and the
   Minecraft recipe files (shaped and shapeless crafting recipes only, as in the original game set-up;
   ``minecraft_book``).
@@ -22,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from rao_jax.envs.base import Task
-from rao_jax.envs.crafting import Recipe, RecipeBook, crafting_task_spec, parse_goal_text
+from rao_jax.envs.crafting import Recipe, RecipeBook, closure, crafting_task_spec, parse_goal_text
 
 SYNTH_FAMILY = "textcraft_synth"
 MINECRAFT_FAMILY = "textcraft_minecraft"
@@ -166,14 +169,29 @@ def book_from_gold(records: Iterable[Record]) -> RecipeBook:
                 if total % runs:
                     raise TaskFileError(f"{where}: {total} {name} not a multiple of {runs} runs")
                 pairs.append((name, total // runs))
-            recipe = Recipe(item, step["result_count"] // runs, tuple(sorted(pairs)))
+            recipe = Recipe(item, step["result_count"] // runs, tuple(pairs))   # the authors' recipe order
             seen = recipes.get(item)
             if seen is None:
                 recipes[item] = (recipe, where)
-            elif seen[0] != recipe:
+            elif (seen[0].yield_count, sorted(seen[0].ingredients)) != (recipe.yield_count, sorted(pairs)):
                 raise TaskFileError(f"{where}: recipe {recipe} disagrees with {seen[1]}: {seen[0]}")
     return RecipeBook({item: (recipe,) for item, (recipe, _) in sorted(recipes.items())},
                       extra_items=frozenset(extra))
+
+
+# The authors' generator names a base material ``raw_<prefix>`` or ``<prefix>_ore`` (tier 0), an item of
+# tier t ``<prefix>_i<t>`` (with ``_<t>`` and/or ``_<k>`` appended to keep names unique) and a
+# cross-domain item ``x<t>_<domains>``.
+_TIERED = re.compile(r"^(?:[a-z]+\d*_i(\d+)(?:_\d+)*|x(\d+)_[a-z]+)$")
+_BASE = re.compile(r"^(?:raw_[a-z]+\d*|[a-z]+\d*_ore)$")
+
+
+def authors_tier(item: str) -> int | None:
+    """The generator tier of an authors' TextCraft-Synth item, read from its name (None: not their naming)."""
+    if _BASE.match(item):
+        return 0
+    match = _TIERED.match(item)
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 def _mc_name(value: Any, where: str) -> str:
@@ -294,8 +312,10 @@ def minecraft_book(recipe_files: Mapping[str, Any], task_items: Iterable[str] = 
     return RecipeBook({k: tuple(v) for k, v in sorted(by_item.items())}, tags, frozenset(task_items))
 
 
-def record_to_task(record: Record, book: RecipeBook, family: str, max_steps: int | None = None) -> Task:
-    """A ``Task`` carrying the part of ``book`` the record can touch; ``max_steps`` overrides the file's."""
+def record_to_task(record: Record, book: RecipeBook, family: str, max_steps: int | None = None,
+                   tiers: bool = False) -> Task:
+    """A ``Task`` carrying the part of ``book`` the record can touch; ``max_steps`` overrides the file's;
+    ``tiers``: the task carries each item's ``authors_tier`` as its crafting depth."""
     unknown = sorted(i for i in record.targets if not book.can_craft(i))
     if unknown:
         raise TaskFileError(f"{record.source}: target(s) {unknown} have no recipe")
@@ -303,6 +323,9 @@ def record_to_task(record: Record, book: RecipeBook, family: str, max_steps: int
     misc = record.misc
     difficulty = str(misc.get("difficulty") or ("mixed" if family == MINECRAFT_FAMILY else "unknown"))
     extra = {k: misc[k] for k in ("max_depth", "num_craft_steps") if k in misc}
+    if tiers:
+        items = closure(book, list(record.targets) + list(record.inventory))
+        extra["crafting_depths"] = {item: authors_tier(item) for item in items}
     spec = crafting_task_spec(book, record.targets, record.inventory, gold, source=record.source, **extra)
     return Task(task_id=record.task_id, family=family, goal=record.goal,
                 max_steps=max_steps if max_steps is not None else record.max_steps,
@@ -313,7 +336,10 @@ def load_synth_tasks(files: TaskFiles, split: str, max_steps: int | None = None)
     """TextCraft-Synth tasks of ``split``; the book is rebuilt from the gold plans of BOTH splits."""
     records = {name: files.records(fname) for name, fname in SYNTH_FILES.items()}
     book = book_from_gold(records["train"] + records["val"])
-    return [record_to_task(r, book, SYNTH_FAMILY, max_steps) for r in records[_split(split)]]
+    names = {name for recipes in book.recipes.values() for r in recipes for name, _ in r.ingredients}
+    names |= set(book.recipes) | set(book.extra_items)
+    named = all(authors_tier(name) is not None for name in names)   # else (not the authors' files): longest chain
+    return [record_to_task(r, book, SYNTH_FAMILY, max_steps, tiers=named) for r in records[_split(split)]]
 
 
 def load_minecraft_tasks(files: TaskFiles, split: str, max_steps: int | None = None,

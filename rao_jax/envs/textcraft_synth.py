@@ -24,6 +24,7 @@ import math
 import random
 import string
 from collections.abc import Iterator
+from typing import Any
 
 from rao_jax.envs.base import Task
 from rao_jax.envs.crafting import Recipe, RecipeBook, crafting_task_spec, format_targets
@@ -62,10 +63,7 @@ class SynthConfig:
 
     @classmethod
     def tiny(cls, seed: int = 0) -> SynthConfig:
-        return cls(seed=seed, domains=("metal", "wood"), max_tier=6, items_per_tier=4, shrink_per_tier=0.0,
-                   base_per_domain=3, fan_in_weights=(0.3, 0.5, 0.2), cross_items=0,
-                   difficulties=(("easy", 1, 2), ("medium", 3, 4), ("hard", 5, 6)), max_target_count=2,
-                   max_steps=60, short_names=True)
+        return cls(seed=seed, **_TINY)
 
     def __post_init__(self):
         if not self.domains or len(set(self.domains)) != len(self.domains):
@@ -82,6 +80,19 @@ class SynthConfig:
 
     def items_at(self, tier: int) -> int:
         return max(2, round(self.items_per_tier * (1.0 - self.shrink_per_tier * (tier - 1))))
+
+
+_TINY: dict[str, Any] = dict(
+    domains=("metal", "wood"), max_tier=6, items_per_tier=4, shrink_per_tier=0.0, base_per_domain=3,
+    fan_in_weights=(0.3, 0.5, 0.2), cross_items=0, difficulties=(("easy", 1, 2), ("medium", 3, 4), ("hard", 5, 6)),
+    max_target_count=2, max_steps=60, short_names=True)
+
+# Named knob sets for ``rao_jax.data.task_sources`` (``{"preset": name, ...}``): a config's own knobs
+# are laid over its preset's. ``per_difficulty`` is the number of tasks per difficulty bucket and split.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"per_difficulty": 640},          # the paper-scale world (SynthConfig's defaults)
+    "tiny": {**_TINY, "per_difficulty": 40},   # a world small enough for CPU tests and demos
+}
 
 
 @dataclasses.dataclass(frozen=True)

