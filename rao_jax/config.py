@@ -480,6 +480,34 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+PAPER_TRAIN_DIFFICULTIES = ("medium", "hard")
+
+
+def textcraft_paper_protocol(config: ml_collections.ConfigDict, *, wheel: str,
+                             train_difficulty: str = "medium") -> ml_collections.ConfigDict:
+    """The paper's TextCraft-Synth experiment (RAO_SPEC section 5) on the authors' task files.
+
+    Trains on the ``train_difficulty`` tasks of the authors' train file (medium: 852 tasks; hard: 544)
+    and evaluates on the first 100 tasks of their val file (mixed difficulties, in file order) at
+    temperature 1, with a greedy pass as an extra mode; every root gets 200 steps, whatever the
+    file's ``max_steps`` says, and the environment follows the authors' rules (``errors="return"``).
+    ``wheel`` is the ``platoon-textcraft`` wheel (or its unpacked data folder) on the host that builds
+    the dataset (tpu_scripts/setup.sh copies it to every host).
+    """
+    if train_difficulty not in PAPER_TRAIN_DIFFICULTIES:
+        raise ConfigError(f"train_difficulty must be one of {PAPER_TRAIN_DIFFICULTIES}, got {train_difficulty!r}")
+    config.data.family = "textcraft_official"
+    config.data.knobs = {"wheel": wheel, "errors": "return"}
+    config.data.train_difficulties = (train_difficulty,)
+    config.rollout.root_budget = 200
+    config.eval.split = "val"
+    config.eval.num_tasks = 100
+    config.eval.difficulties = ()
+    config.eval.temperature = 1.0
+    config.eval.modes = ("recursive", "recursive_greedy")
+    return config
+
+
 def qwen3_pod_config(*, slice_name: str, model_json: str, checkpoint: str, workdir: str, family: str,
                      knobs: Mapping[str, Any], context: int) -> ml_collections.ConfigDict:
     """The paper's full fine-tune of a Qwen3 policy on a TPU slice (RAO_SPEC section 4).

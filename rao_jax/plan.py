@@ -352,17 +352,19 @@ def _config_json(path: str) -> str:
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """Runs ``get_config()`` of a config file, applies ``key.path=value`` overrides (values parsed
-    as JSON when they parse, else strings) and validates it.
+    as JSON when they parse, else strings) and validates it. As with ``--config`` of the trainer,
+    ``file.py:arg`` calls ``get_config("arg")``.
 
     Raises:
         ValueError: an unreadable file or a malformed override; ConfigError: an invalid config.
     """
-    spec = importlib.util.spec_from_file_location("_rao_plan_config", path)
+    file, colon, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location("_rao_plan_config", file)
     if spec is None or spec.loader is None:
-        raise ValueError(f"cannot load config file {path}")
+        raise ValueError(f"cannot load config file {file}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    raw = module.get_config().to_dict()
+    raw = (module.get_config(arg) if colon else module.get_config()).to_dict()
     for override in overrides:
         key, eq, text = override.partition("=")
         if not eq:

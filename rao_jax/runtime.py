@@ -36,7 +36,7 @@ from rao_jax.agent.rollout import RolloutConfig, RolloutRunner
 from rao_jax.agent.sandbox import SandboxLimits, SandboxPool
 from rao_jax.agent.tree import TreeResult
 from rao_jax.checkpoint.hf import load_pretrained
-from rao_jax.config import TrainConfig
+from rao_jax.config import RolloutSection, TrainConfig
 from rao_jax.data import datasets
 from rao_jax.data.tokenizer import corpus_texts, load_tokenizer, train_sentencepiece
 from rao_jax.envs.base import Task
@@ -51,6 +51,11 @@ from rao_jax.sampling import EngineConfig, SamplingParams
 from rao_jax.sampling.replicas import SamplerReplicas
 
 log = logging.getLogger(__name__)
+
+
+def budgeted(task: Task, rollout: RolloutSection) -> Task:
+    """``task`` with the root budget its trees get: ``rollout.root_budget``, or the task's own ``max_steps``."""
+    return dataclasses.replace(task, max_steps=rollout.root_budget) if rollout.root_budget else task
 
 
 class TaskSet:
@@ -306,8 +311,7 @@ class Runtime:
         return RolloutConfig(recursive=recursive, caps=caps, goal_variables=r.goal_variables)
 
     def _budgeted(self, task: Task) -> Task:
-        budget = self.config.rollout.root_budget
-        return dataclasses.replace(task, max_steps=budget) if budget else task
+        return budgeted(task, self.config.rollout)
 
     def _tool_docs(self, tasks: Sequence[Task]):
         docs = open_episode(tasks[0]).tool_docs

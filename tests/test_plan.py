@@ -147,3 +147,48 @@ def test_direct_tpu_vm_create_and_delete():
     assert "--version=v2-alpha-tpuv6e" in create.stdout
     stop = subprocess.run(["bash", str(ROOT / "tpu_scripts/stop.sh")], env=env, capture_output=True, text=True)
     assert "gcloud compute tpus tpu-vm delete rao-v6e-8" in stop.stdout
+
+
+@pytest.mark.parametrize("name", ["qwen3_4b_v5p", "qwen3_4b_v6e"])
+@pytest.mark.parametrize("arg", ["", "medium", "hard"])
+def test_paper_configs_run_the_paper_protocol(name, arg):
+    cfg = plan_lib.load_config(str(ROOT / "configs" / f"{name}.py") + (f":{arg}" if arg else ""))
+    assert cfg.data.family == "textcraft_official"
+    assert cfg.data.train_difficulties == ((arg or "medium"),)
+    assert dict(cfg.data.knobs)["errors"] == "return" and dict(cfg.data.knobs)["wheel"].endswith(".whl")
+    assert cfg.rollout.root_budget == 200
+    assert (cfg.eval.split, cfg.eval.num_tasks, cfg.eval.difficulties, cfg.eval.temperature) == ("val", 100, (), 1.0)
+    assert "recursive" in cfg.eval.modes
+    assert plan_lib.main(["--config", str(ROOT / "configs" / f"{name}.py") + (f":{arg}" if arg else "")]) == 0
+
+
+def test_paper_config_rejects_an_unknown_difficulty():
+    with pytest.raises(Exception, match="train_difficulty must be one of"):
+        plan_lib.load_config(str(ROOT / "configs" / "qwen3_4b_v5p.py:extreme"))
+
+
+def test_dry_run_copies_the_authors_wheel_for_a_paper_config():
+    env = dict(os.environ, PROJECT="proj", GCS_BUCKET="gs://b", CONFIG="configs/qwen3_4b_v5p.py:hard")
+    out = {}
+    for script in ("setup", "launch"):
+        result = subprocess.run(["bash", str(ROOT / "tpu_scripts" / f"{script}.sh"), "--dry-run"], env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        out[script] = result.stdout
+    wheel = "/tmp/rao/data/platoon_textcraft-0.3.0-py3-none-any.whl"
+    copy = [line for line in out["setup"].splitlines() if "gs://b/data/platoon_textcraft-0.3.0-py3-none-any.whl" in line]
+    assert len(copy) == 1 and "gcloud storage cp" in copy[0] and copy[0].rstrip("'").endswith(wheel)
+    assert "--config configs/qwen3_4b_v5p.py:hard" in out["launch"]
+    assert f"--config.data.knobs.wheel={wheel}" in out["launch"]
+    assert "--config.workdir=gs://b/rao/runs/qwen3_4b_v5p_hard" in out["launch"]
+    # a config on generated data copies no wheel
+    env["CONFIG"] = "configs/qwen3_30b_a3b_v5p.py"
+    setup = subprocess.run(["bash", str(ROOT / "tpu_scripts" / "setup.sh"), "--dry-run"], env=env,
+                           capture_output=True, text=True, timeout=30)
+    assert "platoon" not in setup.stdout
+
+
+def test_scripts_name_a_missing_config_file():
+    env = dict(os.environ, DRY_RUN="1", CONFIG="configs/nope.py:hard")
+    result = subprocess.run(["bash", str(ROOT / "tpu_scripts" / "launch.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "no file configs/nope.py" in result.stderr

@@ -6,12 +6,20 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# The trainer config; its slice (`config.slice = "..."` or `slice_name="..."` of qwen3_pod_config) picks
-# the accelerator unless ACCELERATOR_TYPE is set.
+# The trainer config, `file.py` or `file.py:arg` (get_config(arg), e.g. configs/qwen3_4b_v5p.py:hard);
+# its slice (`config.slice = "..."` or `slice_name="..."` of qwen3_pod_config) picks the accelerator
+# unless ACCELERATOR_TYPE is set.
 CONFIG="${CONFIG:-configs/qwen3_4b_v5p.py}"
+CONFIG_FILE="${CONFIG%%:*}"
+CONFIG_ARG="${CONFIG#"${CONFIG_FILE}"}"
+CONFIG_ARG="${CONFIG_ARG#:}"
+if [[ ! -f "${REPO_ROOT}/${CONFIG_FILE}" ]]; then
+  echo "CONFIG=${CONFIG}: no file ${CONFIG_FILE} in ${REPO_ROOT}" >&2
+  exit 2
+fi
 config_slice() {
   sed -n -e 's/^[[:space:]]*config\.slice = "\([^"]*\)".*/\1/p' \
-    -e 's/.*slice_name="\([^"]*\)".*/\1/p' "${REPO_ROOT}/${CONFIG}" | head -n 1
+    -e 's/.*slice_name="\([^"]*\)".*/\1/p' "${REPO_ROOT}/${CONFIG_FILE}" | head -n 1
 }
 ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-$(config_slice)}"
 if [[ -z "${ACCELERATOR_TYPE}" ]]; then
@@ -41,7 +49,7 @@ RUNTIME_VERSION="${RUNTIME_VERSION:-${DEFAULT_RUNTIME}}"
 # GCS: the run's workdir (checkpoints, data, metrics; every host writes its shards there) and the
 # Hugging Face checkpoint to start from, copied to CHECKPOINT_DIR on every host by setup.sh.
 GCS_BUCKET="${GCS_BUCKET:-gs://my-rao-bucket}"
-RUN_NAME="${RUN_NAME:-$(basename "${CONFIG}" .py)}"
+RUN_NAME="${RUN_NAME:-$(basename "${CONFIG_FILE}" .py)${CONFIG_ARG:+_${CONFIG_ARG}}}"
 WORKDIR="${WORKDIR:-${GCS_BUCKET}/rao/runs/${RUN_NAME}}"
 case "${CONFIG}" in
   *30b_a3b*) DEFAULT_MODEL="Qwen3-30B-A3B" ;;
@@ -49,6 +57,16 @@ case "${CONFIG}" in
 esac
 CHECKPOINT_GCS="${CHECKPOINT_GCS:-${GCS_BUCKET}/models/${DEFAULT_MODEL}}"
 CHECKPOINT_DIR="${CHECKPOINT_DIR:-/tmp/rao/models/$(basename "${CHECKPOINT_GCS}")}"
+
+# The authors' task files (the `platoon-textcraft` wheel, from `pip download --no-deps platoon-textcraft`)
+# for configs that train on them (data family textcraft_official or textcraft_minecraft): setup.sh
+# copies the wheel from PLATOON_WHEEL_GCS to PLATOON_WHEEL on every host, launch.sh passes
+# --config.data.knobs.wheel=PLATOON_WHEEL.
+PLATOON_WHEEL_GCS="${PLATOON_WHEEL_GCS:-${GCS_BUCKET}/data/platoon_textcraft-0.3.0-py3-none-any.whl}"
+PLATOON_WHEEL="${PLATOON_WHEEL:-/tmp/rao/data/$(basename "${PLATOON_WHEEL_GCS}")}"
+needs_platoon_wheel() {
+  grep -q -E 'textcraft_official|textcraft_minecraft' "${REPO_ROOT}/${CONFIG_FILE}"
+}
 
 # On the TPU hosts.
 REMOTE_DIR="${REMOTE_DIR:-rao_jax}"

@@ -12,6 +12,11 @@ for arg in "${ARGS[@]+"${ARGS[@]}"}"; do
   overrides+=" $(printf '%q' "${arg}")"
 done
 
+data=""
+if needs_platoon_wheel; then
+  data=" --config.data.knobs.wheel=${PLATOON_WHEEL}"
+fi
+
 train="\$HOME/${REMOTE_VENV}/bin/python -m rao_jax.train --distributed --config ${CONFIG} --config.workdir=${WORKDIR} \
---config.model.init_checkpoint=${CHECKPOINT_DIR} --config.tokenizer.path=${CHECKPOINT_DIR}${overrides}"
+--config.model.init_checkpoint=${CHECKPOINT_DIR} --config.tokenizer.path=${CHECKPOINT_DIR}${data}${overrides}"
 tpu_ssh all "cd ${REMOTE_DIR} || exit 1; nohup ${train} > \$HOME/${REMOTE_LOG} 2>&1 < /dev/null & echo \$! > \$HOME/${REMOTE_PID}"
