@@ -276,10 +276,10 @@ def _tag_members(tag: str, items: set[str]) -> list[str]:
     if tag == "logs":
         return [i for i in items if i.removeprefix("stripped_").endswith(trunks)
                 and i.removeprefix("stripped_").rsplit("_", 1)[0] in _WOODS]
-    for suffix in ("_logs", "_stems"):
+    for suffix, kinds in (("_logs", ("_log", "_wood")), ("_stems", ("_stem", "_hyphae"))):
         if tag.endswith(suffix) and tag[: -len(suffix)] in _WOODS:
             wood = tag[: -len(suffix)]
-            return [f"{prefix}{wood}{trunk}" for prefix in ("", "stripped_") for trunk in trunks]
+            return [f"{prefix}{wood}{kind}" for prefix in ("", "stripped_") for kind in kinds]
     raise TaskFileError(f"unknown Minecraft tag {tag!r}")
 
 
