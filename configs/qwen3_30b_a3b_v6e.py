@@ -4,7 +4,9 @@ v6e-64 = 64 chips (32 GB each) on 16 hosts of 4. Learner mesh fsdp=2 x expert=8 
 weight is split 64 ways in training (experts over `expert`, their hidden over `tensor`, dense weights'
 model dimension over `fsdp` x `expert` and heads over `tensor`). Sampler: one replica per host
 (replica_tensor=4: 15 GB of bf16 weights per chip), 16 replicas of 1536 pages (98k tokens, 2.4 full
-40k contexts) each: the 30B on 32 GB chips is tight (see docs/tpu.md; v6e-128 doubles the pool).
+40k contexts) each: the 30B on 32 GB chips is tight: the plan leaves 0.9 GiB over its 10% reserve and
+warns (under 2 GiB is inside its error). If the first steps run out of memory, lower engine.num_pages
+(1024 frees 0.75 GiB per chip) or use v6e-128, which doubles the pool (docs/tpu.md).
 Context 40k as in the paper (LabeledRows with inputs ~6x the window). Sizes come from
 `python -m rao_jax.plan --config configs/qwen3_30b_a3b_v6e.py` (output in docs/tpu.md).
 

@@ -219,6 +219,9 @@ def test_spot_slice_resumes_after_a_preemption_and_is_deleted_when_done(tmp_path
     assert first["spot"] and "--config.train.steps=7" in first["startup"] and "set -- boot" in first["startup"]
     assert "gs://b/rao/runs/qwen3_4b_v6e/code/rao_jax.tar.gz" in cloud.state["objects"]
     assert "nothing to do" in cloud.run("setup").stderr and cloud.take_calls() == []
+    cloud.run("launch", "--config.train.steps=7")                          # a restart, as root under /opt/rao
+    (launch,) = cloud.take_calls()
+    assert "sudo env RAO_BASE=/opt/rao" in launch and "/opt/rao/rao_jax/tpu_scripts/host.sh start" in launch
 
     cloud.set_qr_state("rao-v6e-8-qr", "SUSPENDED")                        # preempted
     cloud.run("launch", expect=1)                                          # no hosts to reach
