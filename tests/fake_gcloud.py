@@ -2,7 +2,8 @@
 """A stand-in for the `gcloud` CLI in tests of tpu_scripts/: records every call and simulates the states of
 queued resources, TPU VMs and GCS objects in a JSON file.
 
-Environment: FAKE_GCLOUD_STATE (the state file), FAKE_GCLOUD_LOG (one JSON list of arguments per call).
+Environment: FAKE_GCLOUD_STATE (the state file), FAKE_GCLOUD_LOG (one JSON list of arguments per call),
+FAKE_GCS_DIR (optional: the bytes of uploaded files, so that a later download gets them back).
 A queued resource starts WAITING_FOR_RESOURCES and becomes ACTIVE at its ``provision_after``-th describe
 (default 2); a test preempts it by writing ``"SUSPENDED"`` into the state file. ssh / scp succeed only on
 the node of an ACTIVE queued resource (or a READY TPU VM).
@@ -10,8 +11,12 @@ the node of an ACTIVE queued resource (or a READY TPU VM).
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
+
+# FAKE_GCS_DIR: where objects uploaded from a local file keep their bytes (else only their names are kept).
+BUCKET = Path(os.environ["FAKE_GCS_DIR"]) if os.environ.get("FAKE_GCS_DIR") else None
 
 
 def main(argv: list[str]) -> int:
@@ -49,8 +54,16 @@ def dispatch(pos: list[str], flags: dict, argv: list[str], state: dict) -> int:
             return not_found(src)
         if dest.startswith("gs://"):
             state["objects"][dest] = True
+            if BUCKET and src not in ("-", "") and Path(src).is_file():   # keep the bytes
+                (BUCKET / dest[5:]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, BUCKET / dest[5:])
+        elif dest.endswith("/"):
+            Path(dest).mkdir(parents=True, exist_ok=True)
         elif dest:
-            Path(dest.rstrip("/")).mkdir(parents=True, exist_ok=True) if dest.endswith("/") else \
+            kept = BUCKET / src[5:] if BUCKET else None
+            if kept is not None and kept.is_file():
+                shutil.copy(kept, dest)
+            else:
                 Path(dest).write_text("copied from " + src)
         return 0
     if pos[:2] == ["storage", "ls"]:

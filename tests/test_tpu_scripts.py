@@ -286,8 +286,8 @@ def test_setup_refuses_uncommitted_changes(tmp_path):
 # host.sh, run here: a fake trainer (exit 75 = preempted, as rao_jax.train) and a fake uv.
 
 FAKE_TRAINER = """#!/usr/bin/env bash
-echo "run $*" >> "$FAKE_TRAINER_LOG"
 if [[ "$1" == "-c" ]]; then exec {python} "$@"; fi
+echo "run $*" >> "$FAKE_TRAINER_LOG"
 runs=$(grep -c '^run' "$FAKE_TRAINER_LOG")
 case "$FAKE_TRAINER_MODE" in
   preempt-then-finish) [[ "$runs" -ge 2 ]] && exit 0; exit 75 ;;
@@ -368,3 +368,46 @@ if [[ "$1" == venv ]]; then mkdir -p "$4/bin" && ln -s {sys.executable} "$4/bin/
         assert _host_sh(env, "fetch").returncode == 0
     copies = [c for c in cloud.calls() if c.startswith("storage cp")]
     assert copies == [f"storage cp -r gs://b/models/Q/* {tmp_path / 'ckpt'}/"]     # the second fetch skips it
+
+
+def test_startup_script_sets_a_fresh_host_up_and_runs_the_job_to_the_end(tmp_path):
+    """The spot path on one 'host' here: create.sh stages the committed code in the (fake) bucket and
+    writes the startup script; the script, run as a fresh VM would at boot, fetches and unpacks the code,
+    makes the environment (fake uv), copies the checkpoint, runs the trainer (fake: preempted once, then
+    done), and marks the run finished; at the next boot it does nothing."""
+    bucket = tmp_path / "bucket"
+    cloud = Cloud(tmp_path, SPOT="1", FAKE_GCS_DIR=str(bucket), CHECKPOINT_DIR=str(tmp_path / "ckpt"),
+                  PLATOON_WHEEL=str(tmp_path / "data" / "platoon.whl"))
+    state = {"objects": {"gs://b/models/Qwen3-4B-Instruct-2507/config.json": True,
+                         "gs://b/data/platoon_textcraft-0.3.0-py3-none-any.whl": True}}
+    cloud.state_path.write_text(json.dumps(state))
+    cloud.run("create", "--config.train.steps=7")
+    startup = Path("/tmp/qwen3_4b_v6e-startup.sh")
+    assert (bucket / "b/rao/runs/qwen3_4b_v6e/code/rao_jax.tar.gz").stat().st_size > 0
+    base = tmp_path / "vm"
+    uv = tmp_path / "uv"
+    uv.write_text("#!/usr/bin/env bash\n"
+                  f"echo \"uv $*\" >> {tmp_path / 'uv.log'}\n"
+                  'if [[ "$1" == venv ]]; then mkdir -p "$4/bin" && cp "$FAKE_TRAINER_SRC" "$4/bin/python" '
+                  '&& chmod +x "$4/bin/python"; fi\n')
+    uv.chmod(0o755)
+    trainer = tmp_path / "fake_python"
+    trainer.write_text(FAKE_TRAINER.format(python=sys.executable))
+    env = {**cloud.env, "RAO_BASE": str(base), "SUDO": "", "UV": str(uv), "FAKE_TRAINER_SRC": str(trainer),
+           "FAKE_TRAINER_LOG": str(tmp_path / "trainer.log"), "FAKE_TRAINER_MODE": "preempt-then-finish"}
+    for name in ("CHECKPOINT_DIR", "PLATOON_WHEEL"):
+        env.pop(name)                  # the startup script carries its own settings
+    boot = subprocess.run(["bash", str(startup)], env=env, capture_output=True, text=True, timeout=120)
+    assert boot.returncode == 0, boot.stderr
+    assert (base / "rao_jax" / "tpu_scripts" / "host.sh").is_file()              # the code, unpacked
+    assert (base / "rao_jax" / "configs" / "qwen3_4b_v6e.py").is_file()
+    assert "uv venv --python 3.12" in (tmp_path / "uv.log").read_text()
+    runs = [line for line in (tmp_path / "trainer.log").read_text().splitlines() if line.startswith("run -m")]
+    assert len(runs) == 2 and "--config configs/qwen3_4b_v6e.py" in runs[0] and "--config.train.steps=7" in runs[0]
+    assert "gs://b/rao/runs/qwen3_4b_v6e/DONE" in cloud.state["objects"]
+    copies = [c for c in cloud.calls() if c.startswith("storage cp -r gs://b/models/")]
+    assert copies == [f"storage cp -r gs://b/models/Qwen3-4B-Instruct-2507/* {tmp_path / 'ckpt'}/"]
+    assert (tmp_path / "data" / "platoon.whl").is_file()
+    assert f"--config.data.knobs.wheel={tmp_path / 'data' / 'platoon.whl'}" in runs[0]
+    again = subprocess.run(["bash", str(startup)], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "the run has finished, nothing to do" in again.stderr

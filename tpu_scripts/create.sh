@@ -28,7 +28,7 @@ if [[ "${AUTO_RESUME}" == "1" ]]; then
   {
     echo '#!/usr/bin/env bash'
     echo "# rao_jax startup script for ${RUN_NAME} (tpu_scripts/create.sh): set up this host, run the trainer."
-    echo "export RAO_BASE=${REMOTE_BASE}"
+    echo "export RAO_BASE=\"\${RAO_BASE:-${REMOTE_BASE}}\""
     host_settings ${ARGS[@]+"${ARGS[@]}"} | sed 's/^/export /'
     echo 'set -- boot'
     sed 1d "${REPO_ROOT}/tpu_scripts/host.sh"
