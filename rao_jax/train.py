@@ -67,7 +67,7 @@ from rao_jax.models.qwen3 import Qwen3
 from rao_jax.parallel import multihost
 from rao_jax.parallel.mesh import batch_shards, process_batch_rows
 from rao_jax.parallel.sharding import global_batch
-from rao_jax.paths import LineLog, as_path, copy_tree, is_remote, tensorboard_writer
+from rao_jax.paths import LineLog, as_path, copy_tree, is_remote, local_copy, tensorboard_writer
 from rao_jax.rl.batch import AdvantageConfig, build_batch, pack_padded
 from rao_jax.rl.learner import OptimConfig, batch_arrays, make_optimizer, reference_logprobs, train_step
 from rao_jax.rl.losses import LossConfig
@@ -509,14 +509,17 @@ class Trainer:
         tokenizer = self.workdir / "tokenizer.model"
         with tempfile.TemporaryDirectory(prefix="rao_export_") as scratch:
             tok_dir = None
-            if tokenizer.exists():
+            if self.config.tokenizer.path:   # a Hugging Face tokenizer (a Qwen3 checkpoint's folder)
+                tok_dir = local_copy(as_path(self.config.tokenizer.path))
+                tok_dir = tok_dir if tok_dir.is_dir() else tok_dir.parent
+            elif tokenizer.exists():
                 tok_dir = Path(scratch) / "tokenizer"
                 tok_dir.mkdir()
                 tokenizer.copy(as_path(tok_dir / "tokenizer.model"))
             local = not is_remote(self.workdir) and jax.process_count() == 1
             target = Path(self.workdir / "hf") if local else Path(scratch) / "hf"
             save_pretrained(self.model, self.runtime.model_cfg, target, dtype="float32", tokenizer_dir=tok_dir,
-                            overwrite=True)
+                            chat_template=self.runtime.template, overwrite=True)
             if multihost.is_primary():
                 if not local:
                     copy_tree(target, self.workdir / "hf")

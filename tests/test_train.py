@@ -175,7 +175,8 @@ def test_warm_start_then_rl_then_evaluate_cli_on_the_checkpoint(tmp_path, capsys
     workdir = tmp_path / "run"
     config = from_config_dict(_config(**{
         "workdir": str(workdir), "rollout.root_budget": 0, "sft.steps": 3, "sft.num_tasks": 4, "sft.rows": 2,
-        "sft.learning_rate": 3e-3, "train.steps": 1, "eval.modes": ["recursive", "oracle"], "eval.num_tasks": 2}))
+        "sft.learning_rate": 3e-3, "train.steps": 1, "eval.modes": ["recursive", "oracle"], "eval.num_tasks": 2,
+        "train.export_hf": True}))
     out = train(config, progress=False)
     sft = [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "sft"]
     assert [r["step"] for r in sft] == [1, 2, 3]
@@ -191,6 +192,13 @@ def test_warm_start_then_rl_then_evaluate_cli_on_the_checkpoint(tmp_path, capsys
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["oracle"]["all"]["success"] == result["oracle"]["all"]["success"] == 1.0
     assert saved["recursive"]["all"]["trees"] == 2
+
+    # The run's Hugging Face export tokenizes and lays prompts out as the run did (as README command 1's).
+    from rao_jax.agent.protocol import sentencepiece_template
+    from rao_jax.data.tokenizer import load_tokenizer
+    from tests.hf_utils import assert_export_matches
+
+    assert_export_matches(workdir / "hf", load_tokenizer(workdir / "tokenizer.model"), sentencepiece_template())
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rao_jax.agent.protocol import ChatTemplate, qwen3_template, sentencepiece_template
 from rao_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsReader, TensorPlan, write_file
 from rao_jax.models.config import ConfigError, ModelConfig
 from rao_jax.models.layers import DType
@@ -252,6 +253,7 @@ def _check_keys(folder: Path, files: dict[str, str], expected: list[HFTensor], c
 
 def save_pretrained(model: Qwen3, cfg: ModelConfig, out_dir: str | os.PathLike, *,
                     dtype: str = "bfloat16", tokenizer_dir: str | os.PathLike | None = None,
+                    chat_template: ChatTemplate | None = None,
                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False) -> Path:
     """Writes a folder that ``transformers.AutoModelForCausalLM.from_pretrained`` loads as-is.
 
@@ -264,7 +266,13 @@ def save_pretrained(model: Qwen3, cfg: ModelConfig, out_dir: str | os.PathLike, 
         cfg: its config; fields rao_jax does not use are copied from ``cfg.source``.
         out_dir: destination; must not exist or be empty unless ``overwrite``.
         dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"`` for the saved weights.
-        tokenizer_dir: a folder whose tokenizer / generation-config files are copied along.
+        tokenizer_dir: the run's tokenizer: a folder holding a sentencepiece ``tokenizer.model`` (converted
+            to ``tokenizer.json``) or a Hugging Face ``tokenizer.json`` (copied with its companions); the
+            export gets a tokenizer config, the chat template and a generation config
+            (``rao_jax.checkpoint.hf_tokenizer``) and is refused if its tokenizer.json does not give the
+            run's token ids. A folder with only vocab.json / merges.txt is copied as it is.
+        chat_template: the run's chat layout (default: ``sentencepiece_template()`` for a sentencepiece
+            model, ``qwen3_template()`` for a tokenizer.json).
         max_shard_bytes: above this, weights are split into shards with an index file.
         overwrite: replace an existing non-empty ``out_dir``.
     """
@@ -295,8 +303,8 @@ def save_pretrained(model: Qwen3, cfg: ModelConfig, out_dir: str | os.PathLike, 
                 total += write_file(tmp / name, shard, {"format": "pt"})
                 weight_map.update({plan.name: name for plan in shard})
             _write_json(tmp / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
-        for file in tokenizer_files:
-            shutil.copy2(file, tmp / file.name)
+        if tokenizer_dir is not None:
+            _export_tokenizer(Path(tokenizer_dir), tokenizer_files, chat_template, tmp, cfg)
         _write_json(tmp / "config.json", cfg.to_hf_dict(torch_dtype=dtype))
         _replace_dir(tmp, out)
     except BaseException:
@@ -330,6 +338,26 @@ def _split(plans: list[TensorPlan], max_bytes: int) -> Iterator[list[TensorPlan]
         shard.append(plan)
         size += plan.nbytes
     yield shard
+
+
+def _export_tokenizer(folder: Path, files: list[Path], template: ChatTemplate | None, tmp: Path,
+                      cfg: ModelConfig) -> None:
+    from rao_jax.checkpoint.hf_tokenizer import check_round_trip, write_tokenizer_files
+    from rao_jax.data.tokenizer import load_tokenizer
+
+    names = {f.name for f in files}
+    if "tokenizer.json" not in names and "tokenizer.model" not in names:
+        for file in files:   # vocab.json / merges.txt only: nothing to convert or check
+            shutil.copy2(file, tmp / file.name)
+        return
+    if template is None:
+        template = qwen3_template() if "tokenizer.json" in names else sentencepiece_template()
+    try:
+        tokenizer = load_tokenizer(folder / ("tokenizer.json" if "tokenizer.json" in names else "tokenizer.model"))
+        write_tokenizer_files(tmp, tokenizer, template, source_dir=folder, max_length=cfg.max_position_embeddings)
+        check_round_trip(tmp, tokenizer)
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"tokenizer export refused: {err}") from None
 
 
 def _tokenizer_files(folder: str | os.PathLike) -> list[Path]:

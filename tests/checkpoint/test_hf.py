@@ -77,17 +77,29 @@ def _header_bytes(path) -> int:
         return 8 + int.from_bytes(f.read(8), "little")
 
 
-def test_tokenizer_files_are_copied(hf_checkpoint, tmp_path):
+def test_tokenizer_files_are_copied_and_a_broken_one_refused(hf_checkpoint, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
     folder, _ = hf_checkpoint(False)
     tok = tmp_path / "tok"
     tok.mkdir()
-    (tok / "tokenizer.json").write_text('{"version": "1.0"}')
-    (tok / "tokenizer_config.json").write_text("{}")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=80, special_tokens=["<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["some text to learn from"] * 4, trainer)
+    bpe.save(str(tok / "tokenizer.json"))
+    (tok / "tokenizer_config.json").write_text('{"model_max_length": 7}')
     (tok / "unrelated.txt").write_text("not copied")
     model, cfg = load_pretrained(folder)
     out = save_pretrained(model, cfg, tmp_path / "with_tok", tokenizer_dir=tok)
-    assert (out / "tokenizer.json").read_text() == '{"version": "1.0"}'
+    assert (out / "tokenizer.json").read_bytes() == (tok / "tokenizer.json").read_bytes()
     assert (out / "tokenizer_config.json").exists() and not (out / "unrelated.txt").exists()
+
+    (tok / "tokenizer.json").write_text('{"version": "1.0"}')
+    with pytest.raises(CheckpointError, match="not a valid Hugging Face tokenizer.json"):
+        save_pretrained(model, cfg, tmp_path / "broken", tokenizer_dir=tok)
+    assert not (tmp_path / "broken").exists()
 
 
 # ---------------------------------------------------------------------------------------------
