@@ -11,6 +11,12 @@ prompts and stops exactly as rao_jax did in training.
 
 ``check_round_trip`` re-reads the written ``tokenizer.json`` and refuses an export whose ids differ from
 the run's tokenizer on a set of probe strings.
+
+The template reproduces rao_jax's token ids exactly for the sentencepiece layout (only special tokens
+separate the texts). ``NodeTranscript`` encodes a turn's header and its content apart; with the Qwen3
+layout the template's text is tokenized in one piece, which gives the same ids unless a content begins
+with whitespace that the byte-level pre-tokenizer joins to the header's newline (e.g. a message starting
+with "\n\n").
 """
 
 from __future__ import annotations
