@@ -324,7 +324,7 @@ class SFTSection:
         num_tasks: training tasks whose oracle trees are the demonstrations.
         difficulties: only demonstrations from these buckets (empty: all).
         recursive: demonstrate the recursive oracle (False: the flat one).
-        oracle_knobs: keyword arguments of the family's oracle (``rao_jax.envs.oracles.make_oracle``).
+        oracle_knobs: keyword arguments of the family's oracle (``rao_jax.agent.oracles.make_oracle``).
     """
 
     steps: int = 0

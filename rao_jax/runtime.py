@@ -29,8 +29,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rao_jax.agent.budget import BudgetCaps
+from rao_jax.agent.corpus import corpus_texts, oracle_corpus_texts
 from rao_jax.agent.demo_policy import DemoPolicy
 from rao_jax.agent.model_policy import ModelPolicy
+from rao_jax.agent.oracles import make_oracle
 from rao_jax.agent.protocol import qwen3_template, sentencepiece_template
 from rao_jax.agent.rollout import RolloutConfig, RolloutRunner
 from rao_jax.agent.sandbox import SandboxLimits, SandboxPool
@@ -38,10 +40,9 @@ from rao_jax.agent.tree import TreeResult
 from rao_jax.checkpoint.hf import load_pretrained
 from rao_jax.config import RolloutSection, TrainConfig
 from rao_jax.data import datasets
-from rao_jax.data.tokenizer import corpus_texts, load_tokenizer, train_sentencepiece
+from rao_jax.data.tokenizer import load_tokenizer, train_sentencepiece
 from rao_jax.envs.base import Task
 from rao_jax.envs.families import open_episode
-from rao_jax.envs.oracles import make_oracle, oracle_corpus_texts
 from rao_jax.layout import Layout, LearnerInit, learner_init
 from rao_jax.models import ModelConfig, Qwen3
 from rao_jax.models.config import ConfigError

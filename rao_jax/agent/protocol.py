@@ -111,8 +111,6 @@ def qwen3_template(empty_think: bool = False) -> ChatTemplate:
     )
 
 
-# Special tokens a from-scratch sentencepiece model must define (user_defined_symbols) for its chats.
-SENTENCEPIECE_CHAT_SPECIALS = ("<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 
 def sentencepiece_template() -> ChatTemplate:

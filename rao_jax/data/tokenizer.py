@@ -1,5 +1,5 @@
-"""Tokenizers behind ``rao_jax.agent.protocol.Tokenizer``: sentencepiece for from-scratch models, a Hugging
-Face ``tokenizer.json`` for Qwen3, and the text to train a from-scratch one on.
+"""Tokenizers behind ``rao_jax.agent.protocol.Tokenizer``: sentencepiece for from-scratch models and a Hugging
+Face ``tokenizer.json`` for Qwen3 (the text to train a from-scratch one on: ``rao_jax.agent.corpus``).
 
 Invariants of both tokenizers:
 
@@ -37,11 +37,10 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from rao_jax.agent.policy import NodeView
-from rao_jax.agent.protocol import SENTENCEPIECE_CHAT_SPECIALS, system_prompt, user_prompt
-from rao_jax.envs.base import Task
+# Special tokens a from-scratch sentencepiece model defines (user_defined_symbols) for its chats
+# (``rao_jax.agent.protocol.sentencepiece_template``).
+SENTENCEPIECE_CHAT_SPECIALS = ("<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 # The action format's tags are whole pieces, so ``</python>`` is always the same single token: sampling
 # stops on it whatever text precedes it (a merged piece such as ``)\n</`` would hide it from the stop check).
@@ -232,60 +231,3 @@ def load_tokenizer(path: str | Path) -> SentencePieceTokenizer | HFTokenizer:
         return HFTokenizer(path)
     raise ValueError(f"{path}: unknown tokenizer file (expected a sentencepiece .model, a tokenizer.json or a "
                      "folder holding tokenizer.json)")
-
-
-class _Recorder:
-    """Wraps an oracle and keeps the text its nodes read and write, in order."""
-
-    def __init__(self, policy: Any):
-        self.policy = policy
-        self.texts: list[str] = []
-
-    async def act(self, view: NodeView) -> str:
-        if view.steps:
-            self.texts.append(view.steps[-1].observation)
-        elif view.parent_id is not None:   # a child's first step: its goal and context (the root's is known)
-            self.texts.append(user_prompt(view))
-        action = await self.policy.act(view)
-        self.texts.append(action)
-        return action
-
-
-def corpus_texts(tasks: Iterable[Task], *, recursive_and_flat: bool = True,
-                 max_trees: int | None = None) -> Iterator[str]:
-    """Text to train a from-scratch tokenizer on a task family, one training sentence per item.
-
-    Per task: the system prompt (flat and recursive modes, or recursive only), the root's user prompt,
-    then for each mode one oracle tree run in-process (``scripted_rollout.run_tree``, no sandbox): every
-    action, every observation an action's node read next, and each child's user prompt. The observation
-    of a node's last action is not included (no later step reads it). Each system prompt is repeated per
-    task on purpose: every node reads it, so its words should weigh as much as they will in training.
-
-    Args:
-      tasks: tasks of any family with an oracle (``rao_jax.envs.oracles.make_oracle``).
-      recursive_and_flat: False keeps the recursive mode only.
-      max_trees: run at most this many oracle trees in all (None: every task, each mode); later tasks
-        still give their prompts.
-
-    Runs ``asyncio.run`` per tree, so call it outside an event loop.
-    """
-    # Imported here: the env modules are only needed to build a corpus, not to tokenize.
-    from rao_jax.envs.families import open_episode
-    from rao_jax.envs.oracles import make_oracle
-    from rao_jax.envs.scripted_rollout import run_tree
-
-    modes = (False, True) if recursive_and_flat else (True,)
-    trees = 0
-    for task in tasks:
-        episode = open_episode(task)
-        for recursive in modes:
-            yield system_prompt(episode.tool_docs(recursive), recursive)
-        root = NodeView(0, 0, None, 0, episode.root_goal(), task.max_steps, modes[-1], ())
-        yield user_prompt(root)
-        for recursive in modes:
-            if max_trees is not None and trees >= max_trees:
-                break
-            trees += 1
-            recorder = _Recorder(make_oracle(task, recursive))
-            run_tree(open_episode(task), recorder, task.max_steps, recursive)
-            yield from recorder.texts

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from rao_jax.agent.protocol import SENTENCEPIECE_CHAT_SPECIALS
+from rao_jax.data.tokenizer import SENTENCEPIECE_CHAT_SPECIALS
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *SENTENCEPIECE_CHAT_SPECIALS]
 

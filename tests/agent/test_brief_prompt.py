@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from rao_jax.agent.corpus import oracle_corpus_texts
 from rao_jax.agent.demo_policy import DemoPolicy
+from rao_jax.agent.oracles import make_oracle
 from rao_jax.agent.policy import NodeView
 from rao_jax.agent.protocol import sentencepiece_template, system_prompt
 from rao_jax.config import default_config, from_config_dict
 from rao_jax.envs import textcraft_synth as ts
 from rao_jax.envs.families import open_episode
-from rao_jax.envs.oracles import make_oracle, oracle_corpus_texts
 from tests.agent.local_tokenizer import LocalTokenizer
 
 

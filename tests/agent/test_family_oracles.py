@@ -1,6 +1,6 @@
 """The task families' oracle policies run through the real runtime (sandboxed cells, budgets, records).
 
-The families check their oracles with an in-process reference driver (``rao_jax.envs.scripted_rollout``);
+The families check their oracles with an in-process reference driver (``rao_jax.agent.scripted_rollout``);
 here the same policies and episodes go through ``RolloutRunner``: their cells run in sandbox workers,
 their tool calls and launches cross the proxy, and the records must show the oracle's result with
 every node credited its own success.
@@ -13,13 +13,13 @@ import itertools
 
 import pytest
 
+from rao_jax.agent.oracles import make_oracle
 from rao_jax.agent.rollout import RolloutConfig, RolloutRunner
 from rao_jax.agent.sandbox import SandboxLimits, SandboxPool
+from rao_jax.agent.scripted_rollout import run_tree as reference_run
 from rao_jax.envs import chain_hop, labeled_rows
 from rao_jax.envs import textcraft_synth as ts
 from rao_jax.envs.families import open_episode
-from rao_jax.envs.oracles import make_oracle
-from rao_jax.envs.scripted_rollout import run_tree as reference_run
 from tests.agent.test_rollout import check_consistent
 
 SMALL = {"leaf_crafts": 3, "crafts_per_step": 1, "inline_crafts": 1}   # deep trees in the tiny world

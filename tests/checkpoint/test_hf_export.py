@@ -22,7 +22,7 @@ NEW = 32
 
 
 def _corpus() -> list[str]:
-    from rao_jax.data.tokenizer import corpus_texts
+    from rao_jax.agent.corpus import corpus_texts
     from rao_jax.envs import textcraft_synth as ts
 
     tasks = list(ts.generate_tasks(ts.SynthConfig.tiny(), "train", 4))

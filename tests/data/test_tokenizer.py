@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from rao_jax.agent.corpus import corpus_texts
 from rao_jax.agent.protocol import (
-    SENTENCEPIECE_CHAT_SPECIALS,
     NodeTranscript,
     action_stop_sequences,
     qwen3_template,
@@ -17,9 +17,9 @@ from rao_jax.agent.protocol import (
 )
 from rao_jax.data.task_sources import iter_tasks
 from rao_jax.data.tokenizer import (
+    SENTENCEPIECE_CHAT_SPECIALS,
     HFTokenizer,
     SentencePieceTokenizer,
-    corpus_texts,
     load_tokenizer,
     train_sentencepiece,
 )

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
+from rao_jax.agent.oracles import ObservableCraftOracle, make_oracle
+from rao_jax.agent.scripted_rollout import run_tree
 from rao_jax.envs import textcraft_synth as ts
 from rao_jax.envs.families import open_episode
-from rao_jax.envs.oracles import ObservableCraftOracle, make_oracle
-from rao_jax.envs.scripted_rollout import run_tree
 
 
 def _tasks(seed: int, per: int = 4):

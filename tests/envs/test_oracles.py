@@ -6,12 +6,12 @@ import os
 
 import pytest
 
+from rao_jax.agent.oracles import action, make_oracle
+from rao_jax.agent.scripted_rollout import run_tree
 from rao_jax.envs import chain_hop, labeled_rows, textcraft_official
 from rao_jax.envs import textcraft_synth as ts
 from rao_jax.envs.base import ActionError
 from rao_jax.envs.families import open_episode
-from rao_jax.envs.oracles import action, make_oracle
-from rao_jax.envs.scripted_rollout import run_tree
 
 
 def _run(task, recursive, context=None, budget=None, **knobs):

@@ -468,60 +468,6 @@ class HopOracle:
         return script[min(len(view.steps), len(script) - 1)]
 
 
-def hop_budget(task: Task) -> int:
-    """Steps the recursive HopOracle needs: one launch step, then (3 + 1) reserved per hop in a chain."""
-    return 1 + sum(4 for chain in task.spec["chains"] for _ in chain["relations"])
-
-
-class _TextRecorder:
-    """Passes an oracle's actions through and keeps every action and the observation each one answered."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.texts: list[str] = []
-
-    async def act(self, view: NodeView):
-        if view.steps:
-            self.texts.append(view.steps[-1].observation)
-        text = await self.inner.act(view)
-        self.texts.append(text if isinstance(text, str) else getattr(text, "text", ""))
-        return text
-
-
-def oracle_corpus_texts(tasks, oracle_knobs: dict[str, Any], *, brief_prompt: bool = False):
-    """Tokenizer-corpus texts of the oracle that ``oracle_knobs`` selects (``make_oracle``): per task and
-    mode the system prompt (``brief_prompt`` variant), every node's user prompt, actions and observations.
-
-    The default tokenizer corpus (``rao_jax.data.tokenizer.corpus_texts``) runs the default oracles; a
-    warm start on another oracle's demonstrations (e.g. ``observable=True``) adds these so its text is
-    tokenised as compactly. Runs ``asyncio.run`` per tree: call it outside an event loop.
-    """
-    from rao_jax.agent.protocol import system_prompt
-    from rao_jax.envs.families import open_episode
-    from rao_jax.envs.scripted_rollout import run_tree
-
-    for task in tasks:
-        for recursive in (False, True):
-            episode = open_episode(task)
-            yield system_prompt(episode.tool_docs(recursive), recursive, brief=brief_prompt)
-            recorder = _UserPrompts(_TextRecorder(make_oracle(task, recursive, **dict(oracle_knobs))))
-            run_tree(episode, recorder, task.max_steps, recursive)
-            yield from recorder.prompts
-            yield from recorder.inner.texts
-
-
-class _UserPrompts:
-    def __init__(self, inner: _TextRecorder):
-        self.inner = inner
-        self.prompts: list[str] = []
-
-    async def act(self, view: NodeView):
-        if not view.steps:
-            from rao_jax.agent.protocol import user_prompt
-            self.prompts.append(user_prompt(view))
-        return await self.inner.act(view)
-
-
 def make_oracle(task: Task, recursive: bool, **knobs: Any):
     """The oracle policy of ``task``'s family."""
     if task.family in ("textcraft_synth", "textcraft_minecraft"):

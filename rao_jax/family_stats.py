@@ -1,8 +1,8 @@
-"""python -m rao_jax.data.family_stats [--wheel W] [--per-difficulty N]: the tables of docs/task_families.md.
+"""python -m rao_jax.family_stats [--wheel W] [--per-difficulty N]: the tables of docs/task_families.md.
 
 Prints markdown: TextCraft-Synth task statistics (ours vs the official files when a wheel is given) and
 the oracle table of every family, measured with the in-process scripted driver
-(``rao_jax.envs.scripted_rollout``) under the budget rules of RAO_SPEC section 1.
+(``rao_jax.agent.scripted_rollout``) under the budget rules of RAO_SPEC section 1.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections.abc import Iterable
 
 from tqdm import tqdm
 
+from rao_jax.agent.oracles import make_oracle
+from rao_jax.agent.scripted_rollout import run_tree
 from rao_jax.envs import chain_hop, labeled_rows, textcraft_official, textcraft_synth
 from rao_jax.envs.base import Task
 from rao_jax.envs.families import open_episode
-from rao_jax.envs.oracles import make_oracle
-from rao_jax.envs.scripted_rollout import run_tree
 
 DIFFICULTIES = ("easy", "medium", "hard", "extreme")
 
