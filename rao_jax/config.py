@@ -21,7 +21,7 @@ from typing import Any
 
 import ml_collections
 
-from rao_jax.models.config import ConfigError
+from rao_jax.errors import ConfigError
 
 
 def _need(ok: bool, message: str) -> None:
@@ -175,14 +175,21 @@ class EngineSection:
     replica_expert: int = 1
     replica_tensor: int = 1
     weights_dtype: str = ""
-    max_rows: int = 32
+    # Every field of rao_jax.sampling.EngineConfig but its seed (the run's), with its default
+    # (tests/test_config.py checks they match); engine_config() builds one from them.
+    max_rows: int = 64
     page_size: int = 16
-    num_pages: int = 1024
+    num_pages: int = 2048
     max_seq_len: int = 1024
     decode_steps: int = 16
     decode_groups: int = 1
     max_prefill_tokens: int = 4096
+    min_prefill_bucket: int = 64
     prefill_buckets_per_octave: int = 2
+    prefill_block: int = 16
+    max_top_k: int = 64
+    max_stops: int = 4
+    max_stop_len: int = 8
     attn_impl: str = "reference"
     cache_dtype: str = "float32"
 
@@ -190,6 +197,23 @@ class EngineSection:
         _need(self.replica_expert >= 1 and self.replica_tensor >= 1,
               "engine.replica_expert and engine.replica_tensor must be >= 1")
         _need(self.weights_dtype in ("", "float32", "bfloat16"), "engine.weights_dtype must be '', float32 or bfloat16")
+        engine_config(self)   # EngineConfig's own checks, now rather than at the first rollout
+
+
+def engine_config(engine: EngineSection, seed: int = 0):
+    """The ``rao_jax.sampling.EngineConfig`` of one sampler replica, from the section's fields of that name."""
+    from rao_jax.sampling.engine import EngineConfig
+
+    try:
+        return EngineConfig(**_same_fields(engine, EngineConfig), seed=seed)
+    except ValueError as err:
+        raise ConfigError(f"engine: {err}".replace("EngineConfig: ", "")) from None
+
+
+def _same_fields(section, library_class) -> dict[str, Any]:
+    """The section's values of every field ``library_class`` has too."""
+    names = {f.name for f in dataclasses.fields(library_class)}
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name in names}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +253,27 @@ class RLSection:
         _need(self.loss in ("cispo", "ppo"), f"rl.loss must be cispo or ppo, got {self.loss!r}")
         _need(self.kl_coef >= 0 and self.entropy_coef >= 0, "rl.kl_coef and rl.entropy_coef must be >= 0")
         _need(self.staleness >= 0, "rl.staleness must be >= 0")
+        advantage_config(self), loss_config(self)   # the library's own checks, now
+
+
+def advantage_config(rl: RLSection):
+    """``rao_jax.rl.batch.AdvantageConfig`` from the section's fields of that name."""
+    from rao_jax.rl.batch import AdvantageConfig
+
+    try:
+        return AdvantageConfig(**_same_fields(rl, AdvantageConfig))
+    except ValueError as err:
+        raise ConfigError(f"rl: {err}") from None
+
+
+def loss_config(rl: RLSection):
+    """``rao_jax.rl.losses.LossConfig`` of the RL update, from the section's fields of that name."""
+    from rao_jax.rl.losses import LossConfig
+
+    try:
+        return LossConfig(**_same_fields(rl, LossConfig))
+    except ValueError as err:
+        raise ConfigError(f"rl: {err}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +289,17 @@ class OptimSection:
     def __post_init__(self):
         _need(self.learning_rate > 0, "optim.learning_rate must be > 0")
         _need(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "optim.b1 and optim.b2 must be in [0, 1)")
+        optim_config(self)
+
+
+def optim_config(optim: OptimSection, **changes: Any):
+    """``rao_jax.rl.learner.OptimConfig`` from the section's fields of that name, with ``changes``."""
+    from rao_jax.rl.learner import OptimConfig
+
+    try:
+        return OptimConfig(**{**_same_fields(optim, OptimConfig), **changes})
+    except ValueError as err:
+        raise ConfigError(f"optim: {err}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,6 +446,15 @@ class TrainConfig:
         _need(self.train.row_len >= min(self.engine.max_seq_len, self.rollout.max_context or 1 << 30),
               f"train.row_len ({self.train.row_len}) must hold a whole node episode: make it >= "
               f"engine.max_seq_len ({self.engine.max_seq_len}) or rollout.max_context")
+        _need(self.rollout.top_k <= self.engine.max_top_k,
+              f"rollout.top_k ({self.rollout.top_k}) exceeds engine.max_top_k ({self.engine.max_top_k}), the "
+              "sampler's static bound: raise engine.max_top_k or lower rollout.top_k")
+        _need(self.rollout.max_context <= self.engine.max_seq_len,
+              f"rollout.max_context ({self.rollout.max_context}) exceeds engine.max_seq_len "
+              f"({self.engine.max_seq_len}), the longest sequence a replica holds")
+        _need(self.tokenizer.template != "qwen3" or bool(self.tokenizer.path),
+              "tokenizer.template='qwen3' needs tokenizer.path (a Qwen3 tokenizer.json): a tokenizer trained here "
+              "has the sentencepiece template's special tokens, not <|im_start|> / <|im_end|>")
 
 
 def _section_fields(cls) -> dict[str, Any]:

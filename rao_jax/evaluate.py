@@ -31,7 +31,7 @@ from rao_jax.agent.sandbox import SandboxError
 from rao_jax.agent.tree import TreeResult
 from rao_jax.config import EVAL_MODES, TrainConfig, from_config_dict
 from rao_jax.envs.base import Task
-from rao_jax.models.config import ConfigError
+from rao_jax.errors import ConfigError
 from rao_jax.parallel import multihost
 from rao_jax.paths import as_path
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from rao_jax.agent.protocol import qwen3_template, sentencepiece_template
 from rao_jax.checkpoint.hf import DEFAULT_MAX_SHARD_BYTES, CheckpointError, save_pretrained
 from rao_jax.checkpoint.orbax_io import CheckpointNotFoundError, restore_model
-from rao_jax.models.config import ConfigError
+from rao_jax.errors import ConfigError
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30}

@@ -43,9 +43,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rao_jax.config import TrainConfig, from_config_dict
+from rao_jax.errors import ConfigError
 from rao_jax.layout import Layout, bytes_per_device, sampler_init
 from rao_jax.models import ModelConfig
-from rao_jax.models.config import ConfigError
 from rao_jax.parallel.mesh import batch_shards
 from rao_jax.sampling.kv_cache import pool_init
 

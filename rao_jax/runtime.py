@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rao_jax import config as config_lib
 from rao_jax.agent.budget import BudgetCaps
 from rao_jax.agent.corpus import corpus_texts, oracle_corpus_texts
 from rao_jax.agent.demo_policy import DemoPolicy
@@ -43,9 +44,9 @@ from rao_jax.data import datasets
 from rao_jax.data.tokenizer import load_tokenizer, train_sentencepiece
 from rao_jax.envs.base import Task
 from rao_jax.envs.families import open_episode
+from rao_jax.errors import ConfigError
 from rao_jax.layout import Layout, LearnerInit, learner_init
 from rao_jax.models import ModelConfig, Qwen3
-from rao_jax.models.config import ConfigError
 from rao_jax.parallel import multihost
 from rao_jax.paths import as_path, local_copy, staged
 from rao_jax.sampling import EngineConfig, SamplingParams
@@ -192,15 +193,7 @@ def learner_constructor(config: TrainConfig, model_cfg: ModelConfig, layout: Lay
 
 def engine_config(config: TrainConfig) -> EngineConfig:
     """Each sampler replica's static sizes."""
-    e = config.engine
-    try:
-        return EngineConfig(max_rows=e.max_rows, page_size=e.page_size, num_pages=e.num_pages,
-                            max_seq_len=e.max_seq_len, decode_steps=e.decode_steps, decode_groups=e.decode_groups,
-                            max_prefill_tokens=e.max_prefill_tokens,
-                            prefill_buckets_per_octave=e.prefill_buckets_per_octave, attn_impl=e.attn_impl,
-                            cache_dtype=e.cache_dtype, seed=config.seed)
-    except ValueError as err:
-        raise ConfigError(f"engine: {err}") from None
+    return config_lib.engine_config(config.engine, seed=config.seed)
 
 
 def sampler_dtype(config: TrainConfig) -> str:

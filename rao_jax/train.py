@@ -60,15 +60,15 @@ from rao_jax import metrics
 from rao_jax.agent.sandbox import SandboxError
 from rao_jax.checkpoint.hf import save_pretrained
 from rao_jax.checkpoint.orbax_io import CheckpointStore, save_model_checkpoint
-from rao_jax.config import TrainConfig, from_config_dict, to_dict
+from rao_jax.config import TrainConfig, advantage_config, from_config_dict, loss_config, optim_config, to_dict
+from rao_jax.errors import ConfigError
 from rao_jax.evaluate import evaluate
-from rao_jax.models.config import ConfigError
 from rao_jax.models.qwen3 import Qwen3
 from rao_jax.parallel import multihost
 from rao_jax.parallel.mesh import batch_shards, process_batch_rows
 from rao_jax.parallel.sharding import global_batch
 from rao_jax.paths import LineLog, as_path, copy_tree, is_remote, local_copy, tensorboard_writer
-from rao_jax.rl.batch import AdvantageConfig, build_batch, pack_padded
+from rao_jax.rl.batch import build_batch, pack_padded
 from rao_jax.rl.learner import OptimConfig, batch_arrays, make_optimizer, reference_logprobs, train_step
 from rao_jax.rl.losses import LossConfig
 from rao_jax.rl.packing import NodeSequence, PackedBatch, pack_sequences
@@ -151,17 +151,15 @@ def _scalars(out: dict) -> dict[str, float]:
 
 
 def rl_optim_config(config: TrainConfig) -> OptimConfig:
-    o = config.optim
-    return OptimConfig(learning_rate=o.learning_rate, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                       grad_clip=o.grad_clip)
+    return optim_config(config.optim)
 
 
 def sft_optim_config(config: TrainConfig) -> OptimConfig:
     """The warm start's optimizer: the RL optimizer's AdamW betas and clipping, no weight decay, and
     ``sft.learning_rate`` on ``sft.schedule`` over ``sft.steps``."""
     sft, o = config.sft, config.optim
-    return OptimConfig(learning_rate=sft.learning_rate, b1=o.b1, b2=o.b2, weight_decay=0.0, grad_clip=o.grad_clip,
-                       schedule=sft.schedule, total_steps=sft.steps if sft.schedule == "cosine" else None)
+    return optim_config(o, learning_rate=sft.learning_rate, weight_decay=0.0, schedule=sft.schedule,
+                        total_steps=sft.steps if sft.schedule == "cosine" else None)
 
 
 def make_optimizers(config: TrainConfig) -> Callable[[Qwen3], tuple]:
@@ -213,8 +211,7 @@ class Trainer:
         self.stream = self.runtime.tasks.train_iterator(cursor)
         self._cursor = self.stream.state()  # the cursor after the tasks of the last trained step
         self.log = MetricsLog(self.workdir, self.global_step if cursor is not None or self.sft_done else None)
-        self.adv = AdvantageConfig(**{k: getattr(config.rl, k) for k in (
-            "bonus", "lam", "beta", "cap", "baseline", "normalize_std", "drop_zero_signal")})
+        self.adv = advantage_config(config.rl)
         if multihost.is_primary():
             (self.workdir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
 
@@ -295,11 +292,7 @@ class Trainer:
         chunk = self.config.train.logprob_chunk
         batch = global_batch(batch_arrays(local), self.runtime.mesh, rows)
         rl = self.config.rl
-        if loss == "sft":
-            cfg = LossConfig(loss="sft")
-        else:
-            cfg = LossConfig(loss=rl.loss, max_weight=rl.max_weight, eps_low=rl.eps_low, eps_high=rl.eps_high,
-                             kl_coef=rl.kl_coef, entropy_coef=rl.entropy_coef)
+        cfg = LossConfig(loss="sft") if loss == "sft" else loss_config(rl)
         if rl.staleness == 0:   # nothing samples during a synchronous update: free the replicas' copies
             self.runtime.release_sampler_weights()
         # Under the mesh, MoE blocks run expert-parallel over the `expert` axis (rao_jax.models.moe).

@@ -21,6 +21,9 @@ ALLOWED = {
 }
 
 
+BOTTOM = ("rao_jax.errors",)   # every layer may raise ConfigError
+
+
 def _imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -39,7 +42,7 @@ def _modules(layer: str) -> list[Path]:
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
 def test_layer_imports_only_what_is_below_it(layer):
     bad = {f"{path.relative_to(PACKAGE.parent)}: {name}" for path in _modules(layer) for name in _imports(path)
-           if not name.startswith(ALLOWED[layer])}
+           if not name.startswith(ALLOWED[layer] + BOTTOM)}
     assert not bad, sorted(bad)
 
 

@@ -22,7 +22,8 @@ from flax import nnx
 
 from rao_jax.agent.protocol import ChatTemplate, qwen3_template, sentencepiece_template
 from rao_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsReader, TensorPlan, write_file
-from rao_jax.models.config import ConfigError, ModelConfig
+from rao_jax.errors import ConfigError
+from rao_jax.models.config import ModelConfig
 from rao_jax.models.layers import DType
 from rao_jax.models.qwen3 import Qwen3
 

@@ -14,12 +14,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from rao_jax.errors import ConfigError
+
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen3_moe")
 _ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
-
-
-class ConfigError(ValueError):
-    """A ``config.json`` that rao_jax cannot turn into a model."""
 
 
 @dataclasses.dataclass(frozen=True)
