@@ -86,7 +86,7 @@ class TokenizerSection:
 @dataclasses.dataclass(frozen=True)
 class DataSection:
     """Attributes:
-        family: task family (``rao_jax.data.task_sources.FAMILIES``).
+        family: task source (a name registered in ``rao_jax.envs.families``).
         knobs: the family's generator knobs (see docs/task_families.md).
         data_dir: where the array_record dataset is built ("" = ``<workdir>/data``).
         train_difficulties: train only on these difficulty buckets (empty: all).
@@ -100,8 +100,8 @@ class DataSection:
     shuffle: bool = True
 
     def __post_init__(self):
-        from rao_jax.data.task_sources import FAMILIES
-        _need(self.family in FAMILIES, f"data.family must be one of {FAMILIES}, got {self.family!r}")
+        from rao_jax.envs import families
+        _need(self.family in families.names(), f"data.family must be one of {families.names()}, got {self.family!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 from rao_jax.agent.policy import NodeView
@@ -468,19 +469,35 @@ class HopOracle:
         return script[min(len(view.steps), len(script) - 1)]
 
 
+def _crafting_oracle(task: Task, recursive: bool, **knobs: Any):
+    style = knobs.pop("style", "plan")
+    if knobs.pop("observable", False) or style == "observable":
+        return ObservableCraftOracle(task, recursive, **knobs)
+    if style == "program":
+        return ProgramCraftOracle(task, recursive, **knobs)
+    if style != "plan":
+        raise ValueError(f"oracle style must be 'plan', 'observable' or 'program', got {style!r}")
+    return TextCraftOracle(task, recursive, **knobs)
+
+
+# Oracle factories by ``Task.family``: ``(task, recursive, **knobs) -> Policy``.
+_ORACLES: dict[str, Callable[..., Any]] = {
+    "textcraft_synth": _crafting_oracle,
+    "textcraft_minecraft": _crafting_oracle,
+    labeled_rows.FAMILY: RowsOracle,
+    chain_hop.FAMILY: lambda task, recursive: HopOracle(task, recursive),
+}
+
+
+def register_oracle(task_family: str, factory: Callable[..., Any]) -> None:
+    """Makes ``factory(task, recursive, **knobs)`` the oracle of tasks whose ``Task.family`` is ``task_family``."""
+    _ORACLES[task_family] = factory
+
+
 def make_oracle(task: Task, recursive: bool, **knobs: Any):
-    """The oracle policy of ``task``'s family."""
-    if task.family in ("textcraft_synth", "textcraft_minecraft"):
-        style = knobs.pop("style", "plan")
-        if knobs.pop("observable", False) or style == "observable":
-            return ObservableCraftOracle(task, recursive, **knobs)
-        if style == "program":
-            return ProgramCraftOracle(task, recursive, **knobs)
-        if style != "plan":
-            raise ValueError(f"oracle style must be 'plan', 'observable' or 'program', got {style!r}")
-        return TextCraftOracle(task, recursive, **knobs)
-    if task.family == labeled_rows.FAMILY:
-        return RowsOracle(task, recursive, **knobs)
-    if task.family == chain_hop.FAMILY:
-        return HopOracle(task, recursive)
-    raise ValueError(f"no oracle for family {task.family!r}")
+    """The oracle policy of ``task``'s family (knobs: the family oracle's, e.g. ``style``, ``mistake_rate``)."""
+    try:
+        factory = _ORACLES[task.family]
+    except KeyError:
+        raise ValueError(f"no oracle for family {task.family!r}; known: {sorted(_ORACLES)}") from None
+    return factory(task, recursive, **knobs)

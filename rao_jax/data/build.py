@@ -12,7 +12,7 @@ import json
 import sys
 
 from rao_jax.data.datasets import build, data_source
-from rao_jax.data.task_sources import FAMILIES
+from rao_jax.data.task_sources import families
 
 
 def parse_knobs(items: list[str]) -> dict:
@@ -30,7 +30,7 @@ def parse_knobs(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", required=True, choices=FAMILIES)
+    parser.add_argument("--family", required=True, choices=families())
     parser.add_argument("--out", required=True, help="tfds data_dir to write into")
     parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE")
     args = parser.parse_args(argv)

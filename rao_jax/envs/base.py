@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 
@@ -75,3 +75,26 @@ class Episode(abc.ABC):
     @abc.abstractmethod
     def node_success(self, node_id: int, finish_message: Any | None) -> float:
         """s_v in [0, 1] for an ended node; ``finish_message`` is None if it never called finish."""
+
+
+# Helpers of the task sources (``rao_jax.envs.families.Family.tasks``).
+
+def take_knob(knobs: dict[str, Any], name: str, default: Any) -> Any:
+    """Removes and returns ``knobs[name]`` (``default`` when absent)."""
+    return knobs.pop(name) if name in knobs else default
+
+
+def no_more_knobs(knobs: dict[str, Any]) -> None:
+    if knobs:
+        raise ValueError(f"unknown knobs {sorted(knobs)}")
+
+
+def interleave(tasks: Iterable[Task]) -> Iterator[Task]:
+    """``tasks`` regrouped round-robin over their difficulty buckets (buckets in order of first
+    appearance, each bucket's tasks in their own order), so any prefix covers every bucket."""
+    buckets: dict[str, list[Task]] = {}
+    for task in tasks:
+        buckets.setdefault(task.difficulty, []).append(task)
+    queues = list(buckets.values())
+    for row in range(max(map(len, queues), default=0)):
+        yield from (queue[row] for queue in queues if row < len(queue))

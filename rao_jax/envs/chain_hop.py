@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from rao_jax.envs.base import ActionError, Episode, Goal, Task
+from rao_jax.envs.base import ActionError, Episode, Goal, Task, interleave, take_knob
 
 FAMILY = "chain_hop"
 TYPES = ("person", "company", "city", "country")
@@ -197,3 +197,14 @@ class HopEpisode(Episode):
         if isinstance(gold, list):
             return float(isinstance(finish_message, list | tuple) and [str(x) for x in finish_message] == gold)
         return float(str(finish_message).strip() == gold)
+
+
+def tasks_from_knobs(split: str, knobs: dict[str, Any]) -> Iterator[Task]:
+    """The ``chain_hop`` task source: ``num_tasks`` (10) per (hops, branches) cell, ``hops`` (train 2-3,
+    val 5 and 8), ``branches`` (1 and 2), and every ``HopConfig`` field; round-robin over the cells."""
+    n = take_knob(knobs, "num_tasks", 10)
+    hops = take_knob(knobs, "hops", [2, 3] if split == "train" else [5, 8])
+    branches = take_knob(knobs, "branches", [1, 2])
+    config = HopConfig(**knobs)
+    cells = [(int(k), int(b)) for k in hops for b in branches for _ in range(n)]
+    return interleave(generate_task(config, split, index, k, b) for index, (k, b) in enumerate(cells))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from rao_jax.envs.base import ActionError, Episode, Goal, Task
@@ -518,3 +518,14 @@ def replay_gold_plan(task: Task, errors: str | None = None) -> tuple[bool, str]:
     if episode.node_success(0, "done") != 1.0:
         return False, f"targets not reached; inventory {episode.view_inventory()}"
     return True, "ok"
+
+
+ERROR_MODES = ("return", "raise")
+
+
+def with_errors(tasks: Iterable[Task], errors: Any) -> Iterator[Task]:
+    """``tasks`` whose failed crafts ``"return"`` an ``Error: ...`` text (the authors' environment: the
+    cell goes on) or ``"raise"`` ``ActionError`` (ending the cell)."""
+    if errors not in ERROR_MODES:
+        raise ValueError(f"knob errors must be 'return' or 'raise', got {errors!r}")
+    return (dataclasses.replace(task, spec={**task.spec, "errors": errors}) for task in tasks)

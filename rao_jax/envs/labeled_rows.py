@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from rao_jax.envs.base import ActionError, Episode, Goal, Task
+from rao_jax.envs.base import ActionError, Episode, Goal, Task, interleave, take_knob
 
 FAMILY = "labeled_rows"
 LABELS = ("praise", "complaint", "question", "request", "update")
@@ -228,3 +228,14 @@ def grouping_for(kind: str) -> tuple[str, ...]:
     """The partial counts from which a question's answer can be combined."""
     return {"user_label": ("user", "label"), "users_with_label": ("user", "label"),
             "month_label": ("month", "label")}.get(kind, ("label",))
+
+
+def tasks_from_knobs(split: str, knobs: dict[str, Any]) -> Iterator[Task]:
+    """The ``labeled_rows`` task source: ``num_tasks`` (14) per input size, ``context_multiples`` (train
+    1x and 2x the window, val 4x and 8x), and every ``RowsConfig`` field; round-robin over the sizes."""
+    n = take_knob(knobs, "num_tasks", 14)
+    multiples = take_knob(knobs, "context_multiples", [1.0, 2.0] if split == "train" else [4.0, 8.0])
+    config = RowsConfig(**knobs)
+    return interleave(generate_task(dataclasses.replace(config, context_multiple=float(multiple)), split, index,
+                                    difficulty=f"{multiple:g}x")
+                      for index, multiple in enumerate(m for m in multiples for _ in range(n)))

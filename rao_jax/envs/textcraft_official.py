@@ -26,12 +26,12 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from rao_jax.envs.base import Task
-from rao_jax.envs.crafting import Recipe, RecipeBook, closure, crafting_task_spec, parse_goal_text
+from rao_jax.envs.base import Task, no_more_knobs, take_knob
+from rao_jax.envs.crafting import Recipe, RecipeBook, closure, crafting_task_spec, parse_goal_text, with_errors
 
 SYNTH_FAMILY = "textcraft_synth"
 MINECRAFT_FAMILY = "textcraft_minecraft"
@@ -355,3 +355,25 @@ def _split(split: str) -> str:
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     return split
+
+
+def _tasks_from_knobs(load, split: str, knobs: dict[str, Any]) -> Iterator[Task]:
+    wheel = take_knob(knobs, "wheel", None)
+    if not wheel:
+        raise ValueError("knob 'wheel' is required (path to the platoon-textcraft wheel or its data folder)")
+    max_steps = take_knob(knobs, "max_steps", None)
+    errors = take_knob(knobs, "errors", "return")
+    no_more_knobs(knobs)
+    return with_errors(load(TaskFiles(wheel), split, max_steps), errors)
+
+
+def synth_tasks_from_knobs(split: str, knobs: dict[str, Any]) -> Iterator[Task]:
+    """The ``textcraft_official`` task source (the authors' TextCraft-Synth files, in file order): knobs
+    ``wheel`` (required), ``max_steps`` (default: the file's), ``errors`` (default "return")."""
+    return _tasks_from_knobs(load_synth_tasks, split, knobs)
+
+
+def minecraft_tasks_from_knobs(split: str, knobs: dict[str, Any]) -> Iterator[Task]:
+    """The ``textcraft_minecraft`` task source (the authors' Minecraft files, in file order); knobs as
+    ``synth_tasks_from_knobs``."""
+    return _tasks_from_knobs(load_minecraft_tasks, split, knobs)

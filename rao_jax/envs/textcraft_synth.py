@@ -26,8 +26,8 @@ import string
 from collections.abc import Iterator
 from typing import Any
 
-from rao_jax.envs.base import Task
-from rao_jax.envs.crafting import Recipe, RecipeBook, crafting_task_spec, format_targets
+from rao_jax.envs.base import Task, interleave, take_knob
+from rao_jax.envs.crafting import Recipe, RecipeBook, crafting_task_spec, format_targets, with_errors
 from rao_jax.envs.crafting_plan import base_need, greedy_plan
 
 FAMILY = "textcraft_synth"
@@ -226,3 +226,18 @@ def generate_tasks(config: SynthConfig, split: str, per_difficulty: int) -> Iter
         for k in range(per_difficulty):
             yield make_task(world, split, index, name, lo + k % (hi - lo + 1), rng)
             index += 1
+
+
+def tasks_from_knobs(split: str, knobs: dict[str, Any]) -> Iterator[Task]:
+    """The ``textcraft_synth`` task source: a ``preset`` (``PRESETS``, default ``paper``) whose knobs the
+    given ones override (every ``SynthConfig`` field, ``per_difficulty``, ``errors``: default "raise"),
+    round-robin over the difficulty buckets."""
+    preset = take_knob(knobs, "preset", "paper")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    knobs = {**PRESETS[preset], **knobs}
+    per = take_knob(knobs, "per_difficulty", None)
+    errors = take_knob(knobs, "errors", "raise")
+    config = SynthConfig(**{k: tuple(map(tuple, v)) if k == "difficulties" else tuple(v) if isinstance(v, list)
+                            else v for k, v in knobs.items()})
+    return interleave(with_errors(generate_tasks(config, split, per), errors))
