@@ -17,7 +17,7 @@ tpu_scripts/setup.sh copies it there from `CHECKPOINT_GCS` (tpu_scripts/common.s
 host writes its checkpoint shards there) from common.sh.
 """
 
-from rao_jax.config import qwen3_pod_config
+from rao_jax.recipes import qwen3_pod_config
 
 CHECKPOINT = "/tmp/rao/models/Qwen3-30B-A3B"  # placeholder: setup.sh puts the checkpoint here
 

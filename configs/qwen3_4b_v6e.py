@@ -19,7 +19,7 @@ at temperature 1 (and greedily), root budget 200. `--config configs/qwen3_4b_v6e
 `--config.data.knobs.wheel` (tpu_scripts/common.sh).
 """
 
-from rao_jax.config import qwen3_pod_config, textcraft_paper_protocol
+from rao_jax.recipes import qwen3_pod_config, textcraft_paper_protocol
 
 CHECKPOINT = "/tmp/rao/models/Qwen3-4B-Instruct-2507"  # placeholder: setup.sh puts the checkpoint here
 WHEEL = "/tmp/rao/data/platoon_textcraft-0.3.0-py3-none-any.whl"  # placeholder: setup.sh puts the wheel here

@@ -92,15 +92,10 @@ async def evaluate(runtime, tasks: Sequence[Task], modes: Sequence[str], *, temp
 
 
 def _restore_policy(runtime, checkpoint: str, step: int | None) -> int:
-    from flax import nnx
-
-    from rao_jax.checkpoint.orbax_io import CheckpointStore
+    from rao_jax.checkpoint.orbax_io import CheckpointStore, restore_into
 
     with CheckpointStore(checkpoint, create=False) as store:
-        state = nnx.state(runtime.model, nnx.Param)
-        restored = store.restore(step, params=nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, restored.params)
-    nnx.update(runtime.model, state)
+        restored = restore_into(store, step, runtime.model)
     runtime.learner_updated()
     runtime.sync_sampler()   # the replicas sample the restored policy
     return restored.step

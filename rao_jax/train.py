@@ -59,7 +59,7 @@ from tqdm import tqdm
 from rao_jax import metrics
 from rao_jax.agent.sandbox import SandboxError
 from rao_jax.checkpoint.hf import save_pretrained
-from rao_jax.checkpoint.orbax_io import CheckpointStore, save_model_checkpoint
+from rao_jax.checkpoint.orbax_io import CheckpointStore, restore_into, save_model_checkpoint
 from rao_jax.config import TrainConfig, advantage_config, from_config_dict, loss_config, optim_config, to_dict
 from rao_jax.errors import ConfigError
 from rao_jax.evaluate import evaluate
@@ -150,6 +150,12 @@ def _scalars(out: dict) -> dict[str, float]:
     return {k: float(v) for k, v in out.items()}
 
 
+def sampler_seed(seed: int, global_step: int) -> int:
+    """seed * 1_000_003 + global step: the sampler's seed at a step (a resumed run samples as the
+    uninterrupted one would)."""
+    return seed * 1_000_003 + global_step
+
+
 def rl_optim_config(config: TrainConfig) -> OptimConfig:
     return optim_config(config.optim)
 
@@ -231,17 +237,11 @@ class Trainer:
         if optimizer is None:
             raise ConfigError(f"the checkpoint at {self.store.directory} (step {step}) is in the SFT phase but "
                               "sft.steps is 0 in this config")
-        params = nnx.state(self.model, nnx.Param)
-        opt_state = nnx.state(optimizer)
         try:
-            restored = self.store.restore(step, params=nnx.to_pure_dict(params), opt_state=nnx.to_pure_dict(opt_state))
+            restore_into(self.store, step, self.model, optimizer)
         except (ValueError, KeyError) as err:
             raise ConfigError(f"cannot resume from {self.store.directory} step {step}: its shapes do not match "
                               f"this config's model / optimizer ({err})") from None
-        nnx.replace_by_pure_dict(params, restored.params)
-        nnx.update(self.model, params)
-        nnx.replace_by_pure_dict(opt_state, restored.opt_state)
-        nnx.update(optimizer, opt_state)
         self.sft_done, self.rl_done = meta["sft_step"], meta["rl_step"]
         self._saved_step = step
         self.runtime.learner_updated()
@@ -255,7 +255,7 @@ class Trainer:
         """Saves the current step (every process writes its shards)."""
         optimizer = self.sft_optimizer if phase == "sft" else self.rl_optimizer
         meta = {"phase": phase, "sft_step": self.sft_done, "rl_step": self.rl_done, "cursor": self._cursor,
-                "rng": {"seed": self.config.seed, "sampler_seed": "seed * 1_000_003 + global step"},
+                "rng": {"seed": self.config.seed, "sampler_seed": sampler_seed.__doc__},
                 "config": to_dict(self.config)}
         save_model_checkpoint(self.store, self.global_step, self.model,
                               opt_state=nnx.to_pure_dict(nnx.state(optimizer)), metadata=meta)
@@ -316,9 +316,7 @@ class Trainer:
             if store.latest_step() is None:
                 save_model_checkpoint(store, 0, self.ref_model)
             else:
-                params = nnx.state(self.ref_model, nnx.Param)
-                nnx.replace_by_pure_dict(params, store.restore(0, params=nnx.to_pure_dict(params)).params)
-                nnx.update(self.ref_model, params)
+                restore_into(store, 0, self.ref_model)
             store.close()
         return self.ref_model
 
@@ -371,7 +369,7 @@ class Trainer:
         cfg = self.config
         tasks = self.stream.take(cfg.rollout.tasks_per_step)
         if cfg.rl.staleness == 0:  # synchronous: the sampler's rng depends on the step alone
-            self.runtime.sampler.reseed(cfg.seed * 1_000_003 + self.sft_done + rl_step - 1)
+            self.runtime.sampler.reseed(sampler_seed(cfg.seed, self.sft_done + rl_step - 1))
         rollout = self.runtime.rollout(multihost.share(tasks), cfg.rollout.group_size,
                                        recursive=cfg.rollout.recursive, temperature=cfg.rollout.temperature,
                                        name=f"step{rl_step}")
@@ -458,7 +456,7 @@ class Trainer:
             bar = tqdm(total=cfg.train.steps, initial=self.rl_done, desc="RAO", disable=not self.progress)
             last: dict[str, Any] = {}
             if cfg.rl.staleness:
-                self.runtime.sampler.reseed(cfg.seed * 1_000_003 + self.global_step)
+                self.runtime.sampler.reseed(sampler_seed(cfg.seed, self.global_step))
             # Up to 1 + staleness steps' rollouts are in flight: with staleness s, the trees a step
             # trains on were sampled by a policy at most s updates older than the one being updated.
             inflight: collections.deque[_Pending] = collections.deque()

@@ -133,6 +133,27 @@ class CheckpointStore:
         return step
 
 
+def restore_into(store: CheckpointStore, step: int | None, model: nnx.Module, optimizer: nnx.Module | None = None
+                 ) -> Restored:
+    """Restores ``step`` (default: the latest) of ``store`` into ``model``'s parameters (and
+    ``optimizer``'s state) in place, keeping their shardings; returns what was restored.
+
+    Raises:
+      CheckpointNotFoundError: no such step. ValueError / KeyError: shapes or structure that do not
+        match ``model`` / ``optimizer``.
+    """
+    params = nnx.state(model, nnx.Param)
+    opt_state = nnx.state(optimizer) if optimizer is not None else None
+    restored = store.restore(step, params=nnx.to_pure_dict(params),
+                             opt_state=nnx.to_pure_dict(opt_state) if opt_state is not None else None)
+    nnx.replace_by_pure_dict(params, restored.params)
+    nnx.update(model, params)
+    if optimizer is not None:
+        nnx.replace_by_pure_dict(opt_state, restored.opt_state)
+        nnx.update(optimizer, opt_state)
+    return restored
+
+
 def save_model_checkpoint(store: CheckpointStore, step: int, model: Qwen3, *, opt_state: Any = None,
                           metadata: Mapping[str, Any] | None = None) -> None:
     """Saves a model with its ``config.json`` in the metadata, so the step alone can rebuild it."""
