@@ -29,6 +29,7 @@ import ast
 import asyncio
 import builtins
 import contextlib
+import inspect
 import io
 import json
 import linecache
@@ -415,7 +416,7 @@ class Worker:
             ast.fix_missing_locations(tree)
         compiled = compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
         result = eval(compiled, ns)
-        if result is not None and compiled.co_flags & 0x80:  # CO_COROUTINE: the cell awaits
+        if result is not None and compiled.co_flags & inspect.CO_COROUTINE:  # the cell awaits
             await result
         value = ns.pop(value_name, None)
         return None if value is None else repr(value)[: self.cfg["output_chars"]]
