@@ -5,8 +5,9 @@
 For each tiny model config (dense and MoE by default) it trains a few dozen next-token steps on
 generated packed sequences (counting runs ``a, a+1, a+2, ...`` modulo the vocabulary, so the loss
 must fall from ln(vocab) towards zero), writes Orbax checkpoints, exports the last one to a Hugging
-Face folder, loads that folder back and checks the logits are unchanged. This is the project's main
-job until ``python -m rao_jax.train`` lands.
+Face folder, loads that folder back and checks the logits are unchanged: a one-minute smoke run of
+the model, checkpoint and export layers (the main job is the CPU demo, ``configs/cpu_demo.py``). The
+default model configs are read from the repository's ``configs/models``, so run it from a checkout.
 """
 
 from __future__ import annotations

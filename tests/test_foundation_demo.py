@@ -1,4 +1,4 @@
-"""The foundation demo (README command 1 until the trainer lands) on a shortened schedule."""
+"""The foundation demo (a smoke run of models, checkpoints and export) on a shortened schedule."""
 
 from __future__ import annotations
 
