@@ -184,7 +184,7 @@ def test_acceptance(workdirs):
     assert acc["per_seed"][0]["rec_minus_flat_deeper_ci95"] == points(6, 30, 2, 30)
     assert acc["per_seed"][1]["rec_minus_flat_deeper_ci95"] is None
     # a pooled rate of 1 that float sums put a hair above 1 still gets an interval
-    assert report._points_interval(1.0 + 2e-16, 105, 0.0, 105) == pytest.approx(
+    assert report.tables._points_interval(1.0 + 2e-16, 105, 0.0, 105) == pytest.approx(
         [100 * x for x in difference_interval(105, 105, 0, 105)])
     assert acc["mean"]["rl_gain_points"] == pytest.approx(18.75)
     assert acc["mean"]["rec_minus_flat_deeper_points"] == pytest.approx((40 / 3 + 20) / 2)
