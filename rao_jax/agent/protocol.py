@@ -214,6 +214,12 @@ class NodeTranscript:
 
 # ---- text protocol -----------------------------------------------------------------------------
 
+
+def format_action(thought: str, code: str) -> str:
+    """One step's CodeAct text: ``<thought>...</thought>`` and a ``<python>`` cell."""
+    return f"<thought>{thought}</thought>\n<python>\n{code}\n</python>"
+
+
 _FORMAT = ("<thought>what you will do next and why</thought>\n"
            "<python>\n# one Python cell\n</python>")
 
