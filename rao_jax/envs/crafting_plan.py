@@ -20,7 +20,8 @@ import dataclasses
 import itertools
 from collections.abc import Mapping
 
-from rao_jax.envs.crafting import TAG_PREFIX, Recipe, RecipeBook
+from rao_jax.envs.base import ActionError, Task
+from rao_jax.envs.crafting import TAG_PREFIX, Recipe, RecipeBook, episode_from_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,3 +221,21 @@ def base_need(book: RecipeBook, targets: Mapping[str, int]) -> tuple[list[CraftS
             if name not in made and not book.can_craft(name):
                 need[name] = need.get(name, 0) + n
     return steps, dict(sorted(need.items()))
+
+
+def replay_gold_plan(task: Task, errors: str | None = None) -> tuple[bool, str]:
+    """Run a task's gold plan (official format) in a fresh episode as the root node; (success, why).
+    ``errors`` picks the rule set (default: the task's own)."""
+    episode = episode_from_task(task, errors)
+    episode.open_node(0, None, episode.root_goal())
+    for k, step in enumerate(task.spec.get("gold_plan", [])):
+        item, _ = step["target"]
+        try:
+            said = episode.craft(dict(step["ingredients"]), (item, step["result_count"]))
+        except ActionError as err:
+            return False, f"gold step {k}: {err}"
+        if said.startswith("Error:"):
+            return False, f"gold step {k}: {said}"
+    if episode.node_success(0, "done") != 1.0:
+        return False, f"targets not reached; inventory {episode.view_inventory()}"
+    return True, "ok"

@@ -13,8 +13,8 @@ import pytest
 from rao_jax.envs import textcraft_official as official
 from rao_jax.envs import textcraft_synth as ts
 from rao_jax.envs.base import ActionError, Goal
-from rao_jax.envs.crafting import CraftingEpisode, Recipe, RecipeBook, book_from_json, replay_gold_plan
-from rao_jax.envs.crafting_plan import Unsolvable, aggregated_plan, greedy_plan
+from rao_jax.envs.crafting import CraftingEpisode, Recipe, RecipeBook, book_from_json
+from rao_jax.envs.crafting_plan import Unsolvable, aggregated_plan, greedy_plan, replay_gold_plan
 from rao_jax.envs.families import open_episode
 
 
