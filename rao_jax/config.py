@@ -5,10 +5,8 @@ mirror the dataclasses below; ``python -m rao_jax.train --config configs/x.py --
 loads it with ``lock_config=True``, so a misspelt override fails at start. ``from_config_dict``
 converts the ConfigDict to a ``TrainConfig`` once, at the boundary: library code never sees a
 ConfigDict. Every section rejects keys it does not know and checks its values, with a message
-naming the key (``ConfigError``).
-
-``default_config()`` is the ConfigDict of all defaults; config files start from it and change
-what they need, so a file names only what differs.
+naming the key (``ConfigError``). ``default_config()`` is the ConfigDict of all defaults; config
+files start from it and change what they need, so a file names only what differs.
 """
 
 from __future__ import annotations
@@ -169,14 +167,13 @@ class EngineSection:
             over ``tensor``, experts over ``expert``); a host holds as many replicas as its devices
             allow, and each has its own weights and page pool (``rao_jax.parallel.mesh``).
         weights_dtype: the replicas' weight dtype ("" = ``model.dtype``).
-        max_rows / num_pages / ...: per replica.
+        max_rows / num_pages / ...: per replica: every field of ``EngineConfig`` but its seed (the run's),
+            with its default (``rao_jax.config_libs.engine_config`` builds one from them).
     """
 
     replica_expert: int = 1
     replica_tensor: int = 1
     weights_dtype: str = ""
-    # Every field of rao_jax.sampling.EngineConfig but its seed (the run's), with its default
-    # (tests/test_config.py checks they match); engine_config() builds one from them.
     max_rows: int = 64
     page_size: int = 16
     num_pages: int = 2048
@@ -197,23 +194,8 @@ class EngineSection:
         _need(self.replica_expert >= 1 and self.replica_tensor >= 1,
               "engine.replica_expert and engine.replica_tensor must be >= 1")
         _need(self.weights_dtype in ("", "float32", "bfloat16"), "engine.weights_dtype must be '', float32 or bfloat16")
+        from rao_jax.config_libs import engine_config
         engine_config(self)   # EngineConfig's own checks, now rather than at the first rollout
-
-
-def engine_config(engine: EngineSection, seed: int = 0):
-    """The ``rao_jax.sampling.EngineConfig`` of one sampler replica, from the section's fields of that name."""
-    from rao_jax.sampling.engine import EngineConfig
-
-    try:
-        return EngineConfig(**_same_fields(engine, EngineConfig), seed=seed)
-    except ValueError as err:
-        raise ConfigError(f"engine: {err}".replace("EngineConfig: ", "")) from None
-
-
-def _same_fields(section, library_class) -> dict[str, Any]:
-    """The section's values of every field ``library_class`` has too."""
-    names = {f.name for f in dataclasses.fields(library_class)}
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name in names}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,27 +235,8 @@ class RLSection:
         _need(self.loss in ("cispo", "ppo"), f"rl.loss must be cispo or ppo, got {self.loss!r}")
         _need(self.kl_coef >= 0 and self.entropy_coef >= 0, "rl.kl_coef and rl.entropy_coef must be >= 0")
         _need(self.staleness >= 0, "rl.staleness must be >= 0")
+        from rao_jax.config_libs import advantage_config, loss_config
         advantage_config(self), loss_config(self)   # the library's own checks, now
-
-
-def advantage_config(rl: RLSection):
-    """``rao_jax.rl.batch.AdvantageConfig`` from the section's fields of that name."""
-    from rao_jax.rl.batch import AdvantageConfig
-
-    try:
-        return AdvantageConfig(**_same_fields(rl, AdvantageConfig))
-    except ValueError as err:
-        raise ConfigError(f"rl: {err}") from None
-
-
-def loss_config(rl: RLSection):
-    """``rao_jax.rl.losses.LossConfig`` of the RL update, from the section's fields of that name."""
-    from rao_jax.rl.losses import LossConfig
-
-    try:
-        return LossConfig(**_same_fields(rl, LossConfig))
-    except ValueError as err:
-        raise ConfigError(f"rl: {err}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,17 +252,8 @@ class OptimSection:
     def __post_init__(self):
         _need(self.learning_rate > 0, "optim.learning_rate must be > 0")
         _need(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "optim.b1 and optim.b2 must be in [0, 1)")
+        from rao_jax.config_libs import optim_config
         optim_config(self)
-
-
-def optim_config(optim: OptimSection, **changes: Any):
-    """``rao_jax.rl.learner.OptimConfig`` from the section's fields of that name, with ``changes``."""
-    from rao_jax.rl.learner import OptimConfig
-
-    try:
-        return OptimConfig(**{**_same_fields(optim, OptimConfig), **changes})
-    except ValueError as err:
-        raise ConfigError(f"optim: {err}") from None
 
 
 @dataclasses.dataclass(frozen=True)

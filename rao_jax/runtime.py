@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rao_jax import config as config_lib
+from rao_jax import config_libs
 from rao_jax.agent.budget import BudgetCaps
 from rao_jax.agent.corpus import corpus_texts, oracle_corpus_texts
 from rao_jax.agent.demo_policy import DemoPolicy
@@ -193,7 +193,7 @@ def learner_constructor(config: TrainConfig, model_cfg: ModelConfig, layout: Lay
 
 def engine_config(config: TrainConfig) -> EngineConfig:
     """Each sampler replica's static sizes."""
-    return config_lib.engine_config(config.engine, seed=config.seed)
+    return config_libs.engine_config(config.engine, seed=config.seed)
 
 
 def sampler_dtype(config: TrainConfig) -> str:

@@ -60,7 +60,8 @@ from rao_jax import metrics
 from rao_jax.agent.sandbox import SandboxError
 from rao_jax.checkpoint.hf import save_pretrained
 from rao_jax.checkpoint.orbax_io import CheckpointStore, restore_into, save_model_checkpoint
-from rao_jax.config import TrainConfig, advantage_config, from_config_dict, loss_config, optim_config, to_dict
+from rao_jax.config import TrainConfig, from_config_dict, to_dict
+from rao_jax.config_libs import advantage_config, loss_config, optim_config
 from rao_jax.errors import ConfigError
 from rao_jax.evaluate import evaluate
 from rao_jax.models.qwen3 import Qwen3
