@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from rao_jax.errors import ConfigError
 
 if TYPE_CHECKING:
-    from rao_jax.config import EngineSection, OptimSection, RLSection
+    from rao_jax.config import EngineSection, OptimSection, RLSection, TrainConfig
 
 
 def engine_config(engine: EngineSection, seed: int = 0):
@@ -57,3 +57,16 @@ def optim_config(optim: OptimSection, **changes: Any):
         return OptimConfig(**{**_same_fields(optim, OptimConfig), **changes})
     except ValueError as err:
         raise ConfigError(f"optim: {err}") from None
+
+
+def rl_optim_config(config: TrainConfig):
+    """The RL update's ``OptimConfig`` (``optim``)."""
+    return optim_config(config.optim)
+
+
+def sft_optim_config(config: TrainConfig):
+    """The warm start's optimizer: the RL optimizer's AdamW betas and clipping, no weight decay, and
+    ``sft.learning_rate`` on ``sft.schedule`` over ``sft.steps``."""
+    sft = config.sft
+    return optim_config(config.optim, learning_rate=sft.learning_rate, weight_decay=0.0, schedule=sft.schedule,
+                        total_steps=sft.steps if sft.schedule == "cosine" else None)

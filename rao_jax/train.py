@@ -42,10 +42,8 @@ import math
 import random
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -58,22 +56,30 @@ from tqdm import tqdm
 
 from rao_jax import metrics
 from rao_jax.agent.sandbox import SandboxError
-from rao_jax.checkpoint.hf import save_pretrained
 from rao_jax.checkpoint.orbax_io import CheckpointStore, restore_into, save_model_checkpoint
 from rao_jax.config import TrainConfig, from_config_dict, to_dict
-from rao_jax.config_libs import advantage_config, loss_config, optim_config
+from rao_jax.config_libs import advantage_config, loss_config, rl_optim_config, sft_optim_config
 from rao_jax.errors import ConfigError
 from rao_jax.evaluate import evaluate
 from rao_jax.models.qwen3 import Qwen3
 from rao_jax.parallel import multihost
 from rao_jax.parallel.mesh import batch_shards, process_batch_rows
 from rao_jax.parallel.sharding import global_batch
-from rao_jax.paths import LineLog, as_path, copy_tree, is_remote, local_copy, tensorboard_writer
+from rao_jax.paths import as_path
 from rao_jax.rl.batch import build_batch, pack_padded
-from rao_jax.rl.learner import OptimConfig, batch_arrays, make_optimizer, reference_logprobs, train_step
+from rao_jax.rl.learner import batch_arrays, make_optimizer, reference_logprobs, train_step
 from rao_jax.rl.losses import LossConfig
 from rao_jax.rl.packing import NodeSequence, PackedBatch, pack_sequences
 from rao_jax.runtime import Runtime
+from rao_jax.train_log import (
+    MetricsLog,
+    export_policy,
+    merge_stats,
+    scalars,
+    tree_stats,
+    write_example_trees,
+    write_final_report,
+)
 
 log = logging.getLogger("rao_jax.train")
 
@@ -99,101 +105,16 @@ class _Pending:
     trees: asyncio.Future     # this process's share
 
 
-class MetricsLog:
-    """``metrics.jsonl`` (one JSON object per line) and TensorBoard scalars, written by process 0
-    (the other processes' logs drop every record)."""
-
-    def __init__(self, workdir, resume_step: int | None):
-        self.enabled = multihost.is_primary()
-        if not self.enabled:
-            return
-
-        def keep(line: str) -> bool:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                return False  # a line cut by a kill
-            return resume_step is not None and record.get("step", 0) <= resume_step
-
-        self._lines = LineLog(workdir / "metrics.jsonl", keep)
-        self._tb = tensorboard_writer(workdir / "tb")
-        if self._tb is None:
-            log.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self._lines.write(json.dumps(record, default=_json_default))
-        self._lines.flush()
-        if self._tb is not None:
-            prefix = record.get("kind", "train")
-            for key, value in record.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
-                    self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
-            self._tb.flush()
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        self._lines.close()
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-
-
-def _json_default(value):
-    if isinstance(value, np.generic | jax.Array):
-        return np.asarray(value).item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def _scalars(out: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in out.items()}
-
-
 def sampler_seed(seed: int, global_step: int) -> int:
     """seed * 1_000_003 + global step: the sampler's seed at a step (a resumed run samples as the
     uninterrupted one would)."""
     return seed * 1_000_003 + global_step
 
 
-def rl_optim_config(config: TrainConfig) -> OptimConfig:
-    return optim_config(config.optim)
-
-
-def sft_optim_config(config: TrainConfig) -> OptimConfig:
-    """The warm start's optimizer: the RL optimizer's AdamW betas and clipping, no weight decay, and
-    ``sft.learning_rate`` on ``sft.schedule`` over ``sft.steps``."""
-    sft, o = config.sft, config.optim
-    return optim_config(o, learning_rate=sft.learning_rate, weight_decay=0.0, schedule=sft.schedule,
-                        total_steps=sft.steps if sft.schedule == "cosine" else None)
-
-
 def make_optimizers(config: TrainConfig) -> Callable[[Qwen3], tuple]:
     """``model -> (rl optimizer[, sft optimizer])``: what the learner state holds besides the model."""
     configs = [rl_optim_config(config)] + ([sft_optim_config(config)] if config.sft.steps else [])
     return lambda model: tuple(make_optimizer(model, c) for c in configs)
-
-
-# How the processes' step statistics combine: sums, maxima, or means weighted by another key.
-_WEIGHTED = {"success": "trees", "root_reward": "trees", "depth_mean": "trees", "nodes_per_tree": "trees",
-             "model_calls": "trees", "node_success": "nodes", "advantage_abs": "nodes", "policy_lag_mean": "nodes"}
-_MAXIMA = ("policy_lag",)
-
-
-def merge_stats(parts: Sequence[dict[str, float]]) -> dict[str, float]:
-    """One step's statistics over every process from each process's own (see ``_WEIGHTED``)."""
-    out: dict[str, float] = {}
-    for key in parts[0]:
-        values = [p[key] for p in parts]
-        if key in _MAXIMA:
-            out[key] = max(values)
-        elif key in _WEIGHTED:
-            weights = [p[_WEIGHTED[key]] for p in parts]
-            out[key] = float(np.average(values, weights=weights)) if sum(weights) else 0.0
-        else:
-            out[key] = float(sum(values))
-    return out
 
 
 class Trainer:
@@ -302,7 +223,7 @@ class Trainer:
                 batch["ref_logp"] = reference_logprobs(self._reference(), batch, chunk, micro)
             out = train_step(self.model, optimizer, batch, loss=cfg, micro_batches=micro, chunk=chunk)
         self.runtime.learner_updated()
-        return _scalars(out) | {"rows": float(rows)}
+        return scalars(out) | {"rows": float(rows)}
 
     def _process_block(self, packed: PackedBatch) -> PackedBatch:
         """This process's rows of a batch every process holds whole (the warm start's)."""
@@ -394,7 +315,7 @@ class Trainer:
         # that sampled each node were.
         lags = [self.runtime.learner_version - n.policy_version for g in groups for t in g for n in t.nodes
                 if n.policy_version is not None]
-        local_stats = {**step.stats, **_tree_stats(groups), "policy_lag": float(max(lags, default=0)),
+        local_stats = {**step.stats, **tree_stats(groups), "policy_lag": float(max(lags, default=0)),
                        "policy_lag_mean": float(np.mean(lags)) if lags else 0.0,
                        "rollout_seconds": rollout_seconds}
         local_rows = 0 if step.batch is None else len(step.batch.tokens)
@@ -436,7 +357,7 @@ class Trainer:
             out = self.workdir / "eval"
             out.mkdir(parents=True, exist_ok=True)
             (out / f"step_{self.global_step}.json").write_text(metrics.to_json(summaries))
-            _write_example_trees(out, self.global_step, trees)
+            write_example_trees(out, self.global_step, trees)
             tqdm.write(f"eval at step {self.global_step}:\n{metrics.format_table(summaries)}")
         record = {"kind": "eval", "step": self.global_step}
         for mode, summary in summaries.items():
@@ -484,54 +405,16 @@ class Trainer:
             bar.close()
             summaries = await self._evaluate()
         if cfg.train.export_hf:
-            self._export()
+            export_policy(self.workdir, cfg, self.model, self.runtime)
         self.close()
         if multihost.is_primary():
-            self._report()
+            write_final_report(self.workdir, self.global_step)
         return {"last_step": last, "eval": summaries}
 
     def close(self) -> None:
         """Waits for the checkpoint writer and closes the logs (idempotent)."""
         self.store.close()
         self.log.close()
-
-    def _export(self) -> None:
-        """The final policy as a Hugging Face folder ``<workdir>/hf``. Every process takes part (a
-        tensor split over several hosts is gathered tensor by tensor); process 0 writes."""
-        tokenizer = self.workdir / "tokenizer.model"
-        with tempfile.TemporaryDirectory(prefix="rao_export_") as scratch:
-            tok_dir = None
-            if self.config.tokenizer.path:   # a Hugging Face tokenizer (a Qwen3 checkpoint's folder)
-                tok_dir = local_copy(as_path(self.config.tokenizer.path))
-                tok_dir = tok_dir if tok_dir.is_dir() else tok_dir.parent
-            elif tokenizer.exists():
-                tok_dir = Path(scratch) / "tokenizer"
-                tok_dir.mkdir()
-                tokenizer.copy(as_path(tok_dir / "tokenizer.model"))
-            local = not is_remote(self.workdir) and jax.process_count() == 1
-            target = Path(self.workdir / "hf") if local else Path(scratch) / "hf"
-            save_pretrained(self.model, self.runtime.model_cfg, target, dtype="float32", tokenizer_dir=tok_dir,
-                            chat_template=self.runtime.template, overwrite=True)
-            if multihost.is_primary():
-                if not local:
-                    copy_tree(target, self.workdir / "hf")
-                print(f"exported the policy to {self.workdir / 'hf'}", file=sys.stderr)
-        multihost.barrier("export")
-
-    def _report(self) -> None:
-        """Plots and a results table of this run (``rao_jax.report``) and its deepest solved held-out tree."""
-        from rao_jax import report
-        from rao_jax.agent.trace import read_trace, render_html, render_trace
-
-        folder = report.write_run_report(self.workdir)
-        print(f"wrote the run's plots and results table to {folder}", file=sys.stderr)
-        traces = sorted((self.workdir / "eval").glob(f"trees_step{self.global_step}_*/*.jsonl"))
-        if traces:
-            lines = max((read_trace(p) for p in traces), key=lambda t: (t[0].get("max_depth", 0), len(t)))
-            (folder / "solved_tree.html").write_text(render_html(lines))
-            text = render_trace(lines)
-            (folder / "solved_tree.txt").write_text(text + "\n")
-            tqdm.write(f"the deepest solved held-out tree (also {folder / 'solved_tree.html'}):\n{text}")
 
     def _evaluated_initial(self) -> bool:
         done = (self.workdir / "eval" / f"step_{self.global_step}.json").exists() if multihost.is_primary() else False
@@ -544,25 +427,6 @@ class Trainer:
             return lambda: None
         old = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "_sigterm", True))
         return lambda: signal.signal(signal.SIGTERM, old)
-
-
-def _tree_stats(groups) -> dict[str, float]:
-    trees = [t for g in groups for t in g]
-    return {"depth_mean": float(np.mean([t.max_depth for t in trees])),
-            "nodes_per_tree": float(np.mean([len(t.nodes) for t in trees])),
-            "model_calls": float(np.mean([t.model_calls for t in trees])),
-            "response_tokens": float(sum(n.response_token_count or 0 for t in trees for n in t.nodes))}
-
-
-def _write_example_trees(folder, step: int, trees: dict[str, Sequence]) -> None:
-    """Keeps one solved tree per mode (the deepest) as a JSONL trace next to the eval results."""
-    from rao_jax.agent.trace import write_trace
-
-    for mode, results in trees.items():
-        solved = [t for t in results if t.root.success >= 1.0]
-        if solved:
-            best = max(solved, key=lambda t: (t.max_depth, len(t.nodes)))
-            write_trace(best, folder / f"trees_step{step}_{mode}")
 
 
 def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
