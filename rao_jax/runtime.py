@@ -304,9 +304,6 @@ class Runtime:
                           max_concurrent_nodes=r.max_concurrent or None)
         return RolloutConfig(recursive=recursive, caps=caps, goal_variables=r.goal_variables)
 
-    def _budgeted(self, task: Task) -> Task:
-        return budgeted(task, self.config.rollout)
-
     def _tool_docs(self, tasks: Sequence[Task]):
         docs = open_episode(tasks[0]).tool_docs
         if not self.config.rollout.goal_variables:
@@ -332,8 +329,8 @@ class Runtime:
         policy = ModelPolicy(self.sampler, self.tokenizer, self.template, self._tool_docs(tasks), params,
                              max_context=r.max_context or None, name=name, brief_prompt=r.brief_prompt)
         runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=policy.end_node)
-        flat = await runner.run_group([self._budgeted(t) for t in tasks], lambda task, g: open_episode(task),
-                                      group_size, on_tree_end)
+        roots = [budgeted(t, self.config.rollout) for t in tasks]
+        flat = await runner.run_group(roots, lambda task, g: open_episode(task), group_size, on_tree_end)
         return [flat[i * group_size:(i + 1) * group_size] for i in range(len(tasks))]
 
     async def scripted_rollout(self, tasks: Sequence[Task], *, recursive: bool, record_tokens: bool = False,
@@ -353,7 +350,7 @@ class Runtime:
                                     self.context_limit(), brief_prompt=self.config.rollout.brief_prompt)
                 on_end = policy.end_node
             runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=on_end)
-            task = self._budgeted(task)
+            task = budgeted(task, self.config.rollout)
             return await runner.run_tree(open_episode(task), task.max_steps, task_id=task.task_id)
 
         return list(await asyncio.gather(*(one(t) for t in tasks)))

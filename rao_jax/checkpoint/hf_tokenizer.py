@@ -136,12 +136,9 @@ def write_tokenizer_files(out: Path, tokenizer: SentencePieceTokenizer | HFToken
     """Writes tokenizer.json, tokenizer_config.json, chat_template.jinja and generation_config.json into
     ``out`` (and copies a sentencepiece model as tokenizer.model). ``source_dir``: the folder the run's
     tokenizer came from, whose other tokenizer files (vocab.json, merges.txt, ...) are copied too."""
-    if isinstance(tokenizer, SentencePieceTokenizer):   # first: it names what a model lacks to convert
+    sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
+    if sentencepiece:   # converted first: the conversion names what a model lacks
         sentencepiece_to_hf(tokenizer.model_path).save(str(out / "tokenizer.json"))
-    jinja = chat_template_jinja(template)
-    stops = stop_token_ids(tokenizer, template)
-    config: dict = {}
-    if isinstance(tokenizer, SentencePieceTokenizer):
         shutil.copy2(tokenizer.model_path, out / "tokenizer.model")
         bos = template.begin[0].text if template.begin and template.begin[0].special else None
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": template.end_of_turn,
@@ -161,6 +158,8 @@ def write_tokenizer_files(out: Path, tokenizer: SentencePieceTokenizer | HFToken
                       "pad_token": template.end_of_turn, "clean_up_tokenization_spaces": False}
     if max_length:
         config["model_max_length"] = max_length
+    jinja = chat_template_jinja(template)
+    stops = stop_token_ids(tokenizer, template)
     config["chat_template"] = jinja
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     (out / "chat_template.jinja").write_text(jinja)
@@ -170,7 +169,7 @@ def write_tokenizer_files(out: Path, tokenizer: SentencePieceTokenizer | HFToken
     old = generation.get("eos_token_id", [])
     generation["eos_token_id"] = stops + [i for i in (old if isinstance(old, list) else [old]) if i not in stops]
     generation.setdefault("pad_token_id", stops[0])
-    if isinstance(tokenizer, SentencePieceTokenizer) and template.begin:
+    if sentencepiece and template.begin:
         generation["bos_token_id"] = tokenizer.special_id(template.begin[0].text)
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
