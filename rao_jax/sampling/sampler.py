@@ -11,6 +11,7 @@ graphdef (static) and state (traced), and every call that writes the cache donat
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from rao_jax.models.qwen3 import Qwen3
+from rao_jax.sampling.batch import DecodeBatch, PrefillBatch
 from rao_jax.sampling.kv_cache import KVCache, write_kv
 from rao_jax.sampling.logits import choose_tokens, hits_stop, push_history
 from rao_jax.sampling.paged_attention import (
@@ -78,28 +80,43 @@ def paged_forward(model: Qwen3, cache: KVCache, tokens: Int[Array, " t"], pos: I
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "attn_impl", "candidates", "block"), donate_argnums=2)
-def prefill(graphdef, state, cache: KVCache, tokens, pos, row, valid, page_table, last_index, kv_lens,
-            cu_q_lens, num_rows, rng, temperature, top_k, top_p, *, attn_impl: str, candidates: int, block: int):
+def prefill(graphdef, state, cache: KVCache, batch: PrefillBatch, rng, *, attn_impl: str, candidates: int, block: int):
     """Writes the new tokens of every admitted row and samples each row's next token.
 
-    ``last_index[b]`` is the flat index of row ``b``'s last new token. Returns the updated cache,
-    the sampled tokens ``i32[b]`` and their log-probabilities ``f32[b]``.
+    Returns the updated cache, the sampled tokens ``i32[b]`` and their log-probabilities ``f32[b]``.
     """
     model = nnx.merge(graphdef, state)
-    keep = None if attn_impl == "pallas" else last_index  # the Pallas kernel attends for every token
-    hidden, cache = paged_forward(model, cache, tokens, pos, row, valid, page_table, kv_lens, cu_q_lens,
-                                  num_rows, attn_impl=attn_impl, block=block, keep=keep)
-    logits = model.logits(hidden if keep is not None else hidden[last_index])
-    next_tokens, logprobs = choose_tokens(logits, rng, temperature, top_k, top_p, candidates=candidates)
+    keep = None if attn_impl == "pallas" else batch.last_index  # the Pallas kernel attends for every token
+    hidden, cache = paged_forward(model, cache, batch.tokens, batch.pos, batch.row, batch.valid, batch.page_table,
+                                  batch.kv_lens, batch.cu_q_lens, batch.num_rows, attn_impl=attn_impl, block=block,
+                                  keep=keep)
+    logits = model.logits(hidden if keep is not None else hidden[batch.last_index])
+    next_tokens, logprobs = choose_tokens(logits, rng, *batch.sampling, candidates=candidates)
     return cache, next_tokens, logprobs
 
 
-def _decode(graphdef, state, cache: KVCache, last, pos, active, remaining, history, stops, page_table, rng,
-            temperature, top_k, top_p, *, n_steps: int, attn_impl: str, candidates: int):
+class _Loop(NamedTuple):
+    """The decode loop's state."""
+
+    step: Array
+    cache: KVCache
+    context: tuple          # reference path: each layer's per-row keys / values for this chunk
+    last: Array
+    pos: Array
+    active: Array
+    remaining: Array
+    history: Array
+    out_tok: Array
+    out_lp: Array
+    count: Array
+    reason: Array
+    rng: Array
+
+
+def _decode(graphdef, state, cache: KVCache, batch: DecodeBatch, rng, *, n_steps: int, attn_impl: str,
+            candidates: int):
     """Up to ``n_steps`` decode steps for every active row, stopping early once all rows are done.
 
-    Per row: ``last`` is the newest token (not yet in the cache) at position ``pos``; ``remaining``
-    how many more tokens may be generated; ``history`` the last generated tokens for stop checks.
     Returns the cache (written at every step by the Pallas path, unchanged by the reference path),
     the reference path's new keys / values (one ``[b, n_steps, 2 * kv_heads, d]`` array per layer,
     valid up to ``count[b]``; empty for Pallas), ``tokens i32[b, n_steps]`` and
@@ -114,12 +131,12 @@ def _decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histo
     concurrently from the same pages.
     """
     model = nnx.merge(graphdef, state)
-    rows = last.shape[0]
+    page_table = batch.page_table
+    rows = batch.last.shape[0]
     row_ids = jnp.arange(rows, dtype=jnp.int32)
     cu_q_lens = jnp.arange(rows + 1, dtype=jnp.int32)
     num_rows = jnp.full((1,), rows, jnp.int32)
     sm_scale = model.cfg.head_dim ** -0.5
-    start = pos
 
     def forward(cache, context, last, pos, active):
         if attn_impl == "pallas":
@@ -140,38 +157,35 @@ def _decode(graphdef, state, cache: KVCache, last, pos, active, remaining, histo
             new_context.append(kept[0])
         return model.norm(x)[:, 0], cache, tuple(new_context)
 
-    def cond(carry):
-        step, active = carry[0], carry[5]
-        return (step < n_steps) & jnp.any(active)
+    def cond(loop: _Loop):
+        return (loop.step < n_steps) & jnp.any(loop.active)
 
-    def body(carry):
-        step, cache, context, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng = carry
-        hidden, cache, context = forward(cache, context, last, pos, active)
-        rng, key = jax.random.split(rng)
-        tok, lp = choose_tokens(model.logits(hidden), key, temperature, top_k, top_p, candidates=candidates)
-        out_tok = out_tok.at[:, step].set(jnp.where(active, tok, -1))
-        out_lp = out_lp.at[:, step].set(jnp.where(active, lp, 0.0))
-        count = count + active
-        history = jnp.where(active[:, None], push_history(history, tok), history)
-        remaining = remaining - active
-        stopped = active & hits_stop(history, stops)
+    def body(loop: _Loop) -> _Loop:
+        active = loop.active
+        hidden, cache, context = forward(loop.cache, loop.context, loop.last, loop.pos, active)
+        rng, key = jax.random.split(loop.rng)
+        tok, lp = choose_tokens(model.logits(hidden), key, *batch.sampling, candidates=candidates)
+        history = jnp.where(active[:, None], push_history(loop.history, tok), loop.history)
+        remaining = loop.remaining - active
+        stopped = active & hits_stop(history, batch.stops)
         exhausted = active & ~stopped & (remaining <= 0)
-        reason = jnp.where(stopped, STOPPED, jnp.where(exhausted, LENGTH, reason))
-        pos = pos + active
-        last = jnp.where(active, tok, last)
-        active = active & ~stopped & ~exhausted
-        return (step + 1, cache, context, last, pos, active, remaining, history, out_tok, out_lp, count, reason, rng)
+        return _Loop(
+            step=loop.step + 1, cache=cache, context=context, last=jnp.where(active, tok, loop.last),
+            pos=loop.pos + active, active=active & ~stopped & ~exhausted, remaining=remaining, history=history,
+            out_tok=loop.out_tok.at[:, loop.step].set(jnp.where(active, tok, -1)),
+            out_lp=loop.out_lp.at[:, loop.step].set(jnp.where(active, lp, 0.0)), count=loop.count + active,
+            reason=jnp.where(stopped, STOPPED, jnp.where(exhausted, LENGTH, loop.reason)), rng=rng)
 
     # Each row's context, gathered from the pages once per chunk, wide enough for every position
     # the chunk writes (the engine sizes the page table so).
     context = () if attn_impl == "pallas" else tuple(gather_decode_context(pages, page_table) for pages in cache)
-    init = (jnp.int32(0), cache, context, last, pos, active, remaining, history,
-            jnp.full((rows, n_steps), -1, jnp.int32), jnp.zeros((rows, n_steps), jnp.float32),
-            jnp.zeros(rows, jnp.int32), jnp.full(rows, RUNNING, jnp.int32), rng)
+    init = _Loop(step=jnp.int32(0), cache=cache, context=context, last=batch.last, pos=batch.pos,
+                 active=batch.active, remaining=batch.remaining, history=batch.history,
+                 out_tok=jnp.full((rows, n_steps), -1, jnp.int32), out_lp=jnp.zeros((rows, n_steps), jnp.float32),
+                 count=jnp.zeros(rows, jnp.int32), reason=jnp.full(rows, RUNNING, jnp.int32), rng=rng)
     out = jax.lax.while_loop(cond, body, init)
-    _, cache, context, _, _, _, _, _, out_tok, out_lp, count, reason, _ = out
-    new_kv = tuple(read_decode_context(k_rows, v_rows, start, n_steps) for k_rows, v_rows in context)
-    return cache, new_kv, out_tok, out_lp, count, reason
+    new_kv = tuple(read_decode_context(k_rows, v_rows, batch.pos, n_steps) for k_rows, v_rows in out.context)
+    return out.cache, new_kv, out.out_tok, out.out_lp, out.count, out.reason
 
 
 _DECODE_STATIC = ("graphdef", "n_steps", "attn_impl", "candidates")
@@ -180,14 +194,13 @@ decode = jax.jit(_decode, static_argnames=_DECODE_STATIC, donate_argnums=2)
 
 
 @functools.partial(jax.jit, static_argnames=_DECODE_STATIC)
-def decode_reads_pages(graphdef, state, cache: KVCache, last, pos, active, remaining, history, stops, page_table,
-                       rng, temperature, top_k, top_p, *, n_steps: int, attn_impl: str, candidates: int):
+def decode_reads_pages(graphdef, state, cache: KVCache, batch: DecodeBatch, rng, *, n_steps: int, attn_impl: str,
+                       candidates: int):
     """The reference path: ``decode`` without the cache among the outputs (an output cannot alias
     an argument that is not donated, so returning it would copy the whole pool). It only reads the
     pages, so calls for several row groups can run concurrently on the same cache;
     ``write_decoded`` stores their new keys / values afterwards."""
-    _, new_kv, *out = _decode(graphdef, state, cache, last, pos, active, remaining, history, stops, page_table,
-                              rng, temperature, top_k, top_p, n_steps=n_steps, attn_impl=attn_impl,
+    _, new_kv, *out = _decode(graphdef, state, cache, batch, rng, n_steps=n_steps, attn_impl=attn_impl,
                               candidates=candidates)
     return (new_kv, *out)
 

@@ -28,6 +28,7 @@ from rao_jax.config import from_config_dict
 from rao_jax.models import ModelConfig
 from rao_jax.runtime import allocate, layout_of
 from rao_jax.sampling import sampler
+from rao_jax.sampling.batch import DecodeBatch, PrefillBatch, SamplingArrays
 from rao_jax.train import make_optimizers
 
 
@@ -83,21 +84,25 @@ def decode_and_prefill_hlo(engine) -> tuple[str, str, list[int]]:
     cfg = engine.config
     rows, width = cfg.max_rows, cfg.pages_per_seq
     zeros = np.zeros(rows, np.int32)
-    history = np.full((rows, cfg.max_stop_len), -2, np.int32)
-    stops = np.full((rows, cfg.max_stops, cfg.max_stop_len), -1, np.int32)
     table = np.zeros((rows, width), np.int32)
-    sampling = (np.ones(rows, np.float32), zeros, np.ones(rows, np.float32))
+    sampling = SamplingArrays(np.ones(rows, np.float32), zeros, np.ones(rows, np.float32))
     key = jax.random.key(0)
+    decode_batch = DecodeBatch(last=zeros, pos=zeros, active=np.ones(rows, bool), remaining=zeros + 4,
+                               history=np.full((rows, cfg.max_stop_len), -2, np.int32),
+                               stops=np.full((rows, cfg.max_stops, cfg.max_stop_len), -1, np.int32),
+                               page_table=table, sampling=sampling)
+    n = 128
+    prefill_batch = PrefillBatch(tokens=np.zeros(n, np.int32), pos=np.arange(n, dtype=np.int32),
+                                 row=np.zeros(n, np.int32), valid=np.ones(n, bool), page_table=table,
+                                 last_index=zeros + n - 1, kv_lens=zeros + n, cu_q_lens=np.zeros(rows + 1, np.int32),
+                                 num_rows=np.array([rows], np.int32), sampling=sampling)
     with engine._on_mesh():
         decode = sampler.decode_reads_pages.lower(
-            engine._graphdef, engine._state, engine._cache, zeros, zeros, np.ones(rows, bool), zeros + 4, history,
-            stops, table, key, *sampling, n_steps=cfg.decode_steps, attn_impl=cfg.attn_impl, candidates=0).compile()
-        n = 128
+            engine._graphdef, engine._state, engine._cache, decode_batch, key, n_steps=cfg.decode_steps,
+            attn_impl=cfg.attn_impl, candidates=0).compile()
         prefill = sampler.prefill.lower(
-            engine._graphdef, engine._state, engine._cache, np.zeros(n, np.int32), np.arange(n, dtype=np.int32),
-            np.zeros(n, np.int32), np.ones(n, bool), table, zeros + n - 1, zeros + n, np.zeros(rows + 1, np.int32),
-            np.array([rows], np.int32), key, *sampling, attn_impl=cfg.attn_impl, candidates=0,
-            block=cfg.prefill_block).compile()
+            engine._graphdef, engine._state, engine._cache, prefill_batch, key, attn_impl=cfg.attn_impl,
+            candidates=0, block=cfg.prefill_block).compile()
     devices = sorted({d.id for s in jax.tree.leaves(decode.input_shardings) for d in s.device_set})
     return decode.as_text(), prefill.as_text(), devices
 

@@ -14,7 +14,7 @@ from scipy import stats
 from rao_jax.checkpoint.hf import load_pretrained
 from rao_jax.sampling import EngineConfig, SamplingEngine, SamplingParams
 from rao_jax.sampling import sampler as sampler_lib
-from rao_jax.sampling.engine import _bucket
+from rao_jax.sampling.sizes import bucket
 from tests.hf_utils import make_hf_model
 
 # One shape set for most tests, so their compilations are shared.
@@ -145,16 +145,17 @@ def test_forked_prefixes_share_pages_and_give_identical_results(models):
         await engine.fork("task", "tree-0")
         await engine.fork("task", "tree-1")
         full_pages = len(prefix) // CONFIG.page_size
-        shared = engine._alloc.pages("task")[:full_pages]
-        assert engine._alloc.pages("tree-0")[:full_pages] == shared == engine._alloc.pages("tree-1")[:full_pages]
-        assert all(engine._alloc.refcount(p) == 3 for p in shared)
-        engine._alloc.check()
+        shared = engine.scheduler.alloc.pages("task")[:full_pages]
+        alloc = engine.scheduler.alloc
+        assert alloc.pages("tree-0")[:full_pages] == shared == alloc.pages("tree-1")[:full_pages]
+        assert all(engine.scheduler.alloc.refcount(p) == 3 for p in shared)
+        engine.scheduler.alloc.check()
         a, b = await asyncio.gather(engine.submit(prefix + tail_a, greedy, seq_id="tree-0"),
                                     engine.submit(prefix + tail_b, greedy, seq_id="tree-1"))
         ref = SamplingEngine(model, CONFIG)
         ra, rb = await asyncio.gather(ref.submit(prefix + tail_a, greedy), ref.submit(prefix + tail_b, greedy))
         await engine.release("task")
-        assert all(engine._alloc.refcount(p) == 2 for p in shared)
+        assert all(engine.scheduler.alloc.refcount(p) == 2 for p in shared)
         return a, b, ra, rb
 
     a, b, ra, rb = asyncio.run(run())
@@ -173,8 +174,8 @@ def test_small_pool_preempts_and_still_gives_the_same_tokens(dense):
     assert engine.stats["preempted_running"] > 0
     ref = SamplingEngine(model, CONFIG).generate(prompts, max_new_tokens=48, temperature=0.0)
     assert [o.tokens for o in outs] == [o.tokens for o in ref]
-    engine._alloc.check()
-    assert engine._alloc.free_pages == tight.num_pages - 1
+    engine.scheduler.alloc.check()
+    assert engine.scheduler.alloc.free_pages == tight.num_pages - 1
 
 
 def test_kept_sequences_are_preempted_and_recomputed_when_extended(dense):
@@ -251,7 +252,7 @@ def test_decode_row_groups_give_the_same_tokens_and_write_the_same_pages(dense):
             return first, second, more
 
         results[groups] = asyncio.run(run()), engine.stats.copy()
-        engine._alloc.check()
+        engine.scheduler.alloc.check()
     (one, stats_one), (two, stats_two) = results[1], results[2]
     for a, b in zip(one[0] + one[1], two[0] + two[1], strict=True):
         assert a.tokens == b.tokens and a.reused_tokens == b.reused_tokens
@@ -438,12 +439,12 @@ def test_bad_engine_configs_are_refused():
 
 
 def test_prefill_buckets_per_octave():
-    sizes = {k: sorted({_bucket(n, k) for n in range(1, 65)}) for k in (1, 2, 4)}
+    sizes = {k: sorted({bucket(n, k) for n in range(1, 65)}) for k in (1, 2, 4)}
     assert sizes[1] == [1, 2, 4, 8, 16, 32, 64]
     assert sizes[2] == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
     assert sizes[4] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
-    assert all(_bucket(n, k) >= n for k in (1, 2, 4) for n in range(1, 5000))
-    assert _bucket(8700, 2) == 12288 and _bucket(8700, 4) == 10240
+    assert all(bucket(n, k) >= n for k in (1, 2, 4) for n in range(1, 5000))
+    assert bucket(8700, 2) == 12288 and bucket(8700, 4) == 10240
 
 
 @pytest.fixture(scope="module")
@@ -462,8 +463,8 @@ def test_a_request_waiting_for_the_next_prefill_holds_no_pages(tiny_model):
                                                      max_prefill_tokens=252))
     out = engine.generate([[1] * 200, [2] * 45], max_new_tokens=8, temperature=0.0)
     assert [len(o.tokens) for o in out] == [8, 8]
-    engine._alloc.check()
-    assert engine._alloc.free_pages == 21
+    engine.scheduler.alloc.check()
+    assert engine.scheduler.alloc.free_pages == 21
 
 
 def test_a_rejected_batch_leaves_nothing_queued(tiny_model):
@@ -471,14 +472,14 @@ def test_a_rejected_batch_leaves_nothing_queued(tiny_model):
                                                      max_prefill_tokens=256))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         engine.generate([[1] * 10, [10 ** 6]], max_new_tokens=4)
-    assert not engine._waiting and not engine._busy
+    assert not engine.scheduler.waiting and not engine.scheduler.busy
     assert [len(o.tokens) for o in engine.generate([[3] * 10], max_new_tokens=4)] == [4]
 
 
 def test_abort_and_cancellation_free_the_row_and_the_pages(tiny_model):
     engine = SamplingEngine(tiny_model, EngineConfig(max_rows=1, num_pages=80, max_seq_len=256,
                                                      max_prefill_tokens=256, decode_steps=2))
-    free = engine._alloc.free_pages
+    free = engine.scheduler.alloc.free_pages
 
     async def main():
         long = SamplingParams(max_new_tokens=200, temperature=0.0)
@@ -496,7 +497,7 @@ def test_abort_and_cancellation_free_the_row_and_the_pages(tiny_model):
         cancelled = asyncio.create_task(engine.submit([3] * 20, long, seq_id="c"))
         while engine.stats["decode_chunks"] < chunks + 2:
             await asyncio.sleep(0.01)
-        assert engine._rows[0].seq == "c"
+        assert engine.scheduler.rows[0].seq == "c"
         cancelled.cancel()
         with pytest.raises(asyncio.CancelledError):
             await cancelled
@@ -504,6 +505,7 @@ def test_abort_and_cancellation_free_the_row_and_the_pages(tiny_model):
         assert len(done.tokens) == 3
 
     asyncio.run(main())
-    engine._alloc.check()
-    assert engine._alloc.free_pages == free and "c" not in engine._alloc and engine.stats["aborted"] == 3
-    assert engine._rows == [None] and not engine._waiting and not engine._busy
+    engine.scheduler.alloc.check()
+    alloc = engine.scheduler.alloc
+    assert alloc.free_pages == free and "c" not in alloc and engine.stats["aborted"] == 3
+    assert engine.scheduler.rows == [None] and not engine.scheduler.waiting and not engine.scheduler.busy
