@@ -50,3 +50,16 @@ def test_the_check_sees_function_level_imports(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from rao_jax.agent.policy import NodeView\n    import rao_jax.train\n")
     assert _imports(source) == {"rao_jax.agent.policy", "rao_jax.train"}
+
+
+WORKER_SIDE = ("sandbox_worker", "sandbox_confine", "sandbox_io")   # run as `python -I -S`, from their folder
+
+
+@pytest.mark.parametrize("name", WORKER_SIDE)
+def test_the_sandbox_worker_side_imports_only_the_standard_library_and_its_siblings(name):
+    import sys
+    tree = ast.parse((PACKAGE / "agent" / f"{name}.py").read_text())
+    found = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    found |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    bad = {m for m in found if m.split(".")[0] not in sys.stdlib_module_names | {"__future__", *WORKER_SIDE}}
+    assert not bad, sorted(bad)
