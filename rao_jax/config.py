@@ -206,7 +206,8 @@ class RLSection:
         bonus / lam / beta / cap: ``rao_jax.rl.rewards.node_rewards``.
         baseline / normalize_std: ``rao_jax.rl.advantages.tree_advantages``.
         drop_zero_signal: drop task groups whose node rewards are all equal.
-        loss: ``"cispo"`` or ``"ppo"``; max_weight (CISPO), eps_low / eps_high (PPO).
+        loss: one of ``rao_jax.rl.losses.RL_LOSS_NAMES`` (cispo, ppo); max_weight (CISPO), eps_low /
+            eps_high (PPO).
         kl_coef: weight of a KL penalty to the initial policy (0: off, as in the paper).
         entropy_coef: weight of an entropy bonus (0: off); entropy is logged either way.
         staleness: policy versions a rollout may lag the learner (0: synchronous). With s > 0 the
@@ -232,7 +233,6 @@ class RLSection:
     def __post_init__(self):
         _need(self.bonus in ("mean", "capped_sum"), f"rl.bonus must be mean or capped_sum, got {self.bonus!r}")
         _need(self.baseline in ("loo", "mean"), f"rl.baseline must be loo or mean, got {self.baseline!r}")
-        _need(self.loss in ("cispo", "ppo"), f"rl.loss must be cispo or ppo, got {self.loss!r}")
         _need(self.kl_coef >= 0 and self.entropy_coef >= 0, "rl.kl_coef and rl.entropy_coef must be >= 0")
         _need(self.staleness >= 0, "rl.staleness must be >= 0")
         from rao_jax.config_libs import advantage_config, loss_config

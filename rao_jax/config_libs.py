@@ -41,8 +41,10 @@ def advantage_config(rl: RLSection):
 
 def loss_config(rl: RLSection):
     """``rao_jax.rl.losses.LossConfig`` of the RL update, from the section's fields of that name."""
-    from rao_jax.rl.losses import LossConfig
+    from rao_jax.rl.losses import RL_LOSS_NAMES, LossConfig
 
+    if rl.loss not in RL_LOSS_NAMES:
+        raise ConfigError(f"rl.loss must be one of {RL_LOSS_NAMES}, got {rl.loss!r}")
     try:
         return LossConfig(**_same_fields(rl, LossConfig))
     except ValueError as err:

@@ -291,6 +291,20 @@ def user_prompt(view: NodeView) -> str:
     return text + f"\n\nYou have {view.budget_left} steps."
 
 
+def subagent_note(child_id: int, budget: int, used: int, how: str) -> str:
+    """The note a parent's next observation carries about a child that ended (``how``: "finished",
+    "ran out of budget without calling finish", ...)."""
+    return f"[subagent {child_id} {how}; it used {used} of its {budget} steps]"
+
+
+def subagent_unfinished(child_id: int, budget: int, message: str | None = None) -> str:
+    """What ``launch_subagent`` returns for a child that did not call ``finish`` (``message``: the
+    policy's own reason when it ended the node early)."""
+    if message is not None:
+        return f"Subagent {child_id} did not finish: {message}"
+    return f"Subagent {child_id} did not finish: it used all {budget} of its steps without calling finish."
+
+
 @dataclasses.dataclass(frozen=True)
 class ParsedAction:
     """An action split into its parts; ``code`` is None when nothing can run and ``error`` says why."""

@@ -30,7 +30,7 @@ from typing import Any
 
 from rao_jax.agent.budget import BudgetCaps, BudgetTracker
 from rao_jax.agent.policy import EndNode, NodeView, Policy, PolicyAction, StepRecord
-from rao_jax.agent.protocol import format_observation, parse_action
+from rao_jax.agent.protocol import format_observation, parse_action, subagent_note, subagent_unfinished
 from rao_jax.agent.sandbox import SandboxPool, SandboxSession
 from rao_jax.agent.trace import write_trace
 from rao_jax.agent.tree import NodeRecord, StepTrace, TreeResult
@@ -209,12 +209,11 @@ class RolloutRunner:
             how = f"ended early ({child.ended_by_policy.reason}) without calling finish"
         else:
             how = "ran out of budget without calling finish"
-        parent.notes.append(f"[subagent {child_id} {how}; it used {used} of its {budget} steps]")
+        parent.notes.append(subagent_note(child_id, budget, used, how))
         if child.finished:
             return child.finish_message
-        if child.ended_by_policy is not None:
-            return f"Subagent {child_id} did not finish: {child.ended_by_policy.message}"
-        return f"Subagent {child_id} did not finish: it used all {budget} of its steps without calling finish."
+        early = child.ended_by_policy
+        return subagent_unfinished(child_id, budget, None if early is None else early.message)
 
     async def _run_node(self, tree: _Tree, node_id: int, parent_id: int | None, goal: Goal, budget: int,
                         depth: int, fork_step: int | None) -> _Node:

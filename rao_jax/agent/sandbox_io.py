@@ -6,12 +6,15 @@ only; never imports rao_jax). The host side of the frames is ``sandbox_protocol`
 
 from __future__ import annotations
 
+import ast
+import inspect
 import io
 import json
 import os
 import select
 import signal
 import traceback
+import types
 
 MAX_FRAME = 16 << 20
 MAX_CALL_CHARS = 1 << 20     # JSON of one tool call's arguments (the host refuses frames over MAX_FRAME)
@@ -41,6 +44,12 @@ class ActionError(Exception):
 
 class ToolError(Exception):
     """A tool call failed for another reason (bad arguments, unserialisable values)."""
+
+
+# Cells see these names bare, as Python shows a script's own names: a traceback ends in
+# "ActionError: ...", not "sandbox_io.ActionError: ...".
+for _cls in (CellTimeout, OutputLimitExceeded, CellFinished, CellExit, ActionError, ToolError):
+    _cls.__module__ = "__main__"
 
 
 # ---- frames ------------------------------------------------------------------------------------
@@ -139,6 +148,32 @@ class OutputRouter(io.TextIOBase):
 
     def writable(self):
         return True
+
+
+# ---- cells ----------------------------------------------------------------------------------------
+
+VALUE_NAME = "__cell_value__"
+
+
+def compile_cell(tree: ast.Module, filename: str) -> types.CodeType:
+    """A parsed cell compiled with top-level await; its last expression, if it ends with one, is
+    stored in ``VALUE_NAME`` (a notebook shows it)."""
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = tree.body[-1]
+        tree.body[-1] = ast.copy_location(
+            ast.Assign(targets=[ast.Name(VALUE_NAME, ast.Store())], value=last.value), last)
+        ast.fix_missing_locations(tree)
+    return compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+
+
+async def run_compiled(compiled: types.CodeType, ns: dict, max_chars: int) -> str | None:
+    """Runs a ``compile_cell`` result in ``ns``, awaiting it if the cell awaits; returns the repr of
+    its last expression's value (at most ``max_chars``), or None."""
+    result = eval(compiled, ns)  # noqa: S307 - the cell's own code, confined by the caller
+    if result is not None and compiled.co_flags & inspect.CO_COROUTINE:  # the cell awaits
+        await result
+    value = ns.pop(VALUE_NAME, None)
+    return None if value is None else repr(value)[:max_chars]
 
 
 # ---- errors ------------------------------------------------------------------------------------

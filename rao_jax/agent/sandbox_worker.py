@@ -29,7 +29,6 @@ import ast
 import asyncio
 import builtins
 import contextlib
-import inspect
 import json
 import linecache
 import os
@@ -54,7 +53,9 @@ from sandbox_io import (  # noqa: E402
     Channel,
     OutputRouter,
     ToolError,
+    compile_cell,
     format_error,
+    run_compiled,
 )
 
 WATCH_SECONDS = 0.25
@@ -292,18 +293,7 @@ class Worker:
         tree = ast.parse(code, filename)
         if self.cfg["python_guards"]:
             check_source(tree)
-        value_name = "__cell_value__"
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = tree.body[-1]
-            tree.body[-1] = ast.copy_location(
-                ast.Assign(targets=[ast.Name(value_name, ast.Store())], value=last.value), last)
-            ast.fix_missing_locations(tree)
-        compiled = compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
-        result = eval(compiled, ns)
-        if result is not None and compiled.co_flags & inspect.CO_COROUTINE:  # the cell awaits
-            await result
-        value = ns.pop(value_name, None)
-        return None if value is None else repr(value)[: self.cfg["output_chars"]]
+        return await run_compiled(compile_cell(tree, filename), ns, self.cfg["output_chars"])
 
     def end_cell(self, cell: Cell, task: asyncio.Task) -> None:
         if cell.abandoned:

@@ -1,16 +1,17 @@
 """An in-process reference driver for checking scripted policies (oracles) against an ``Episode``.
 
-This is NOT the agent runtime (``rao_jax.agent``: sandboxed workers, token records, batched sampler).
-It exists so the task families can verify their oracles end to end before and beside that runtime: it
-executes the policies' CodeAct text with Python's top-level-await compiler in a per-node namespace,
-and applies the budget rule of RAO_SPEC section 1:
+This is NOT the agent runtime (``rao_jax.agent.rollout``: sandboxed workers, token records, batched
+sampler). It exists so the task families can verify their oracles end to end, and the tokenizer
+corpora can be recorded, without processes: it executes the policies' CodeAct text with Python's
+top-level-await compiler in a per-node namespace. What a node reads is the runtime's own: the
+budget ledger (``BudgetTracker``, RAO_SPEC section 1, with its refusal texts), the action parser,
+the cell's printed output, last value and cell-frame traceback (``sandbox_io``), the subagent
+notes and the observation format (``protocol``). ``finish`` ends the cell, as in the sandbox.
 
-- every step costs the node one step of its own budget;
-- ``launch_subagent(goal, budget)`` reserves ``budget + 1`` of the caller's remaining steps (a launch
-  that does not fit, or a bad goal, returns an explanatory string instead of spawning); when the child
-  ends, the caller gets back what the child left unused plus the one step kept for using the answer;
-- a node whose rendered context (goal, tool docs, actions, observations; ~4 characters a token) would
-  exceed ``context_tokens`` before a step stops there without finishing (a context-window overflow).
+``context_tokens``: a node whose rendered context (goal, tool docs, actions, observations) would
+exceed this many tokens before a step stops there without finishing (a context-window overflow);
+``count_tokens`` measures text (default: about 4 characters a token, for checks without a
+tokenizer).
 
 Every node yields to the event loop before each step (a seeded random 1-3 times), so children launched
 together really interleave step by step and share the episode in varied orders, as in the runtime.
@@ -23,15 +24,24 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import builtins
 import dataclasses
+import io
 import random
-import re
+from collections.abc import Callable
 from typing import Any
 
+from rao_jax.agent.budget import BudgetTracker
 from rao_jax.agent.policy import NodeView, Policy, StepRecord
+from rao_jax.agent.protocol import format_observation, parse_action, subagent_note, subagent_unfinished
+from rao_jax.agent.rollout import RolloutConfig
+from rao_jax.agent.sandbox_io import ActionError as CellActionError
+from rao_jax.agent.sandbox_io import CellFinished, compile_cell, format_error, run_compiled
+from rao_jax.agent.sandbox_protocol import SandboxLimits
 from rao_jax.envs.base import ActionError, Episode, Goal
 
-_PYTHON = re.compile(r"<python>(.*?)</python>", re.S)
+_OBSERVATION_CHARS = RolloutConfig().max_observation_chars
+_OUTPUT_CHARS = SandboxLimits().output_chars
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +55,7 @@ class NodeOutcome:
     overflow: bool              # stopped by the context window
     parallel_launches: int      # launches that ran while a sibling launch was in flight
     launches: int
+    transcript: tuple[StepRecord, ...] = ()   # each step's action and the observation it got
 
 
 @dataclasses.dataclass
@@ -53,16 +64,18 @@ class _Node:
     parent_id: int | None
     depth: int
     goal: Goal
-    remaining: int
     steps: list[StepRecord] = dataclasses.field(default_factory=list)
     finished: bool = False
     message: Any = None
     launches: int = 0
     in_flight: list[list[bool]] = dataclasses.field(default_factory=list)   # [parallel?] per running child
     parallel: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)   # subagent notes for this step's observation
+    cells: int = 0
 
 
-def _tokens(text: str) -> int:
+def approx_tokens(text: str) -> int:
+    """About 4 characters a token: the default ``count_tokens`` of checks without a tokenizer."""
     return -(-len(text) // 4)
 
 
@@ -70,102 +83,127 @@ class ScriptedRollout:
     """Runs one delegation tree of ``policy`` on ``episode``."""
 
     def __init__(self, episode: Episode, policy: Policy, recursive: bool, context_tokens: int | None = None,
-                 tree_id: int = 0, interleave_seed: int = 0):
+                 tree_id: int = 0, interleave_seed: int = 0, count_tokens: Callable[[str], int] = approx_tokens):
         self.episode, self.policy, self.recursive = episode, policy, recursive
-        self.context_tokens, self.tree_id = context_tokens, tree_id
+        self.context_tokens, self.tree_id, self.count_tokens = context_tokens, tree_id, count_tokens
         self._rng = random.Random(interleave_seed)
         self.outcomes: list[NodeOutcome] = []
+        self.budget: BudgetTracker | None = None
         self._next_id = 0
 
     async def run(self, budget: int) -> list[NodeOutcome]:
-        await self._run_node(self.episode.root_goal(), None, 0, budget)
+        self.budget = BudgetTracker(0, budget)
+        self._next_id = 1
+        await self._run_node(0, self.episode.root_goal(), None, 0)
+        self.budget.check_invariants()
         return sorted(self.outcomes, key=lambda o: o.node_id)
 
-    async def _run_node(self, goal: Goal, parent_id: int | None, depth: int, budget: int) -> _Node:
-        node = _Node(self._next_id, parent_id, depth, goal, budget)
-        self._next_id += 1
-        self.episode.open_node(node.node_id, parent_id, goal)
+    async def _run_node(self, node_id: int, goal: Goal, parent_id: int | None, depth: int) -> _Node:
+        node = _Node(node_id, parent_id, depth, goal)
+        ledger = self.budget
+        self.episode.open_node(node_id, parent_id, goal)
         namespace = self._namespace(node)
-        base_context = _tokens(goal.text + goal.context + self.episode.tool_docs(self.recursive))
+        tokens = self.count_tokens
+        base_context = tokens(goal.text + goal.context + self.episode.tool_docs(self.recursive))
         overflow = False
-        while not node.finished and node.remaining > 0:
-            used = base_context + sum(_tokens(s.action) + _tokens(s.observation) for s in node.steps)
-            if self.context_tokens is not None and used > self.context_tokens:
-                overflow = True
-                break
-            for _ in range(self._rng.randint(1, 3)):
-                await asyncio.sleep(0)
-            node.remaining -= 1
-            view = NodeView(self.tree_id, node.node_id, parent_id, depth, goal, node.remaining + 1,
-                            self.recursive, tuple(node.steps))
-            text = await self.policy.act(view)
-            observation = await self._execute(text, namespace)
-            node.steps.append(StepRecord(text, observation))
+        try:
+            while not node.finished and ledger.left(node_id) > 0:
+                used = base_context + sum(tokens(s.action) + tokens(s.observation) for s in node.steps)
+                if self.context_tokens is not None and used > self.context_tokens:
+                    overflow = True
+                    break
+                for _ in range(self._rng.randint(1, 3)):
+                    await asyncio.sleep(0)
+                view = NodeView(self.tree_id, node_id, parent_id, depth, goal, ledger.left(node_id),
+                                self.recursive, tuple(node.steps))
+                ledger.take_step(node_id)
+                text = await self.policy.act(view)
+                text = text if isinstance(text, str) else text.text
+                node.steps.append(StepRecord(text, await self._step(node, text, namespace)))
+        finally:
+            ledger.end(node_id)
         message = node.message if node.finished else None
-        success = self.episode.node_success(node.node_id, message)
-        self.outcomes.append(NodeOutcome(node.node_id, parent_id, depth, success, len(node.steps), message, overflow,
-                                         node.parallel, node.launches))
+        success = self.episode.node_success(node_id, message)
+        self.outcomes.append(NodeOutcome(node_id, parent_id, depth, success, len(node.steps), message, overflow,
+                                         node.parallel, node.launches, tuple(node.steps)))
         return node
 
     def _namespace(self, node: _Node) -> dict[str, Any]:
-        out: list[str] = []
         namespace: dict[str, Any] = dict(self.episode.tools(node.node_id))
         namespace["asyncio"] = asyncio
-        namespace["goal"], namespace["budget"] = dict(node.goal.spec), node.remaining   # as goal_variables
-        namespace["__out__"] = out
-        namespace["print"] = lambda *args, **kw: out.append(" ".join(str(a) for a in args))
+        namespace["goal"], namespace["budget"] = dict(node.goal.spec), self.budget.left(node.node_id)
 
-        def finish(message: Any = "") -> str:
+        def finish(message: Any = "") -> None:
             node.finished, node.message = True, message
-            return "finished"
+            raise CellFinished
         namespace["finish"] = finish
         if self.recursive:
-            async def launch_subagent(goal: Any, budget: Any, context: str = "") -> Any:
-                if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-                    return f"launch refused: budget must be a positive int, got {budget!r}"
-                if budget + 1 > node.remaining:
-                    return (f"launch refused: budget {budget} needs {budget + 1} steps, "
-                            f"only {node.remaining} left")
-                try:
-                    child_goal = self.episode.parse_child_goal(goal, context)
-                except ActionError as err:
-                    return f"launch refused: {err}"
-                node.remaining -= budget + 1
-                node.launches += 1
-                mark = [bool(node.in_flight)]
-                for other in node.in_flight:
-                    other[0] = True
-                node.in_flight.append(mark)
-                try:
-                    child = await self._run_node(child_goal, node.node_id, node.depth + 1, budget)
-                finally:
-                    node.in_flight.remove(mark)
-                    node.parallel += mark[0]
-                node.remaining += child.remaining + 1
-                return child.message if child.finished else "the subagent ended without calling finish"
+            async def launch_subagent(goal: Any, budget: Any, context: Any = "") -> Any:
+                return await self._launch(node, goal, budget, context)
             namespace["launch_subagent"] = launch_subagent
         return namespace
 
-    async def _execute(self, text: str, namespace: dict[str, Any]) -> str:
-        match = _PYTHON.search(text)
-        if not match:
-            return "Error: no <python>...</python> cell in the action"
-        out: list[str] = namespace["__out__"]
-        out.clear()
+    async def _launch(self, node: _Node, goal: Any, budget: Any, context: Any) -> Any:
+        if not isinstance(context, str):
+            return f"launch_subagent refused: context must be a string, got {type(context).__name__}."
         try:
-            code = compile(match.group(1), "<cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-            result = eval(code, namespace)  # noqa: S307 - trusted scripted text only (see module docstring)
-            if asyncio.iscoroutine(result):
-                await result
+            child_goal = self.episode.parse_child_goal(goal, context)
         except ActionError as err:
-            out.append(f"Error: {err}")
+            return f"launch_subagent refused: {err}"
+        child_id = self._next_id
+        refusal = self.budget.try_launch(node.node_id, child_id, budget)
+        if refusal is not None:
+            return refusal
+        self._next_id += 1
+        node.launches += 1
+        mark = [bool(node.in_flight)]
+        for other in node.in_flight:
+            other[0] = True
+        node.in_flight.append(mark)
+        try:
+            child = await self._run_node(child_id, child_goal, node.node_id, node.depth + 1)
+        finally:
+            node.in_flight.remove(mark)
+            node.parallel += mark[0]
+        how = "finished" if child.finished else "ran out of budget without calling finish"
+        node.notes.append(subagent_note(child_id, budget, self.budget.total_used(child_id), how))
+        return child.message if child.finished else subagent_unfinished(child_id, budget)
+
+    async def _step(self, node: _Node, text: str, namespace: dict[str, Any]) -> str:
+        """One action's observation, as the runtime renders it."""
+        parsed = parse_action(text)
+        if parsed.code is None:
+            return parsed.error
+        node.notes = []
+        output = io.StringIO()
+        namespace["print"] = lambda *args, **kw: builtins.print(*args, **{**kw, "file": output})
+        value = error = None
+        try:
+            filename = f"<cell {node.node_id}/{node.cells}>"
+            node.cells += 1
+            value = await run_compiled(compile_cell(ast.parse(parsed.code, filename), filename), namespace,
+                                       _OUTPUT_CHARS)
+        except CellFinished:
+            pass
+        except ActionError as err:   # what the sandbox's tool proxy raises for an environment's refusal
+            error = format_error(_as_cell_error(err), _OUTPUT_CHARS)
         except Exception as err:  # the cell's own bug is an observation, as in the real runtime
-            out.append(f"{type(err).__name__}: {err}")
-        return "\n".join(out) or "(no output)"
+            error = format_error(err, _OUTPUT_CHARS)
+        notes = [*([parsed.note] if parsed.note else []), *node.notes]
+        return format_observation(output.getvalue(), value, error, notes, _OBSERVATION_CHARS)
+
+
+def _as_cell_error(err: ActionError) -> Exception:
+    """The environment's refusal as the sandbox's cells see it: a ``sandbox_io.ActionError`` raised
+    from the same frames."""
+    cell_err = CellActionError(str(err))
+    return cell_err.with_traceback(err.__traceback__)
 
 
 def run_tree(episode: Episode, policy: Policy, budget: int, recursive: bool,
-             context_tokens: int | None = None, interleave_seed: int = 0) -> list[NodeOutcome]:
+             context_tokens: int | None = None, interleave_seed: int = 0,
+             count_tokens: Callable[[str], int] = approx_tokens) -> list[NodeOutcome]:
     """Synchronous wrapper: the outcomes of every node, root first."""
-    rollout = ScriptedRollout(episode, policy, recursive, context_tokens, interleave_seed=interleave_seed)
+    rollout = ScriptedRollout(episode, policy, recursive, context_tokens, interleave_seed=interleave_seed,
+                              count_tokens=count_tokens)
     return asyncio.run(rollout.run(budget))

@@ -81,7 +81,8 @@ def sft_loss(logp: Array, mask: Array) -> tuple[Float[Array, ""], dict[str, Arra
     return -_token_mean(logp, mask), metrics
 
 
-LOSS_NAMES = ("cispo", "ppo", "sft")
+RL_LOSS_NAMES = ("cispo", "ppo")    # the policy-gradient losses (from sampled tokens and advantages)
+LOSS_NAMES = (*RL_LOSS_NAMES, "sft")
 # Token means over the loss tokens (combine across micro-batches weighted by their token counts).
 MEAN_METRICS = ("policy_loss", "entropy", "kl_ref", "is_weight_mean", "approx_kl", "clip_fraction")
 METRIC_KEYS = (*MEAN_METRICS, "is_weight_max", "tokens")

@@ -46,6 +46,10 @@ def test_textcraft_oracle_through_the_runtime(recursive):
                                   recursive)
         assert len(tree.nodes) == len(reference)
         assert sorted(n.own_steps for n in tree.nodes) == sorted(n.steps for n in reference)
+        # The in-process driver shows a node what the runtime shows it (the tokenizer corpus is recorded there).
+        runtime_texts = {n.node_id: [(s.action, s.observation) for s in n.steps] for n in tree.nodes}
+        reference_texts = {n.node_id: [(s.action, s.observation) for s in n.transcript] for n in reference}
+        assert reference_texts == runtime_texts, task.task_id
     assert max(depths) >= 2 if recursive else max(depths) == 0
 
 

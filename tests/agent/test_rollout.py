@@ -88,7 +88,7 @@ def test_each_child_of_a_gather_is_credited_its_own_success():
     check_consistent(tree)
     leaves = {next(iter(n.goal.spec)): n for n in tree.nodes if len(n.goal.spec) == 1}
     assert {k: v.success for k, v in leaves.items()} == {"a": 1.0, "b": 1.0, "c": 1.0, "trap": 0.0}
-    assert "ActionError: trap cannot be picked" in leaves["trap"].steps[0].observation
+    assert "\nActionError: trap cannot be picked" in leaves["trap"].steps[0].observation
     pairs = {tuple(sorted(n.goal.spec)): n.success for n in tree.nodes if len(n.goal.spec) == 2}
     assert pairs == {("a", "b"): 1.0, ("c", "trap"): 0.0}
     assert tree.root.success == 0.0

@@ -80,7 +80,7 @@ def test_tools_errors_and_finish():
             r = await _cell(s, "pick('wood')['count']", sync=tools)
             assert r.value == "2"
             r = await _cell(s, "pick('stone')", sync=tools)
-            assert "ActionError: stone cannot be picked" in r.error
+            assert "\nActionError: stone cannot be picked" in r.error
             r = await _cell(s, "try:\n    pick('stone')\nexcept ActionError as e:\n    print('caught', e)", sync=tools)
             assert r.output == "caught stone cannot be picked\n"
             r = await _cell(s, "pick()", sync=tools)
