@@ -255,6 +255,9 @@ class ProgramCraftOracle:
       expanded item and prints how many are left to craft (> 0 -> CRAFT, 0 -> finish). One environment
       action per cell in both modes, so a flat agent's context grows with the size of the crafting tree.
 
+    The cells tell a crafted ingredient by its name (``k[1] != '0'``), the form of ``_is_crafted`` a
+    tiny model can learn for the tiny world's short names; ``check_names`` refuses any other world.
+
     ``mistake_rate`` makes the demonstrator imperfect: where the right move is DELEGATE / EXPAND it
     crafts at once instead with that probability (a reproducible draw per tree, node and step), which
     fails for lack of ingredients; after an error it finishes with a failure. A warm start on such
@@ -283,10 +286,25 @@ class ProgramCraftOracle:
                  goal_variables: bool = False):
         if not 0.0 <= mistake_rate < 1.0:
             raise ValueError(f"mistake_rate must be in [0, 1), got {mistake_rate}")
+        if task is not None:
+            self.check_names(task)
         self.recursive = recursive
         self.goal_variables = goal_variables
         self.mistake_rate = mistake_rate
         self.key = f"{seed}:{task.task_id if task is not None else ''}"
+
+    @staticmethod
+    def check_names(task: Task) -> None:
+        """Refuses a task whose item names the cells' rule (``k[1] != '0'``: the tiny world's
+        ``<domain><tier><letter>``, tier 0 = base) misreads, measured against ``_is_crafted``."""
+        book = task.spec.get("book", {}).get("recipes", {})
+        names = {*task.spec.get("targets", {}), *task.spec.get("initial_inventory", {}), *book}
+        names |= {name for recipes in book.values() for r in recipes for name, _ in r["ingredients"]}
+        wrong = sorted(n for n in names if (len(n) > 1 and n[1] != "0") != _is_crafted(n))
+        if wrong:
+            raise ValueError(f"ProgramCraftOracle tells base items by the tiny world's short names, and task "
+                             f"{task.task_id} has items it would misread ({wrong[:3]}); use the world's "
+                             f"short_names or another oracle (TextCraftOracle)")
 
     async def act(self, view: NodeView) -> str:
         return self.action_for(view)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from rao_jax.agent.oracles import action, make_oracle
+from rao_jax.agent.oracles import ProgramCraftOracle, action, make_oracle
 from rao_jax.agent.scripted_rollout import run_tree
 from rao_jax.envs import chain_hop, labeled_rows, textcraft_official
 from rao_jax.envs import textcraft_synth as ts
@@ -135,3 +135,12 @@ def test_recursive_oracle_solves_every_official_val_task():
         assert all(n.success == 1.0 for n in nodes), task.task_id
     for task in textcraft_official.load_minecraft_tasks(files, "val"):
         assert _run(task, True, context=8192)[0].success == 1.0, task.task_id
+
+
+def test_the_program_oracle_reads_crafted_items_as_the_one_rule_does_and_refuses_other_names():
+    tiny = list(ts.generate_tasks(ts.SynthConfig.tiny(seed=0), "train", 4))
+    for task in tiny:   # every item of these tasks: k[1] != '0' agrees with _is_crafted
+        assert isinstance(make_oracle(task, True, style="program"), ProgramCraftOracle)
+    paper = next(ts.generate_tasks(ts.SynthConfig.paper(seed=0), "train", 1))
+    with pytest.raises(ValueError, match=r"misread \(\['\w+_raw_\d+'"):
+        make_oracle(paper, True, style="program")
