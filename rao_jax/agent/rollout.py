@@ -92,6 +92,20 @@ class _Tree:
     next_id: int = 1
 
 
+def admit_launch(episode: Episode, ledger: BudgetTracker, parent_id: int, child_id: int, goal: Any, budget: Any,
+                 context: Any) -> Goal | str:
+    """A ``launch_subagent`` call checked: the child's goal, its budget now reserved from the parent's,
+    or the refusal the parent's cell gets instead (bad context or goal, or the budget rules)."""
+    if not isinstance(context, str):
+        return f"launch_subagent refused: context must be a string, got {type(context).__name__}."
+    try:
+        child_goal = episode.parse_child_goal(goal, context)
+    except ActionError as e:
+        return f"launch_subagent refused: {e}"
+    refusal = ledger.try_launch(parent_id, child_id, budget)
+    return child_goal if refusal is None else refusal
+
+
 class RolloutRunner:
     """Runs trees with one policy over one sandbox pool."""
 
@@ -182,16 +196,10 @@ class RolloutRunner:
         return sync_tools, ({"launch_subagent": launch_subagent} if self.config.recursive else {})
 
     async def _launch(self, tree: _Tree, parent: _Node, goal: Any, budget: Any, context: Any) -> Any:
-        if not isinstance(context, str):
-            return f"launch_subagent refused: context must be a string, got {type(context).__name__}."
-        try:
-            child_goal = tree.episode.parse_child_goal(goal, context)
-        except ActionError as e:
-            return f"launch_subagent refused: {e}"
         child_id = tree.next_id
-        refusal = tree.budget.try_launch(parent.node_id, child_id, budget)
-        if refusal is not None:
-            return refusal
+        child_goal = admit_launch(tree.episode, tree.budget, parent.node_id, child_id, goal, budget, context)
+        if isinstance(child_goal, str):
+            return child_goal
         tree.next_id += 1
         parent.children.append(child_id)
         parent.step_children.append(child_id)

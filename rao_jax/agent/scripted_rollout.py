@@ -34,7 +34,7 @@ from typing import Any
 from rao_jax.agent.budget import BudgetTracker
 from rao_jax.agent.policy import NodeView, Policy, StepRecord
 from rao_jax.agent.protocol import format_observation, parse_action, subagent_note, subagent_unfinished
-from rao_jax.agent.rollout import RolloutConfig
+from rao_jax.agent.rollout import RolloutConfig, admit_launch
 from rao_jax.agent.sandbox_io import ActionError as CellActionError
 from rao_jax.agent.sandbox_io import CellFinished, compile_cell, format_error, run_compiled
 from rao_jax.agent.sandbox_protocol import SandboxLimits
@@ -144,16 +144,10 @@ class ScriptedRollout:
         return namespace
 
     async def _launch(self, node: _Node, goal: Any, budget: Any, context: Any) -> Any:
-        if not isinstance(context, str):
-            return f"launch_subagent refused: context must be a string, got {type(context).__name__}."
-        try:
-            child_goal = self.episode.parse_child_goal(goal, context)
-        except ActionError as err:
-            return f"launch_subagent refused: {err}"
         child_id = self._next_id
-        refusal = self.budget.try_launch(node.node_id, child_id, budget)
-        if refusal is not None:
-            return refusal
+        child_goal = admit_launch(self.episode, self.budget, node.node_id, child_id, goal, budget, context)
+        if isinstance(child_goal, str):
+            return child_goal
         self._next_id += 1
         node.launches += 1
         mark = [bool(node.in_flight)]

@@ -14,7 +14,6 @@ from scipy import stats
 from rao_jax.checkpoint.hf import load_pretrained
 from rao_jax.sampling import EngineConfig, SamplingEngine, SamplingParams
 from rao_jax.sampling import sampler as sampler_lib
-from rao_jax.sampling.sizes import bucket
 from tests.hf_utils import make_hf_model
 
 # One shape set for most tests, so their compilations are shared.
@@ -436,15 +435,6 @@ def test_bad_engine_configs_are_refused():
         EngineConfig(decode_groups=2, attn_impl="pallas")
     with pytest.raises(ValueError, match="prefill_buckets_per_octave must be 1, 2 or 4"):
         EngineConfig(prefill_buckets_per_octave=3)
-
-
-def test_prefill_buckets_per_octave():
-    sizes = {k: sorted({bucket(n, k) for n in range(1, 65)}) for k in (1, 2, 4)}
-    assert sizes[1] == [1, 2, 4, 8, 16, 32, 64]
-    assert sizes[2] == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
-    assert sizes[4] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
-    assert all(bucket(n, k) >= n for k in (1, 2, 4) for n in range(1, 5000))
-    assert bucket(8700, 2) == 12288 and bucket(8700, 4) == 10240
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 from rao_jax.sampling import EngineConfig, SamplingParams
 from rao_jax.sampling.batch import decode_groups, prefill_batch
 from rao_jax.sampling.scheduler import Completion, Request, Scheduler
+from rao_jax.sampling.sizes import bucket
 
 
 def make(num_pages: int = 64, max_rows: int = 4, max_prefill_tokens: int = 128, decode_steps: int = 4):
@@ -146,3 +147,12 @@ def test_the_batch_builders_pack_the_scheduled_rows():
     page, offset = group.destinations(np.array([2, 1, 0, 0]), 4, 4)
     table = group.batch.page_table
     assert page.reshape(4, 4)[0].tolist() == [table[0, 1], table[0, 1], 0, 0] and offset[:2].tolist() == [1, 2]
+
+
+def test_prefill_buckets_per_octave():
+    sizes = {k: sorted({bucket(n, k) for n in range(1, 65)}) for k in (1, 2, 4)}
+    assert sizes[1] == [1, 2, 4, 8, 16, 32, 64]
+    assert sizes[2] == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+    assert sizes[4] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
+    assert all(bucket(n, k) >= n for k in (1, 2, 4) for n in range(1, 5000))
+    assert bucket(8700, 2) == 12288 and bucket(8700, 4) == 10240
