@@ -40,6 +40,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "onednn": ("--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true", {}),
     "xnn_dot": ("--xla_cpu_experimental_xnn_fusion_type=dot", {}),
     "eigen_single": ("--xla_cpu_multi_thread_eigen=false", {}),
+    "concurrency_sched_off": ("--xla_cpu_enable_concurrency_optimized_scheduler=false", {}),
+    "concurrency_sched_on": ("--xla_cpu_enable_concurrency_optimized_scheduler=true", {}),
     "dense_attention": ("", {"causal_block": None}),
     "causal_block_64": ("", {"causal_block": 64}),
     "one_logprob_chunk": ("", {"chunk": 0}),

@@ -38,27 +38,32 @@ def dot_product_attention(q: Float[Array, "b t hq d"], k: Float[Array, "b s hk d
     traffic of the dense form at ``t / causal_block`` blocks. Masked keys weigh exactly 0 either way,
     so only the float summation order differs.
     """
-    t, s = q.shape[1], k.shape[1]
+    b, t, hq, d = q.shape
+    s, hk = k.shape[1], k.shape[2]
+    # Head-major once, here: every product below then has its batch dimensions leading and its
+    # operands contiguous, so neither pass transposes per block (``[b, hk, g, t, d]`` queries,
+    # ``[b, hk, s, d]`` keys and values).
+    q = q.reshape(b, t, hk, hq // hk, d).transpose(0, 2, 3, 1, 4)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3).astype(dtype)
     if causal_block is not None and t == s and t > causal_block and t % causal_block == 0:
         blocks = []
         for end in range(causal_block, t + 1, causal_block):
             start = end - causal_block
-            blocks.append(_attend(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end], dtype))
-        return jnp.concatenate(blocks, axis=1)
-    return _attend(q, k, v, mask, dtype)
+            blocks.append(_attend(q[:, :, :, start:end], k[:, :, :end], v[:, :, :end], mask[:, start:end, :end],
+                                  dtype))
+        out = jnp.concatenate(blocks, axis=3)
+    else:
+        out = _attend(q, k, v, mask, dtype)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, hq, d)
 
 
-def _attend(q: Float[Array, "b t hq d"], k: Float[Array, "b s hk d"], v: Float[Array, "b s hk d"],
-            mask: Bool[Array, "b t s"], dtype: DType) -> Float[Array, "b t hq d"]:
-    b, t, hq, d = q.shape
-    hk = k.shape[2]
-    q = q.reshape(b, t, hk, hq // hk, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d ** -0.5)
+def _attend(q: Float[Array, "b k g t d"], k: Float[Array, "b k s d"], v: Float[Array, "b k s d"],
+            mask: Bool[Array, "b t s"], dtype: DType) -> Float[Array, "b k g t d"]:
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (q.shape[-1] ** -0.5)
     scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dtype))
-    return out.reshape(b, t, hq, d)
+    return jnp.einsum("bkgts,bksd->bkgtd", probs, v)
 
 
 class Attention(nnx.Module):
