@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/train_step_throughput.py [--rows 16] [--row-len 256]
         [--steps 3] [--repeats 5] [--model-config configs/models/tiny_qwen3.json]
-        [--device cpu|cuda] [--dtype fp32|bf16] [--torch-compile]
+        [--device cpu|cuda] [--dtype fp32|bf16] [--peers eager,compiled]
 
 Both sides train the same weights on the same batch with the same objective and optimizer:
 
@@ -19,10 +19,14 @@ step's loss and pre-clip gradient norm of the two sides must agree (relative dif
 1e-3 in fp32, 2e-2 in bf16), else the script exits: a ratio is only worth printing if it compares
 the same computation.
 
+Peers (``--peers``): ``eager`` (the model as loaded) and ``compiled`` (``torch.compile`` of it; left
+out with the reason printed when it fails on the machine). Each peer is checked as above.
+
 Timing: one warm-up step per side (the JAX one includes compilation, reported separately), then
-``--repeats`` rounds that alternate ``--steps`` JAX steps and ``--steps`` torch steps, each block
-timed to completion (``block_until_ready`` / ``torch.cuda.synchronize``). Reported: the median
-tokens/s per side, the ratio of the medians and the median of the per-round ratios (jax / torch).
+``--repeats`` rounds that alternate ``--steps`` JAX steps and ``--steps`` steps of each peer, each
+block timed to completion (``block_until_ready`` / ``torch.cuda.synchronize``). Reported: the median
+tokens/s per side and, per peer, the ratio of the medians and the median of the per-round ratios
+(jax / peer).
 ``--dtype bf16`` keeps float32 master weights and optimizer state on both sides and computes
 matmuls in bfloat16 (rao_jax ``dtype=bfloat16``; torch ``autocast``).
 """
@@ -55,11 +59,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=256, help="positions per log-prob chunk on the JAX side")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--torch-compile", action="store_true", help="wrap the torch model in torch.compile")
+    p.add_argument("--peers", default="eager,compiled",
+                   help="torch peers, comma-separated: eager, compiled (torch.compile)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attn-impl", default="xla", choices=("xla", "splash", "cudnn"),
                    help="rao_jax training attention (cudnn: GPU, bf16; splash: TPU)")
     args = p.parse_args()
+    args.peers = [x for x in args.peers.split(",") if x]
+    if not args.peers or set(args.peers) - {"eager", "compiled"}:
+        p.error(f"--peers takes eager and / or compiled, got {args.peers}")
     if args.rows < 1 or args.row_len < 8 or args.steps < 1 or args.repeats < 1:
         p.error("need --rows >= 1, --row-len >= 8, --steps >= 1, --repeats >= 1")
     if args.row_len % min(args.chunk, args.row_len):
@@ -209,8 +217,8 @@ def main() -> None:
         folder = make_weights(args.model_config, Path(tmp), args.seed)
         compute = jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
         model, _ = load_pretrained(folder, dtype=compute, param_dtype=jnp.float32, attn_impl=args.attn_impl)
-        torch_step = TorchStep(torch, folder, batch, device=args.device, dtype=args.dtype,
-                               compile_model=args.torch_compile, opt=opt)
+        peers = {name: TorchStep(torch, folder, batch, device=args.device, dtype=args.dtype,
+                                 compile_model=name == "compiled", opt=opt) for name in args.peers}
     optimizer = make_optimizer(model, opt)
     arrays = batch_arrays(batch)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -222,61 +230,67 @@ def main() -> None:
         jax.block_until_ready((out, nnx.state(model, nnx.Param)))
         return out
 
-    def torch_block(steps: int):
-        out = None
-        for _ in range(steps):
-            out = torch_step()
-        torch_step.sync()
-        return out
+    def peer_block(peer: TorchStep):
+        def block(steps: int):
+            out = None
+            for _ in range(steps):
+                out = peer()
+            peer.sync()
+            return out
+        return block
 
+    print(f"model {Path(args.model_config).name}: {params:,} params; batch {args.rows} rows x {args.row_len} tokens; "
+          f"dtype {args.dtype}; attn {args.attn_impl}; jax {jax.__version__} ({jax.default_backend()}: "
+          f"{jax.devices()[0].device_kind}), torch {torch.__version__} ({args.device})")
     # First step of each side from identical weights: the compile time and the agreement check.
     start = time.perf_counter()
     jax_out = jax_block(1)
-    jax_first = time.perf_counter() - start
-    start = time.perf_counter()
-    torch_loss, torch_norm = torch_block(1)
-    torch_first = time.perf_counter() - start
-    checks = {"loss": (float(jax_out["loss"]), float(torch_loss)),
-              "grad norm": (float(jax_out["grad_norm"]), float(torch_norm))}
-    print(f"model {Path(args.model_config).name}: {params:,} params; batch {args.rows} rows x {args.row_len} tokens "
-          f"({int(jax_out['tokens'])} loss tokens); dtype {args.dtype}; attn {args.attn_impl}; jax {jax.__version__} "
-          f"({jax.default_backend()}: {jax.devices()[0].device_kind}), torch {torch.__version__} ({args.device}"
-          f"{', compiled' if args.torch_compile else ''})")
-    failed = []
-    for name, (a, b) in checks.items():
-        diff = relative_diff(a, b)
-        print(f"first step {name:<9}  jax {a:.7g}  torch {b:.7g}  relative diff {diff:.2e}")
-        if diff > TOLERANCE[args.dtype]:
-            failed.append(name)
-    if failed:
-        raise SystemExit(f"the two sides disagree on the first step's {', '.join(failed)} "
-                         f"(tolerance {TOLERANCE[args.dtype]:.0e}): not the same computation; no timing")
-    print(f"first call: jax {jax_first:.2f} s (compile + 1 step), torch {torch_first:.2f} s"
-          f"{' (compile + 1 step)' if args.torch_compile else ''}")
+    first = {"jax": time.perf_counter() - start}
+    blocks = {"jax": jax_block}
+    for name, peer in peers.items():
+        start = time.perf_counter()
+        try:
+            peer_loss, peer_norm = peer_block(peer)(1)
+        except Exception as err:  # torch.compile needs a working C++ toolchain; say why it is left out
+            print(f"peer {name}: left out, its first step failed: {type(err).__name__}: {str(err)[:200]}")
+            continue
+        first[name] = time.perf_counter() - start
+        for what, a, b in (("loss", float(jax_out["loss"]), float(peer_loss)),
+                           ("grad norm", float(jax_out["grad_norm"]), float(peer_norm))):
+            diff = relative_diff(a, b)
+            print(f"first step {what:<9}  jax {a:.7g}  {name} {b:.7g}  relative diff {diff:.2e}")
+            if diff > TOLERANCE[args.dtype]:
+                raise SystemExit(f"jax and the {name} peer disagree on the first step's {what} (tolerance "
+                                 f"{TOLERANCE[args.dtype]:.0e}): not the same computation; no timing")
+        blocks[f"torch {name}"] = peer_block(peer)
+    if len(blocks) == 1:
+        raise SystemExit("no torch peer ran: nothing to compare with")
+    print("first call (s): " + ", ".join(f"{name} {t:.2f}" for name, t in first.items()))
 
-    # torch.compile may recompile on the second call (parameters became leaves with grads); warm it too.
-    jax_block(1)
-    torch_block(1)
-    rates: dict[str, list[float]] = {"jax": [], "torch": []}
+    for block in blocks.values():   # a second warm-up: torch.compile may recompile on its second call
+        block(1)
+    rates: dict[str, list[float]] = {name: [] for name in blocks}
     for _ in range(args.repeats):
-        for name, block in (("jax", jax_block), ("torch", torch_block)):
+        for name, block in blocks.items():
             start = time.perf_counter()
             block(args.steps)
             rates[name].append(args.steps * step_tokens / (time.perf_counter() - start))
-    jax_median, torch_median = statistics.median(rates["jax"]), statistics.median(rates["torch"])
-    paired = statistics.median(j / t for j, t in zip(rates["jax"], rates["torch"], strict=True))
 
     print(f"\n{args.repeats} rounds x {args.steps} steps per side, interleaved; tokens/s per round:")
     for name, values in rates.items():
-        print(f"  {name:<6}" + "".join(f"{v:>10.0f}" for v in values))
-    print(f"\n{'side':<8}{'median tokens/s':>16}{'ms/step':>10}{'min':>10}{'max':>10}")
+        print(f"  {name:<15}" + "".join(f"{v:>10.0f}" for v in values))
+    print(f"\n{'side':<17}{'median tokens/s':>16}{'ms/step':>10}{'min':>10}{'max':>10}")
     for name, values in rates.items():
         med = statistics.median(values)
-        print(f"{name:<8}{med:>16.0f}{1000 * step_tokens / med:>10.1f}{min(values):>10.0f}{max(values):>10.0f}")
-    print(f"\njax / torch: {jax_median / torch_median:.2f}x (ratio of medians), "
-          f"{paired:.2f}x (median of per-round ratios)")
-    print(f"jax compile: {jax_first:.2f} s for the first call, about "
-          f"{max(jax_first - step_tokens / jax_median, 0.0):.2f} s of it compilation")
+        print(f"{name:<17}{med:>16.0f}{1000 * step_tokens / med:>10.1f}{min(values):>10.0f}{max(values):>10.0f}")
+    jax_median = statistics.median(rates["jax"])
+    print()
+    for name in list(rates)[1:]:
+        paired = statistics.median(j / t for j, t in zip(rates["jax"], rates[name], strict=True))
+        print(f"jax / {name}: {jax_median / statistics.median(rates[name]):.2f}x (ratio of medians), "
+              f"{paired:.2f}x (median of per-round ratios)")
+    print(f"jax compile: {first['jax']:.2f} s for the first call, about "
+          f"{max(first['jax'] - step_tokens / jax_median, 0.0):.2f} s of it compilation")
 
 
 if __name__ == "__main__":
