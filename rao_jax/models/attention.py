@@ -13,7 +13,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from rao_jax.models.config import ModelConfig
-from rao_jax.models.layers import DType, RMSNorm, const_param, init_param, rope
+from rao_jax.models.layers import DType, RMSNorm, const_param, dense, init_param, rope
 
 # A large finite negative instead of -inf, so a fully masked row (padding) gives zeros, not NaNs.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -98,7 +98,9 @@ class Attention(nnx.Module):
         return q, k, v
 
     def output(self, attn: Float[Array, "b t hq hd"]) -> Float[Array, "b t d"]:
-        out = jnp.einsum("bthk,hkd->btd", attn.astype(self.dtype), self.o_proj[...].astype(self.dtype))
+        w = self.o_proj[...]
+        heads = attn.reshape(*attn.shape[:-2], -1).astype(self.dtype)
+        out = dense(heads, w.reshape(-1, w.shape[-1]).astype(self.dtype))
         if self.o_bias is not None:
             out = out + self.o_bias[...].astype(self.dtype)
         return out
@@ -109,7 +111,8 @@ class Attention(nnx.Module):
         return self.output(dot_product_attention(q, k, v, mask, self.dtype))
 
     def _project(self, x: Float[Array, "b t d"], w: nnx.Param, bias: nnx.Param | None):
-        y = jnp.einsum("btd,dhk->bthk", x, w[...].astype(self.dtype))
+        d, h, k = w.shape
+        y = dense(x, w[...].reshape(d, h * k).astype(self.dtype)).reshape(*x.shape[:-1], h, k)
         if bias is not None:
             y = y + bias[...].astype(self.dtype)
         return y

@@ -28,6 +28,42 @@ def const_param(value: float, shape: tuple[int, ...], logical_axes: tuple[str | 
     return nnx.Param(jnp.full(shape, value, dtype), logical_axes=logical_axes)
 
 
+def dense(x: Float[Array, "... k"], w: Float[Array, "k n"]) -> Float[Array, "... n"]:
+    """``x @ w`` for a 2-D weight, with a CPU-specific backward.
+
+    On a CPU, autodiff's weight gradient ``x^T @ dy`` contracts over every token, and XLA:CPU lays it
+    out by transposing the wider activation in a copy and running the product over transposed
+    operands, slowly. There the backward transposes the narrower of ``x`` and ``dy`` itself, behind
+    an optimisation barrier, so the product is a plain one (a SwiGLU's forward + backward about 30%
+    faster on 2 cores: ``benchmarks/learner_suspects.py``). Other backends keep plain autodiff.
+    """
+    if jax.default_backend() == "cpu":
+        return _dense_cpu(x, w)
+    return x @ w
+
+
+@jax.custom_vjp
+def _dense_cpu(x, w):
+    return x @ w
+
+
+def _dense_cpu_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _dense_cpu_bwd(residuals, dy):
+    x, w = residuals
+    xs, dys = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    if xs.shape[1] <= dys.shape[1]:
+        dw = jax.lax.optimization_barrier(xs.T) @ dys
+    else:
+        dw = (jax.lax.optimization_barrier(dys.T) @ xs).T
+    return dy @ w.T, dw.astype(w.dtype)
+
+
+_dense_cpu.defvjp(_dense_cpu_fwd, _dense_cpu_bwd)
+
+
 class RMSNorm(nnx.Module):
     """``w * x / rms(x)``, computed in float32 (no ``1 + w`` offset: Qwen3 is not Gemma)."""
 
@@ -66,5 +102,5 @@ class SwiGLU(nnx.Module):
 
     def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
         x = x.astype(self.dtype)
-        h = jax.nn.silu(x @ self.gate[...].astype(self.dtype)) * (x @ self.up[...].astype(self.dtype))
-        return h @ self.down[...].astype(self.dtype)
+        h = jax.nn.silu(dense(x, self.gate[...].astype(self.dtype))) * dense(x, self.up[...].astype(self.dtype))
+        return dense(h, self.down[...].astype(self.dtype))
