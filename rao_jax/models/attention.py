@@ -59,11 +59,62 @@ def dot_product_attention(q: Float[Array, "b t hq d"], k: Float[Array, "b s hk d
 
 def _attend(q: Float[Array, "b k g t d"], k: Float[Array, "b k s d"], v: Float[Array, "b k s d"],
             mask: Bool[Array, "b t s"], dtype: DType) -> Float[Array, "b k g t d"]:
+    if jax.default_backend() == "cpu":
+        return _attend_cpu(q, k, v, mask)
+    return _attend_autodiff(q, k, v, mask, dtype)
+
+
+def _attend_autodiff(q, k, v, mask, dtype):
     scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores * (q.shape[-1] ** -0.5)
     scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     return jnp.einsum("bkgts,bksd->bkgtd", probs, v)
+
+
+# On a CPU, the same attention with its gradient written out, so that every product runs on operands
+# laid out as it reads them: the transposes it needs (keys, values, probabilities, score gradients)
+# are copies of their own behind optimisation barriers, where autodiff would leave XLA:CPU products
+# over transposed operands (``layers.dense`` does the same for the projections). Queries of a key /
+# value head's group are one ``[g * t, d]`` matrix.
+
+
+def _grouped(q):
+    b, hk, g, t, d = q.shape
+    return q.reshape(b, hk, g * t, d)
+
+
+def _copy_transposed(x):
+    return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+
+
+def _attend_cpu_fwd(q, k, v, mask):
+    b, hk, g, t, d = q.shape
+    scores = jnp.matmul(_grouped(q), _copy_transposed(k), preferred_element_type=jnp.float32) * d ** -0.5
+    scores = jnp.where(mask[:, None, None], scores.reshape(b, hk, g, t, -1), MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).reshape(b, hk, g * t, -1)
+    out = jnp.matmul(probs.astype(v.dtype), v).reshape(b, hk, g, t, d)
+    return out, (q, k, v, probs)
+
+
+def _attend_cpu_bwd(residuals, d_out):
+    q, k, v, probs = residuals
+    b, hk, g, t, d = q.shape
+    d_out = _grouped(d_out).astype(jnp.float32)
+    d_v = jnp.matmul(_copy_transposed(probs), d_out)
+    d_probs = jnp.matmul(d_out, _copy_transposed(v.astype(jnp.float32)))
+    d_scores = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True)) * d ** -0.5
+    d_q = jnp.matmul(d_scores, k.astype(jnp.float32)).reshape(b, hk, g, t, d)
+    d_k = jnp.matmul(_copy_transposed(d_scores), _grouped(q).astype(jnp.float32))
+    return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+@jax.custom_vjp
+def _attend_cpu(q, k, v, mask):
+    return _attend_cpu_fwd(q, k, v, mask)[0]
+
+
+_attend_cpu.defvjp(_attend_cpu_fwd, _attend_cpu_bwd)
 
 
 class Attention(nnx.Module):

@@ -58,7 +58,8 @@ def _dense_cpu_bwd(residuals, dy):
         dw = jax.lax.optimization_barrier(xs.T) @ dys
     else:
         dw = (jax.lax.optimization_barrier(dys.T) @ xs).T
-    return dy @ w.T, dw.astype(w.dtype)
+    # The weight transposed in a copy too (it is small): the input gradient is then a plain product.
+    return dy @ jax.lax.optimization_barrier(w.T), dw.astype(w.dtype)
 
 
 _dense_cpu.defvjp(_dense_cpu_fwd, _dense_cpu_bwd)
