@@ -17,7 +17,7 @@ from rao_jax.agent.trace import read_trace, render_html, render_trace
 from rao_jax.agent.tree import TreeResult
 from rao_jax.envs.base import Task
 from tests.agent.local_tokenizer import LocalTokenizer
-from tests.agent.toy import BagWorld, ScriptPolicy, SplitPolicy, budget_for
+from tests.agent.toy import BagWorld, ScriptPolicy, SplitPolicy, budget_for, units
 
 LIMITS = SandboxLimits(cpu_seconds=2.0, wall_seconds=4.0, memory_bytes=512 << 20)
 
@@ -271,21 +271,37 @@ def test_trace_roundtrip_and_rendering(tmp_path):
         read_trace(bad)
 
 
+class _AllLeavesAtOnce(SplitPolicy):
+    """``SplitPolicy`` whose leaves take their first step only once every leaf of every tree has
+    asked for it: all nodes are then live together, however fast the sandboxes start."""
+
+    def __init__(self, leaves: int):
+        super().__init__()
+        self.leaves, self.arrived = leaves, 0
+        self.all_in = asyncio.Event()
+
+    async def act(self, view: NodeView) -> str:
+        if units(dict(view.goal.spec)) == 1 and not view.steps:
+            self.arrived += 1
+            if self.arrived == self.leaves:
+                self.all_in.set()
+            await asyncio.wait_for(self.all_in.wait(), 120)
+        return await super().act(view)
+
+
 def test_more_than_512_nodes_live_at_once():
     """40 trees of 15 nodes (each tree its own sandbox process) step concurrently; every tree solves
-    its task. Each leaf's first cell waits half a second, so the trees overlap however fast their
-    sandboxes start."""
+    its task, with all 600 nodes live at once."""
     target = {"a": 4, "b": 4}
     worlds = [BagWorld(target) for _ in range(40)]
-    slow = {item: f"import asyncio\nawait asyncio.sleep(0.5)\npick({item!r})\nview_bag()" for item in target}
-    trees = run(_roll(SplitPolicy(slow), worlds, [budget_for(target)] * 40))
+    trees = run(_roll(_AllLeavesAtOnce(leaves=40 * units(target)), worlds, [budget_for(target)] * 40))
     events = sorted([(n.start_time, 1) for t in trees for n in t.nodes] +
                     [(n.end_time, -1) for t in trees for n in t.nodes])
     live = peak = 0
     for _, change in events:
         live += change
         peak = max(peak, live)
-    assert peak >= 512 and sum(len(t.nodes) for t in trees) == 600
+    assert peak == 600 and sum(len(t.nodes) for t in trees) == 600
     assert all(t.root.success == 1.0 for t in trees) and all(dict(w.bag) == target for w in worlds)
 
 
