@@ -73,11 +73,7 @@ def plot_learning_curves(runs: Sequence[Run], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _bar_series(runs: Sequence[Run], difficulties: Sequence[str], which: str) -> tuple[list[float], list[list[float]]]:
@@ -145,10 +141,15 @@ def plot_success_by_depth(recursive_runs: Sequence[Run], flat_runs: Sequence[Run
     ax.grid(axis="y", alpha=0.3)
     if series:
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Lays ``fig`` out, writes it to ``path`` (creating its folder) and closes it."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 

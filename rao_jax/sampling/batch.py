@@ -137,13 +137,12 @@ def decode_groups(running: Sequence[Request | None], cfg: EngineConfig, alloc: P
     as many as the running rows fill; the last one padded with idle rows), so that each group's
     context is only as wide as its own longest row.
     """
-    steps = cfg.decode_steps
-    active = [r for r, q in enumerate(running) if q is not None]
     if cfg.decode_groups == 1:
         slices: list[list[int | None]] = [[r if running[r] is not None else None for r in range(len(running))]]
     else:
         size = cfg.max_rows // cfg.decode_groups
-        order = sorted(active, key=lambda r: running[r].reach(steps))
+        active = [r for r, q in enumerate(running) if q is not None]
+        order = sorted(active, key=lambda r: running[r].reach(cfg.decode_steps))
         slices = [order[i:i + size] for i in range(0, len(order), size)]
         slices[-1] += [None] * (size - len(slices[-1]))
     return [_decode_group(rows, [None if r is None else running[r] for r in rows], cfg, alloc, vocab_size)
