@@ -12,13 +12,12 @@ files start from it and change what they need, so a file names only what differs
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
+from rao_jax.config_parse import build_section
 from rao_jax.errors import ConfigError
 
 
@@ -86,9 +85,12 @@ class DataSection:
     """Attributes:
         family: task source (a name registered in ``rao_jax.envs.families``).
         knobs: the family's generator knobs (see docs/task_families.md).
-        data_dir: where the array_record dataset is built ("" = ``<workdir>/data``).
+        data_dir: where the array_record datasets are built ("" = ``<workdir>/data``).
         train_difficulties: train only on these difficulty buckets (empty: all).
         shuffle: shuffle training tasks (seeded; the order is resumable).
+        families: several families in one run, ``name -> entry`` with optional weight, knobs,
+            root_budget, max_context, train_difficulties and oracle_knobs (``rao_jax.data.mixture``);
+            when set, it replaces family / knobs / train_difficulties, which must stay at their defaults.
     """
 
     family: str = "textcraft_synth"
@@ -96,10 +98,25 @@ class DataSection:
     data_dir: str = ""
     train_difficulties: tuple[str, ...] = ()
     shuffle: bool = True
+    families: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         from rao_jax.envs import families
         _need(self.family in families.names(), f"data.family must be one of {families.names()}, got {self.family!r}")
+        if self.families:
+            default = DataSection()
+            _need((self.family, dict(self.knobs), self.train_difficulties) ==
+                  (default.family, dict(default.knobs), default.train_difficulties),
+                  "data.families replaces data.family / data.knobs / data.train_difficulties: set those per "
+                  "family in its data.families entry and leave them at their defaults")
+        self.specs()   # each entry's checks, now
+
+    def specs(self):
+        """The run's families (``rao_jax.data.mixture.FamilySpec``), one for a single-family run."""
+        from rao_jax.data import mixture
+        if self.families:
+            return mixture.parse_families(self.families)
+        return mixture.single(self.family, self.knobs, self.train_difficulties)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,11 +412,19 @@ class TrainConfig:
         _need(bool(self.workdir), "workdir must be set")
         _need(self.rollout.max_new_tokens < self.engine.max_seq_len,
               "rollout.max_new_tokens must be < engine.max_seq_len")
-        _need(not self.sft.oracle_knobs.get("goal_variables") or self.rollout.goal_variables,
-              "sft.oracle_knobs goal_variables=True needs rollout.goal_variables=True (its cells read `goal`)")
-        _need(self.train.row_len >= min(self.engine.max_seq_len, self.rollout.max_context or 1 << 30),
+        specs = self.data.specs()
+        for where, knobs in [("sft.oracle_knobs", self.sft.oracle_knobs)] + [
+                (f"data.families.{s.name}.oracle_knobs", s.oracle_knobs) for s in specs if s.oracle_knobs]:
+            _need(not knobs.get("goal_variables") or self.rollout.goal_variables,
+                  f"{where} goal_variables=True needs rollout.goal_variables=True (its cells read `goal`)")
+        window = max(min(self.engine.max_seq_len, s.max_context or self.rollout.max_context or 1 << 30) for s in specs)
+        _need(self.train.row_len >= window,
               f"train.row_len ({self.train.row_len}) must hold a whole node episode: make it >= "
-              f"engine.max_seq_len ({self.engine.max_seq_len}) or rollout.max_context")
+              f"engine.max_seq_len ({self.engine.max_seq_len}) or the largest rollout / family max_context")
+        for s in specs:
+            _need(s.max_context <= self.engine.max_seq_len,
+                  f"data.families.{s.name}.max_context ({s.max_context}) exceeds engine.max_seq_len "
+                  f"({self.engine.max_seq_len}), the longest sequence a replica holds")
         _need(self.rollout.top_k <= self.engine.max_top_k,
               f"rollout.top_k ({self.rollout.top_k}) exceeds engine.max_top_k ({self.engine.max_top_k}), the "
               "sampler's static bound: raise engine.max_top_k or lower rollout.top_k")
@@ -409,11 +434,6 @@ class TrainConfig:
         _need(self.tokenizer.template != "qwen3" or bool(self.tokenizer.path),
               "tokenizer.template='qwen3' needs tokenizer.path (a Qwen3 tokenizer.json): a tokenizer trained here "
               "has the sentencepiece template's special tokens, not <|im_start|> / <|im_end|>")
-
-
-def _section_fields(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -446,54 +466,6 @@ def from_config_dict(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> Trai
         ConfigError: an unknown key, a value of the wrong type or out of range (the message names it).
     """
     raw = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-    return _build(TrainConfig, raw, "")
+    return build_section(TrainConfig, raw, "")
 
 
-def _build(cls, raw: Mapping[str, Any], prefix: str):
-    fields = _section_fields(cls)
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        where = f"section {prefix.rstrip('.')!r}" if prefix else "the config"
-        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]} in {where}; known: {sorted(fields)}")
-    values = {}
-    for name, value in raw.items():
-        kind = fields[name]
-        if dataclasses.is_dataclass(kind):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{prefix}{name} must be a section (a dict), got {value!r}")
-            values[name] = _build(kind, value, f"{prefix}{name}.")
-        else:
-            values[name] = _coerce(value, kind, prefix + name)
-    return cls(**values)
-
-
-def _coerce(value: Any, kind: Any, name: str) -> Any:
-    origin = typing.get_origin(kind)
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, list | tuple):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
-        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
-        return tuple(_coerce(v, item, name) for v in value)
-    if origin in (Mapping, dict) or kind is Mapping:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{name} must be a dict, got {value!r}")
-        return {k: _plain(v) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(kind)
-        if value is None and type(None) in options:
-            return None
-        kind = next(a for a in options if a is not type(None))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
-    if kind in (int, float, str, bool) and wrong:
-        raise ConfigError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, ml_collections.ConfigDict):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return list(value) if isinstance(value, tuple) else value

@@ -39,14 +39,14 @@ from rao_jax.paths import as_path
 async def rollout_mode(runtime, tasks: Sequence[Task], mode: str, temperature: float, tag: str,
                        progress: bool = False) -> list[TreeResult]:
     """One tree per task in ``mode`` (``recursive``, ``flat``, either with ``_greedy``: decoded at
-    temperature 0 instead of ``temperature``, or ``oracle``: the family's oracle with
-    ``sft.oracle_knobs``, the same one the warm start imitates); ``progress`` shows a bar of finished
-    trees with their running success rate."""
+    temperature 0 instead of ``temperature``, or ``oracle``: each task's family's oracle with that
+    family's oracle knobs, else ``sft.oracle_knobs``: the one the warm start imitates); ``progress``
+    shows a bar of finished trees with their running success rate."""
     label = mode
     if mode.endswith("_greedy"):
         mode, temperature = mode.removesuffix("_greedy"), 0.0
     if mode == "oracle":  # the oracle the warm start imitates, when one is configured
-        return await runtime.scripted_rollout(tasks, recursive=True, oracle_knobs=runtime.config.sft.oracle_knobs)
+        return await runtime.scripted_rollout(tasks, recursive=True)
     bar = tqdm(total=len(tasks), desc=f"eval {label}", leave=False, disable=not progress)
     solved, finished = [0.0], [0]
 

@@ -30,7 +30,8 @@ depth 0). Every bucket is a plain dict with these keys (``None`` where a figure 
 - ``end_reasons``: ``{end_reason: count}`` over the roots.
 
 ``summarize`` returns ``{"all": bucket, "by_difficulty": {difficulty: bucket}, "by_depth": {depth:
-bucket}}``; ``by_difficulty`` is empty when no ``tasks`` are given. ``format_table({mode: summary})``
+bucket}}``; ``by_difficulty`` is empty when no ``tasks`` are given; trees of several task families
+key it ``family/difficulty`` and add ``"by_family"``. ``format_table({mode: summary})``
 renders several modes side by side as fixed-width text (at most ~120 columns), ``to_json`` writes
 them as strict JSON (NaN -> null, integer keys -> strings).
 
@@ -186,10 +187,12 @@ def _bucket(trees: Sequence[TreeResult], root_rewards: Sequence[float]) -> dict[
 
 
 def _difficulty_sort_key(name: str) -> tuple:
+    family, _, name = name.rpartition("/")   # "family/difficulty" when several families: by family first
     if name in DIFFICULTY_ORDER:
-        return (0, DIFFICULTY_ORDER.index(name))
+        return (family, 0, DIFFICULTY_ORDER.index(name))
     # Natural order for the rest ("k2" < "k10"); the type tag keeps digit and text parts comparable.
-    return (1, tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)))
+    return (family, 1, tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                             for part in re.split(r"(\d+)", name)))
 
 
 def summarize(trees: Sequence[TreeResult], tasks: Mapping[str, Task] | None = None, *, bonus: str = "mean",
@@ -203,7 +206,9 @@ def summarize(trees: Sequence[TreeResult], tasks: Mapping[str, Task] | None = No
 
     Returns:
         ``{"all": bucket, "by_difficulty": {difficulty: bucket}, "by_depth": {depth: bucket}}``, buckets
-        as described in the module docstring, difficulties in natural order, depths ascending.
+        as described in the module docstring, difficulties in natural order, depths ascending. When
+        the trees' tasks come from several families, the difficulty keys are ``family/difficulty``
+        and ``"by_family": {family: bucket}`` is added.
 
     Raises:
         ValueError: no trees, or ``tasks`` given but a tree's ``task_id`` is not in it.
@@ -216,20 +221,28 @@ def summarize(trees: Sequence[TreeResult], tasks: Mapping[str, Task] | None = No
         return _bucket([trees[i] for i in indices], [rewards[i] for i in indices])
 
     by_difficulty: dict[str, list[int]] = {}
+    by_family: dict[str, list[int]] = {}
     if tasks is not None:
         for i, tree in enumerate(trees):
             if tree.task_id not in tasks:
                 raise ValueError(f"tree {tree.tree_id}: task_id {tree.task_id!r} is not among the given tasks")
-            by_difficulty.setdefault(tasks[tree.task_id].difficulty, []).append(i)
+            by_family.setdefault(tasks[tree.task_id].family, []).append(i)
+        for i, tree in enumerate(trees):
+            task = tasks[tree.task_id]
+            key = task.difficulty if len(by_family) < 2 else f"{task.family}/{task.difficulty}"
+            by_difficulty.setdefault(key, []).append(i)
     by_depth: dict[int, list[int]] = {}
     for i, tree in enumerate(trees):
         by_depth.setdefault(tree.max_depth, []).append(i)
-    return {
+    summary = {
         "all": bucket_of(list(range(len(trees)))),
         "by_difficulty": {name: bucket_of(by_difficulty[name])
                           for name in sorted(by_difficulty, key=_difficulty_sort_key)},
         "by_depth": {depth: bucket_of(by_depth[depth]) for depth in sorted(by_depth)},
     }
+    if len(by_family) > 1:
+        summary["by_family"] = {name: bucket_of(by_family[name]) for name in sorted(by_family)}
+    return summary
 
 
 def _format_count(value: float) -> str:
@@ -276,7 +289,8 @@ def format_table(results: Mapping[str, Mapping[str, Any]], by: str = "difficulty
 
     Args:
         results: ``mode -> summarize(...)`` (e.g. ``"recursive"``, ``"flat"``, ``"oracle"``).
-        by: ``"difficulty"`` or ``"depth"``: the buckets listed under each mode's ``all`` row.
+        by: ``"difficulty"`` or ``"depth"``: the buckets listed under each mode's ``all`` row (with
+            ``"difficulty"``, a summary with ``by_family`` lists each family's row first).
 
     Returns:
         The table (header, one row per mode and bucket, a legend), lines of about 120 columns at most.
@@ -286,6 +300,9 @@ def format_table(results: Mapping[str, Mapping[str, Any]], by: str = "difficulty
     rows = []
     for mode, summary in results.items():
         rows.append([mode, "all", *_table_cells(summary["all"])])
+        if by == "difficulty":
+            families = summary.get("by_family", {})
+            rows.extend(["", f"{name}/*", *_table_cells(bucket)] for name, bucket in families.items())
         for name, bucket in summary[f"by_{by}"].items():
             label = f"depth {name}" if by == "depth" else str(name)
             rows.append(["", label, *_table_cells(bucket)])

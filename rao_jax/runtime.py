@@ -39,8 +39,7 @@ from rao_jax.agent.rollout import RolloutConfig, RolloutRunner
 from rao_jax.agent.sandbox import SandboxLimits, SandboxPool
 from rao_jax.agent.tree import TreeResult
 from rao_jax.checkpoint.hf import load_pretrained
-from rao_jax.config import RolloutSection, TrainConfig
-from rao_jax.data import datasets
+from rao_jax.config import TrainConfig
 from rao_jax.data.tokenizer import load_tokenizer, train_sentencepiece
 from rao_jax.envs.base import Task
 from rao_jax.envs.families import open_episode
@@ -51,78 +50,9 @@ from rao_jax.parallel import multihost
 from rao_jax.paths import as_path, local_copy, staged
 from rao_jax.sampling import EngineConfig, SamplingParams
 from rao_jax.sampling.replicas import SamplerReplicas
+from rao_jax.tasks import TaskSet
 
 log = logging.getLogger(__name__)
-
-
-def budgeted(task: Task, rollout: RolloutSection) -> Task:
-    """``task`` with the root budget its trees get: ``rollout.root_budget``, or the task's own ``max_steps``."""
-    return dataclasses.replace(task, max_steps=rollout.root_budget) if rollout.root_budget else task
-
-
-class TaskSet:
-    """The family's built dataset: a resumable training stream and a fixed held-out list."""
-
-    def __init__(self, config: TrainConfig):
-        data = config.data
-        self.family, self.knobs = data.family, dict(data.knobs)
-        self.data_dir = as_path(data.data_dir) if data.data_dir else as_path(config.workdir) / "data"
-        try:  # one process builds; the others wait, then read what it wrote
-            multihost.on_primary(lambda: datasets.build(self.family, self.data_dir, self.knobs))
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"data: cannot build {self.family} tasks with knobs {self.knobs}: {err}") from None
-        self.train_source = datasets.data_source(self.family, self.data_dir, "train", self.knobs)
-        self.train_difficulties = set(data.train_difficulties)
-        self.shuffle = data.shuffle
-        self.seed = config.seed
-        if len(self.train_source) == 0:
-            raise ConfigError(f"data: the {self.family} train split is empty (knobs {self.knobs})")
-
-    def train_iterator(self, cursor: dict | None = None):
-        """An endless iterator of training tasks; ``TaskStream.state()`` is its resumable cursor."""
-        return TaskStream(self, cursor)
-
-    def tasks(self, split: str, limit: int | None = None, difficulties: Sequence[str] = ()) -> list[Task]:
-        """The first ``limit`` tasks of ``split`` (of those in ``difficulties``, when given) in file order:
-        the authors' order for their files; generated families come round-robin over difficulty
-        buckets (``task_sources.iter_tasks``), so a prefix covers every bucket."""
-        source = datasets.data_source(self.family, self.data_dir, split, self.knobs)
-        out: list[Task] = []
-        for task in datasets.task_loader(source, shuffle=False):
-            if limit is not None and len(out) >= limit:
-                break
-            if not difficulties or task.difficulty in difficulties:
-                out.append(task)
-        return out
-
-
-class TaskStream:
-    """Training tasks in a seeded order over endless epochs, filtered by difficulty; resumable."""
-
-    def __init__(self, tasks: TaskSet, cursor: dict | None):
-        loader = datasets.task_loader(tasks.train_source, seed=tasks.seed, shuffle=tasks.shuffle, num_epochs=None)
-        self._keep = tasks.train_difficulties
-        self._it = iter(loader)
-        if cursor is not None:
-            self._it.set_state(cursor["grain"].encode() if isinstance(cursor["grain"], str) else cursor["grain"])
-
-    def take(self, n: int) -> list[Task]:
-        out: list[Task] = []
-        misses = 0
-        while len(out) < n:
-            task = next(self._it)
-            if not self._keep or task.difficulty in self._keep:
-                out.append(task)
-                misses = 0
-            else:
-                misses += 1
-                if misses > 100_000:
-                    raise ConfigError(f"data.train_difficulties {sorted(self._keep)} match no training task")
-        return out
-
-    def state(self) -> dict:
-        state = self._it.get_state()
-        return {"grain": state.decode() if isinstance(state, bytes) else state}
 
 
 def _tokenizer(config: TrainConfig, tasks: TaskSet):
@@ -142,11 +72,12 @@ def _tokenizer(config: TrainConfig, tasks: TaskSet):
                  tasks.family)
         corpus = tasks.tasks("train", tok.corpus_tasks)
         texts = corpus_texts(corpus)
-        if config.sft.oracle_knobs or config.rollout.brief_prompt:
-            # The warm start's oracle and prompt variant are what the model reads and writes most: the
-            # tokenizer learns their text too.
-            texts = itertools.chain(texts, oracle_corpus_texts(corpus, dict(config.sft.oracle_knobs),
-                                                               brief_prompt=config.rollout.brief_prompt))
+        if config.rollout.brief_prompt or any(tasks.oracle_knobs(t) for t in corpus):
+            # The warm start's oracle (each family's) and prompt variant are what the model reads and
+            # writes most: the tokenizer learns their text too.
+            texts = itertools.chain(texts, *(oracle_corpus_texts([t], tasks.oracle_knobs(t),
+                                                                 brief_prompt=config.rollout.brief_prompt)
+                                             for t in corpus))
         with staged(workdir) as local:
             train_sentencepiece(texts, tok.vocab_size, local / "tokenizer", seed=config.seed)
 
@@ -304,12 +235,6 @@ class Runtime:
                           max_concurrent_nodes=r.max_concurrent or None)
         return RolloutConfig(recursive=recursive, caps=caps, goal_variables=r.goal_variables)
 
-    def _tool_docs(self, tasks: Sequence[Task]):
-        docs = open_episode(tasks[0]).tool_docs
-        if not self.config.rollout.goal_variables:
-            return docs
-        return lambda recursive: docs(recursive) + "\nSet for you: goal (your task as a dict), budget (your steps)."
-
     def context_limit(self) -> int:
         r, e = self.config.rollout, self.config.engine
         return min(e.max_seq_len, r.max_context or e.max_seq_len, self.model_cfg.max_position_embeddings)
@@ -326,31 +251,35 @@ class Runtime:
         r = self.config.rollout
         params = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=temperature, top_k=r.top_k,
                                 top_p=r.top_p)
-        policy = ModelPolicy(self.sampler, self.tokenizer, self.template, self._tool_docs(tasks), params,
+        policy = ModelPolicy(self.sampler, self.tokenizer, self.template, None, params,
                              max_context=r.max_context or None, name=name, brief_prompt=r.brief_prompt)
         runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=policy.end_node)
-        roots = [budgeted(t, self.config.rollout) for t in tasks]
-        flat = await runner.run_group(roots, lambda task, g: open_episode(task), group_size, on_tree_end)
+        roots = [self.tasks.budgeted(t) for t in tasks]
+        flat = await runner.run_group(roots, lambda task, g: open_episode(task), group_size, on_tree_end,
+                                      max_context=self.tasks.max_context)
         return [flat[i * group_size:(i + 1) * group_size] for i in range(len(tasks))]
 
     async def scripted_rollout(self, tasks: Sequence[Task], *, recursive: bool, record_tokens: bool = False,
                                oracle_knobs: Mapping[str, Any] | None = None) -> list[TreeResult]:
         """One oracle tree per task (each task has its own oracle object, which serves every node of
-        its tree); with ``record_tokens`` the nodes carry the tokens a model would have produced."""
+        its tree, made with ``oracle_knobs``, or by default its family's: ``TaskSet.oracle_knobs``);
+        with ``record_tokens`` the nodes carry the tokens a model would have produced."""
         import asyncio
 
         if self.pool is None:
             raise RuntimeError("scripted_rollout needs the sandbox pool: use `async with runtime.sandboxes():`")
 
         async def one(task: Task) -> TreeResult:
-            policy = make_oracle(task, recursive, **dict(oracle_knobs or {}))
+            knobs = self.tasks.oracle_knobs(task) if oracle_knobs is None else dict(oracle_knobs)
+            policy = make_oracle(task, recursive, **knobs)
             on_end = None
             if record_tokens:
-                policy = DemoPolicy(policy, self.tokenizer, self.template, self._tool_docs([task]),
+                policy = DemoPolicy(policy, self.tokenizer, self.template, None,
                                     self.context_limit(), brief_prompt=self.config.rollout.brief_prompt)
                 on_end = policy.end_node
             runner = RolloutRunner(policy, self.pool, self.rollout_config(recursive), on_node_end=on_end)
-            task = budgeted(task, self.config.rollout)
-            return await runner.run_tree(open_episode(task), task.max_steps, task_id=task.task_id)
+            task = self.tasks.budgeted(task)
+            return await runner.run_tree(open_episode(task), task.max_steps, task_id=task.task_id,
+                                         max_context=self.tasks.max_context(task))
 
         return list(await asyncio.gather(*(one(t) for t in tasks)))

@@ -74,6 +74,7 @@ from rao_jax.runtime import Runtime
 from rao_jax.train_log import (
     MetricsLog,
     export_policy,
+    family_stats,
     merge_stats,
     scalars,
     tree_stats,
@@ -250,7 +251,7 @@ class Trainer:
         sft = self.config.sft
         tasks = self.runtime.tasks.tasks("train", sft.num_tasks, sft.difficulties)
         trees = await self.runtime.scripted_rollout(multihost.share(tasks), recursive=sft.recursive,
-                                                    record_tokens=True, oracle_knobs=sft.oracle_knobs)
+                                                    record_tokens=True)
         mine = [[(np.asarray(n.tokens, np.int32), np.asarray(n.loss_mask, np.float32))
                  for n in tree.nodes if n.tokens and any(n.loss_mask) and len(n.tokens) <= self.config.train.row_len]
                 for tree in trees]
@@ -315,7 +316,13 @@ class Trainer:
         # that sampled each node were.
         lags = [self.runtime.learner_version - n.policy_version for g in groups for t in g for n in t.nodes
                 if n.policy_version is not None]
-        local_stats = {**step.stats, **tree_stats(groups), "policy_lag": float(max(lags, default=0)),
+        specs = self.runtime.tasks.specs
+        if len(specs) > 1:
+            family_of = {t.task_id: t.family for t in pending.tasks}
+            per_family = family_stats(groups, family_of, [s.task_family for s in specs])
+        else:
+            per_family = {}
+        local_stats = {**step.stats, **tree_stats(groups), **per_family, "policy_lag": float(max(lags, default=0)),
                        "policy_lag_mean": float(np.mean(lags)) if lags else 0.0,
                        "rollout_seconds": rollout_seconds}
         local_rows = 0 if step.batch is None else len(step.batch.tokens)
@@ -362,8 +369,8 @@ class Trainer:
         record = {"kind": "eval", "step": self.global_step}
         for mode, summary in summaries.items():
             record[f"{mode}_success"] = summary["all"]["success"]
-            for difficulty, bucket in summary["by_difficulty"].items():
-                record[f"{mode}_success_{difficulty}"] = bucket["success"]
+            for name, bucket in [*summary.get("by_family", {}).items(), *summary["by_difficulty"].items()]:
+                record[f"{mode}_success_{name}"] = bucket["success"]
         self.log.write(record)
         return summaries
 

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +84,25 @@ def merge_stats(parts: Sequence[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key in parts[0]:
         values = [p[key] for p in parts]
+        weight_key = _WEIGHTED.get(key) or (f"trees_{key[8:]}" if key.startswith("success_") else None)
         if key in _MAXIMA:
             out[key] = max(values)
-        elif key in _WEIGHTED:
-            weights = [p[_WEIGHTED[key]] for p in parts]
+        elif weight_key in parts[0]:
+            weights = [p[weight_key] for p in parts]
             out[key] = float(np.average(values, weights=weights)) if sum(weights) else 0.0
         else:
             out[key] = float(sum(values))
+    return out
+
+
+def family_stats(groups, family_of: Mapping[str, str], names: Sequence[str]) -> dict[str, float]:
+    """Per family of a several-family run: ``trees_<family>`` and its mean root success
+    ``success_<family>`` (0 with no tree), for every family of the run, so each process has the same keys."""
+    out = {}
+    for name in names:
+        scores = [t.root.success for g in groups for t in g if family_of[t.task_id] == name]
+        out[f"trees_{name}"] = float(len(scores))
+        out[f"success_{name}"] = float(np.mean(scores)) if scores else 0.0
     return out
 
 

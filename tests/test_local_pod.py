@@ -51,7 +51,7 @@ def _trees(workdir: Path, step: int) -> dict[str, dict[int, list]]:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_pod_warm_starts_trains_evaluates_and_resumes_after_one_process_is_killed(tmp_path):
-    from rao_jax.runtime import TaskSet
+    from rao_jax.tasks import TaskSet
 
     workdir, logs = tmp_path / "run", tmp_path / "logs"
     args = ["--config.sft.steps=2", "--config.sft.num_tasks=4", "--config.sft.rows=4", "--config.train.steps=3",

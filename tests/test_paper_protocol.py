@@ -20,7 +20,7 @@ from rao_jax import plan as plan_lib
 from rao_jax.data import datasets
 from rao_jax.data.task_sources import task_from_json
 from rao_jax.envs import textcraft_official as official
-from rao_jax.runtime import TaskSet, budgeted
+from rao_jax.tasks import TaskSet, budgeted
 
 WHEEL = os.environ.get("RAO_PLATOON_WHEEL")
 ROOT = Path(__file__).resolve().parents[1]

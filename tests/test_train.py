@@ -62,7 +62,7 @@ def _records(workdir: Path, kind: str = "train") -> list[dict]:
 
 @pytest.mark.timeout(900)
 def test_killed_run_resumes_from_its_last_checkpoint_with_the_same_data_order(tmp_path):
-    from rao_jax.runtime import TaskSet
+    from rao_jax.tasks import TaskSet
 
     steps = 4
     workdir = tmp_path / "run"
@@ -204,7 +204,7 @@ def test_warm_start_then_rl_then_evaluate_cli_on_the_checkpoint(tmp_path, capsys
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_bounded_staleness_overlaps_rollouts_with_updates_and_keeps_the_data_order(tmp_path):
-    from rao_jax.runtime import TaskSet
+    from rao_jax.tasks import TaskSet
     from rao_jax.train import train
 
     workdir = tmp_path / "run"

@@ -22,14 +22,16 @@ class DemoPolicy:
     Args:
         inner: the scripted policy choosing the actions.
         tokenizer / template: the model's tokenizer and chat layout.
-        tool_docs: ``recursive -> text`` of the family's tools (``Episode.tool_docs``).
+        tool_docs: ``recursive -> text`` of the family's tools (``Episode.tool_docs``); None: each
+            node's own (``NodeView.tool_docs``), as ``ModelPolicy`` does.
         context_limit: a node whose sequence would exceed this many tokens ends (``EndNode``) as it
-            would under a model with this window, so no demonstration is longer than training rows.
+            would under a model with this window, so no demonstration is longer than training rows (a
+            view's ``max_context``, its family's window, caps it further).
         brief_prompt: use the few-line system prompt, as ``ModelPolicy(brief_prompt=True)`` does.
     """
 
     def __init__(self, inner: Policy, tokenizer: Tokenizer, template: ChatTemplate,
-                 tool_docs: Callable[[bool], str], context_limit: int, brief_prompt: bool = False):
+                 tool_docs: Callable[[bool], str] | None, context_limit: int, brief_prompt: bool = False):
         self.inner = inner
         self.tokenizer = tokenizer
         self.template = template
@@ -43,8 +45,8 @@ class DemoPolicy:
         tr = self._transcripts.get(key)
         if tr is None:
             tr = self._transcripts[key] = NodeTranscript(self.template, self.tokenizer)
-            system = system_prompt(self.tool_docs(view.recursive), view.recursive, brief=self.brief_prompt)
-            prompt = tr.start(system, user_prompt(view))
+            docs = view.tool_docs if self.tool_docs is None else self.tool_docs(view.recursive)
+            prompt = tr.start(system_prompt(docs, view.recursive, brief=self.brief_prompt), user_prompt(view))
         else:
             prompt = tr.observe(view.steps[-1].observation)
         action = await self.inner.act(view)
@@ -55,8 +57,9 @@ class DemoPolicy:
         if ACTION_STOP in text:
             text = text[:text.index(ACTION_STOP) + len(ACTION_STOP)]
         response = self.tokenizer.encode(text)
-        if len(tr.tokens) + len(response) > self.context_limit:
-            return EndNode("context", f"its context window of {self.context_limit} tokens is full")
+        limit = min(self.context_limit, view.max_context or self.context_limit)
+        if len(tr.tokens) + len(response) > limit:
+            return EndNode("context", f"its context window of {limit} tokens is full")
         tr.add_response(response, [0.0] * len(response))
         return PolicyAction(text, ActionTokens(tuple(prompt), tuple(response), (0.0,) * len(response)))
 

@@ -68,7 +68,7 @@ class ModelPolicy:
     """
 
     def __init__(self, engine: SamplingEngine, tokenizer: Tokenizer, template: ChatTemplate,
-                 tool_docs: Callable[[bool], str], params: SamplingParams, *, max_context: int | None = None,
+                 tool_docs: Callable[[bool], str] | None, params: SamplingParams, *, max_context: int | None = None,
                  min_new_tokens: int = 32, name: Hashable | None = None, brief_prompt: bool = False):
         """
         Args:
@@ -76,10 +76,13 @@ class ModelPolicy:
                 its model's window bound every node.
             tokenizer: the model's tokenizer (ids must be in the model's vocabulary).
             template: the model's chat layout.
-            tool_docs: ``recursive -> text`` documenting the family's tools (``Episode.tool_docs``).
+            tool_docs: ``recursive -> text`` documenting the family's tools (``Episode.tool_docs``); None:
+                each node's own (``NodeView.tool_docs``, which the runner fills in from its episode, so
+                one policy serves trees of several families).
             params: sampling settings; ``max_new_tokens`` caps each response. If ``params.stop`` is
                 empty the action stop sequences are used.
-            max_context: an extra cap on a node's sequence length (tokens), below the engine's.
+            max_context: an extra cap on a node's sequence length (tokens), below the engine's; a
+                view's ``max_context`` (its family's window) caps it further.
             min_new_tokens: the fewest response tokens worth sampling; a node with less room left
                 ends (clipped to ``params.max_new_tokens``).
             name: prefix of this policy's engine sequence ids (None: ``(tree_id, node_id)``).
@@ -129,16 +132,17 @@ class ModelPolicy:
             if view.steps:
                 raise RuntimeError(f"node {key}: no transcript at step {len(view.steps)} (ended or never started)")
             tr = self._transcripts[key] = NodeTranscript(self.template, self.tokenizer)
-            system = system_prompt(self.tool_docs(view.recursive), view.recursive, brief=self.brief_prompt)
-            prompt = tr.start(system, user_prompt(view))
+            docs = view.tool_docs if self.tool_docs is None else self.tool_docs(view.recursive)
+            prompt = tr.start(system_prompt(docs, view.recursive, brief=self.brief_prompt), user_prompt(view))
         else:
             prompt = tr.observe(view.steps[-1].observation)
-        room = self.context_limit - len(tr.tokens)
+        limit = min(self.context_limit, view.max_context or self.context_limit)
+        room = limit - len(tr.tokens)
         if room < self.min_new_tokens:
             self.stats["context_ends"] += 1
             what = "its task prompt takes" if not view.steps else f"its {len(view.steps)} steps and observations take"
             return EndNode(CONTEXT_END, (
-                f"its context window is full: {what} {len(tr.tokens)} tokens of the {self.context_limit} "
+                f"its context window is full: {what} {len(tr.tokens)} tokens of the {limit} "
                 f"it may hold, with fewer than {self.min_new_tokens} left for an answer. It ended after "
                 f"{len(view.steps)} steps without calling finish; give it a smaller sub-task or a shorter context."))
         params = self.params

@@ -86,6 +86,8 @@ class NodeView:
     budget_left: int               # steps this node may still take (its own, excluding reservations)
     recursive: bool                # whether launch_subagent exists for this node
     steps: Sequence[StepRecord]    # earlier steps of this node, oldest first
+    tool_docs: str = ""            # its tools, as the system prompt documents them (the runner fills it in)
+    max_context: int | None = None  # a window cap of its task's family, in tokens (None: the policy's own)
 
 
 class Policy(Protocol):

@@ -50,6 +50,15 @@ class RolloutConfig:
     goal_variables: bool = False          # predefine `goal` (the goal's spec) and `budget` in each namespace
 
 
+GOAL_VARIABLES_DOC = "Set for you: goal (your task as a dict), budget (your steps)."
+
+
+def node_tool_docs(episode: Episode, config: RolloutConfig) -> str:
+    """The tools a node's system prompt documents: its episode's, plus the goal variables when set."""
+    docs = episode.tool_docs(config.recursive)
+    return f"{docs}\n{GOAL_VARIABLES_DOC}" if config.goal_variables else docs
+
+
 @dataclasses.dataclass
 class _Node:
     """Mutable state of a node while its tree runs; frozen into a NodeRecord at the end."""
@@ -87,6 +96,8 @@ class _Tree:
     budget: BudgetTracker
     session: SandboxSession
     root_budget: int
+    tool_docs: str
+    max_context: int | None
     nodes: dict[int, _Node] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task] = dataclasses.field(default_factory=list)
     next_id: int = 1
@@ -120,23 +131,27 @@ class RolloutRunner:
         self._tree_ids = 0
 
     async def run_group(self, tasks: Sequence[Task], make_episode: Callable[[Task, int], Episode],
-                        group_size: int, on_tree_end: Callable[[TreeResult], None] | None = None
-                        ) -> list[TreeResult]:
+                        group_size: int, on_tree_end: Callable[[TreeResult], None] | None = None,
+                        max_context: Callable[[Task], int | None] | None = None) -> list[TreeResult]:
         """``group_size`` trees per task, all running at once; results ordered task-major.
-        ``on_tree_end`` is called with each tree as it finishes (progress bars)."""
+        ``on_tree_end`` is called with each tree as it finishes (progress bars); ``max_context(task)``
+        caps the window of a task's nodes (``run_tree``)."""
         async def one(task: Task, g: int) -> TreeResult:
-            result = await self.run_tree(make_episode(task, g), task.max_steps, task_id=task.task_id)
+            result = await self.run_tree(make_episode(task, g), task.max_steps, task_id=task.task_id,
+                                         max_context=None if max_context is None else max_context(task))
             if on_tree_end is not None:
                 on_tree_end(result)
             return result
 
         return list(await asyncio.gather(*(one(task, g) for task in tasks for g in range(group_size))))
 
-    async def run_tree(self, episode: Episode, root_budget: int, task_id: str | None = None) -> TreeResult:
-        """Roll out one tree to the end (every node ended) and return its records."""
+    async def run_tree(self, episode: Episode, root_budget: int, task_id: str | None = None, *,
+                       max_context: int | None = None) -> TreeResult:
+        """Roll out one tree to the end (every node ended) and return its records. ``max_context``
+        reaches the policy in every ``NodeView`` (a window cap of this tree's family)."""
         self._tree_ids += 1
         tree = _Tree(self._tree_ids, task_id, episode, BudgetTracker(0, root_budget, self.config.caps),
-                     self.pool.session(), root_budget)
+                     self.pool.session(), root_budget, node_tool_docs(episode, self.config), max_context)
         start = time.time()
         try:
             goal = episode.root_goal()
@@ -248,7 +263,8 @@ class RolloutRunner:
 
     async def _step(self, tree: _Tree, node: _Node, sync_tools, async_tools) -> None:
         view = NodeView(tree.tree_id, node.node_id, node.parent_id, node.depth, node.goal,
-                        tree.budget.left(node.node_id), self.config.recursive, tuple(node.views))
+                        tree.budget.left(node.node_id), self.config.recursive, tuple(node.views),
+                        tree.tool_docs, tree.max_context)
         started = time.time()
         action = await self.policy.act(view)
         policy_seconds = time.time() - started

@@ -1,0 +1,69 @@
+"""From a config file's nested dicts to the frozen section dataclasses of ``rao_jax.config``: unknown
+keys and values of the wrong type fail with a ``ConfigError`` naming the dotted key."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from rao_jax.errors import ConfigError
+
+
+def _section_fields(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def build_section(cls, raw: Mapping[str, Any], prefix: str):
+    fields = _section_fields(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"section {prefix.rstrip('.')!r}" if prefix else "the config"
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]} in {where}; known: {sorted(fields)}")
+    values = {}
+    for name, value in raw.items():
+        kind = fields[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{name} must be a section (a dict), got {value!r}")
+            values[name] = build_section(kind, value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, kind, prefix + name)
+    return cls(**values)
+
+
+def _coerce(value: Any, kind: Any, name: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+        return tuple(_coerce(v, item, name) for v in value)
+    if origin in (Mapping, dict) or kind is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name} must be a dict, got {value!r}")
+        return {k: _plain(v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        kind = next(a for a in options if a is not type(None))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+    if kind in (int, float, str, bool) and wrong:
+        raise ConfigError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return list(value) if isinstance(value, tuple) else value
