@@ -173,6 +173,20 @@ def test_difficulties_in_natural_order():
     assert list(summarize(trees, tasks)["by_difficulty"]) == ["easy", "hard", "k2", "k10"]
 
 
+def test_trees_of_several_families_are_bucketed_per_family_and_family_difficulty():
+    specs = [("rows.1", "rows", "4x", 1.0), ("rows.2", "rows", "32x", 0.0), ("hop.1", "hop", "k2", 1.0),
+             ("craft.1", "craft", "hard", 0.0), ("craft.2", "craft", "easy", 1.0)]
+    tasks = {tid: Task(tid, family, "g", 20, difficulty, {}) for tid, family, difficulty, _ in specs}
+    trees = [make_tree(i, tid, [make_node(0, None, 0, None, 1, s)], 0.0, 1.0) for i, (tid, _, _, s) in enumerate(specs)]
+    summary = summarize(trees, tasks)
+    assert list(summary["by_difficulty"]) == ["craft/easy", "craft/hard", "hop/k2", "rows/4x", "rows/32x"]
+    assert {f: (b["trees"], b["success"]) for f, b in summary["by_family"].items()} == {
+        "craft": (2, 0.5), "hop": (1, 1.0), "rows": (2, 0.5)}
+    assert "rows/*" in format_table({"recursive": summary})
+    assert "by_family" not in summarize(trees[:2], tasks)   # one family: plain difficulty keys
+    assert list(summarize(trees[:2], tasks)["by_difficulty"]) == ["4x", "32x"]
+
+
 def test_format_table_lists_modes_and_buckets():
     results = {"recursive": summarize(RECURSIVE, TASKS), "flat": summarize([FLAT_HARD, FLAT_EASY], TASKS)}
     table = format_table(results)

@@ -129,11 +129,28 @@ def load_run(workdir: str | Path) -> Run:
         seed=int(_get(config, "seed", 0)),
         sft_steps=int(_get(config, "sft.steps", 0) or 0),
         rl_steps=int(_get(config, "train.steps", 0) or 0),
-        train_difficulties=list(_get(config, "data.train_difficulties", []) or []),
+        train_difficulties=_train_buckets(config, evals, mode),
         eval_temperature=_get(config, "eval.temperature"),
         evals=evals,
         metrics=metrics,
     )
+
+
+def _train_buckets(config: Mapping[str, Any], evals: Mapping[int, Any], mode: str) -> list[str]:
+    """The eval buckets RL trained on: ``data.train_difficulties`` (empty: all); for a run of several
+    families (buckets ``family/difficulty``) each family's ``train_difficulties``, or all its buckets."""
+    families = _get(config, "data.families", {}) or {}
+    if not families:
+        return list(_get(config, "data.train_difficulties", []) or [])
+    from rao_jax.envs import families as registry
+
+    seen = sorted({key for e in evals.values() for key in e.get(mode, {}).get("by_difficulty", {})})
+    out = []
+    for name, entry in families.items():
+        prefix = f"{registry.get(name).task_family}/"
+        wanted = entry.get("train_difficulties") or []
+        out += [prefix + d for d in wanted] if wanted else [k for k in seen if k.startswith(prefix)]
+    return out
 
 
 def load_oracle(path: str | Path) -> dict[str, float]:

@@ -16,11 +16,11 @@ from tests.agent.toy import BagWorld, SplitPolicy
 LIMITS = SandboxLimits(cpu_seconds=2.0, wall_seconds=4.0, memory_bytes=512 << 20)
 
 
-def roll(policy, world, budget, config: RolloutConfig | None = None, on_node_end=None):
+def roll(policy, world, budget, config: RolloutConfig | None = None, on_node_end=None, max_context=None):
     async def main():
         async with SandboxPool(1, LIMITS) as pool:
             runner = RolloutRunner(policy, pool, config or RolloutConfig(), on_node_end=on_node_end)
-            return await runner.run_tree(world, budget)
+            return await runner.run_tree(world, budget, max_context=max_context)
 
     return asyncio.run(asyncio.wait_for(main(), 300))
 
@@ -125,6 +125,25 @@ def test_response_cap_shrinks_to_the_room_left_then_the_node_ends_flat_mode(tiny
     assert len(root.tokens) <= first_prompt + 10
     assert "launch_subagent" not in tiny_lm.tokenizer.decode(root.tokens)     # flat mode: not in the prompt
     assert policy.stats["shortened"] == 1 and policy.stats["context_ends"] == 1 and policy.stats["steps"] == 1
+
+
+def test_a_tree_runs_with_its_familys_window_and_tools_when_the_policy_serves_several(tiny_lm):
+    from rao_jax.agent.model_policy import ModelPolicy
+    from rao_jax.sampling import SamplingParams
+
+    world = BagWorld({"a": 3})
+    view = NodeView(0, 0, None, 0, world.root_goal(), 6, False, ())
+    first_prompt = len(NodeTranscript(tiny_lm.template, tiny_lm.tokenizer).start(
+        system_prompt(world.tool_docs(False), False), user_prompt(view)))
+    # No tool docs and no cap of its own: the runner's view gives the tree's tools and window.
+    policy = ModelPolicy(tiny_lm.engine, tiny_lm.tokenizer, tiny_lm.template, None, SamplingParams(24, 1.0),
+                         min_new_tokens=4)
+    assert policy.context_limit > first_prompt + 10
+    tree = roll(policy, world, 6, RolloutConfig(recursive=False), on_node_end=policy.end_node,
+                max_context=first_prompt + 10)
+    (root,) = tree.nodes
+    assert root.end_reason == "context" and root.own_steps == 1 and len(root.tokens) <= first_prompt + 10
+    assert root.steps[0].prompt_token_count == first_prompt   # the prompt documents the world's own tools
 
 
 def test_context_limit_is_the_smallest_of_engine_model_and_cap_and_bad_settings_are_refused(tiny_lm):
