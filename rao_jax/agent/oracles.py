@@ -144,11 +144,22 @@ class HopOracle:
         return script[min(len(view.steps), len(script) - 1)]
 
 
+def rows_oracle(task: Task, recursive: bool, style: str = "plan", **knobs: Any):
+    """The LabeledRows oracle of ``style``: ``plan`` (``RowsOracle``: counts written in, any question)
+    or ``program`` (``rows_program.RowsProgramOracle``: program cells, the model labels what it read)."""
+    if style == "program":
+        from rao_jax.agent.rows_program import RowsProgramOracle
+        return RowsProgramOracle(task, recursive, **knobs)
+    if style != "plan":
+        raise ValueError(f"LabeledRows oracle style must be 'plan' or 'program', got {style!r}")
+    return RowsOracle(task, recursive, **knobs)
+
+
 # Oracle factories by ``Task.family``: ``(task, recursive, **knobs) -> Policy``.
 _ORACLES: dict[str, Callable[..., Any]] = {
     "textcraft_synth": crafting_oracle,
     "textcraft_minecraft": crafting_oracle,
-    labeled_rows.FAMILY: RowsOracle,
+    labeled_rows.FAMILY: lambda task, recursive, **knobs: rows_oracle(task, recursive, **knobs),
     chain_hop.FAMILY: lambda task, recursive: HopOracle(task, recursive),
 }
 

@@ -48,16 +48,27 @@ class RowsConfig:
     users: int = 12
     hidden_labels: bool = True
     max_read: int = 64
-    max_steps: int | None = None           # None: 60, or 3 steps per read-sized chunk + 20 when larger
+    max_steps: int | None = None           # None: 60, or steps_per_chunk per read-sized chunk + 20 when larger
+    steps_per_chunk: int = 3
+    questions: tuple[str, ...] = QUESTIONS  # the question kinds asked, in turn
+
+    def __post_init__(self):
+        object.__setattr__(self, "questions", tuple(self.questions))
+        unknown = [q for q in self.questions if q not in QUESTIONS]
+        if unknown or not self.questions:
+            raise ValueError(f"questions must be a non-empty subset of {QUESTIONS}, got {list(self.questions)}")
+        if self.max_read < 1 or self.steps_per_chunk < 1:
+            raise ValueError(f"max_read and steps_per_chunk must be >= 1, got {self.max_read}, {self.steps_per_chunk}")
 
     def num_rows(self) -> int:
         return max(8, int(self.window_tokens * self.context_multiple / self.tokens_per_row))
 
     def step_budget(self) -> int:
         # A tree that reads every chunk once needs about 3 calls per chunk (a leaf reads, then finishes; its
-        # parent launches and merges); the budget grows with the input so recursion can cover it.
+        # parent launches and merges), more where each launch also reserves a step; the budget grows with
+        # the input so recursion can cover it.
         chunks = -(-self.num_rows() // self.max_read)
-        return self.max_steps if self.max_steps is not None else max(60, 3 * chunks + 20)
+        return self.max_steps if self.max_steps is not None else max(60, self.steps_per_chunk * chunks + 20)
 
 
 def row_label(instance: str) -> str:
@@ -135,7 +146,7 @@ def generate_task(config: RowsConfig, split: str, index: int, kind: str | None =
         text = f"{rng.choice(_FILLER).capitalize()} {rng.choice(_CUES[label])} {rng.choice(_FILLER)}."
         rows.append({"date": f"2024-{month:02d}-{rng.randint(1, 28):02d}", "month": f"{month:02d}",
                      "user": rng.choice(users), "instance": text, "label": label})
-    kind = kind or QUESTIONS[index % len(QUESTIONS)]
+    kind = kind or config.questions[index % len(config.questions)]
     label, other = rng.sample(LABELS, 2)
     question = {"kind": kind, "label": label, "other": other, "user": rng.choice(users),
                 "month": f"{rng.randint(1, 12):02d}"}

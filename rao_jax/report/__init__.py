@@ -17,10 +17,13 @@ The command writes into ``--out``:
 - ``success_by_depth.png``: success per difficulty, flat before RL (when a flat run has a distinct before-RL
   eval), flat after RL, recursive before / after RL and the oracle, with 95% intervals (one run) or the min / max
   over seeds; difficulties deeper than trained are shaded;
+- ``success_by_input_size.png`` (runs with ``<m>x`` buckets, e.g. LabeledRows): success after RL against the
+  input size in multiples of the window, one line per run (``rao_jax.report.structure``);
 - ``results.md``: the success table (see :func:`success_table`: flat and recursive, each before and after RL), the
   acceptance figures (see :func:`acceptance`: per seed with 95% intervals of the differences, their mean and
   their spread max - min over seeds, including recursive after RL minus the better of flat before / after RL,
-  since the flat baseline can collapse under RL) and the run folders with their seeds;
+  since the flat baseline can collapse under RL), the delegation structure per bucket (launches, parallel
+  fraction, critical path / calls; pooled per chain / fork for ChainHop) and the run folders with their seeds;
 
 and prints the table. In Python::
 
@@ -45,11 +48,13 @@ from pathlib import Path
 from rao_jax.paths import as_path, staged
 from rao_jax.report.plots import plot_learning_curves, plot_success_by_depth, success_by_depth_series
 from rao_jax.report.runs import MODES, OracleLike, Run, _oracle_map, load_oracle, load_run, split_by_mode
+from rao_jax.report.structure import plot_success_by_input_size, structure_markdown, structure_rows
 from rao_jax.report.tables import ACCEPTANCE_KEYS, acceptance, results_markdown, success_table
 
 __all__ = ["ACCEPTANCE_KEYS", "MODES", "Run", "acceptance", "load_oracle", "load_run", "main",
            "plot_learning_curves", "plot_success_by_depth", "results_markdown", "split_by_mode",
-           "success_by_depth_series", "success_table", "write_report", "write_run_report"]
+           "plot_success_by_input_size", "structure_markdown", "structure_rows", "success_by_depth_series",
+           "success_table", "write_report", "write_run_report"]
 
 
 def write_report(runs: Sequence[Run], out: str | Path, oracle: OracleLike = None) -> str:
@@ -64,6 +69,7 @@ def _write_report(runs: Sequence[Run], out: Path, oracle: OracleLike) -> str:
     recursive_runs, flat_runs = split_by_mode(runs)
     plot_learning_curves(runs, out / "learning_curves.png")
     plot_success_by_depth(recursive_runs, flat_runs, out / "success_by_depth.png", oracle_map)
+    plot_success_by_input_size([*recursive_runs, *flat_runs], out / "success_by_input_size.png")
     (out / "results.md").write_text(results_markdown(recursive_runs, flat_runs, oracle_map))
     return success_table(recursive_runs, flat_runs, oracle_map)
 

@@ -23,6 +23,7 @@ from rao_jax.report.runs import (
     _success,
     _trained,
 )
+from rao_jax.report.structure import structure_markdown
 
 
 def _fmt_success_cell(runs: Sequence[Run], difficulty: str, which: str) -> str:
@@ -224,6 +225,13 @@ def results_markdown(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], or
         out.append(row(str(seed), f, "+.1f", "d"))
     out.append(row("mean", acc["mean"], "+.1f", ".0f"))
     out.append(row("spread (max - min)", acc["spread"], ".1f", ".0f"))
+    structure = structure_markdown([*_by_seed(recursive_runs), *_by_seed(flat_runs)])
+    if structure:
+        out += ["", "## Delegation structure", "",
+                "Per bucket after RL: launches per tree, the fraction of launches that ran beside a sibling "
+                "(same parent step), and the critical path over all model calls (mean over trees); "
+                "`chain` / `fork` rows pool a family's buckets by task structure, the fraction weighted by "
+                "launches.", "", structure]
     out += ["", "## Runs", ""]
     for r in [*_by_seed(recursive_runs), *_by_seed(flat_runs)]:
         evals = (f"evals at steps {r.before_step} (before RL) and {r.after_step} (after RL)" if r.has_before

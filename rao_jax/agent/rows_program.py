@@ -1,0 +1,124 @@
+"""A LabeledRows demonstrator for tiny from-scratch models: fixed program cells plus the one thing only a
+model can do, labelling the rows it has just read.
+
+With ``rollout.goal_variables`` every node's namespace holds ``goal`` (the root's ``{'question': ...}``,
+a child's ``{'rows': [a, b], 'count_by': ['label']}``) and ``budget``, so no cell copies a number. The
+rows reach a node only through ``read_rows`` printed into its context (at most ``max_read`` a call),
+and their labels are hidden in the instance text, so counting them takes a model that reads: the
+LABEL cell writes the labels of the rows just read as a list, and Python counts them. Where the input
+is larger than one read, code cannot help a flat agent: every row must pass through its context.
+
+- recursive: SIZE prints whether the node's range is larger than one read (``True`` / ``False``);
+  False -> READ (print the rows), then LABEL (count the written labels; finish); True -> SPLIT: up to
+  ``fan_out`` children in one ``asyncio.gather``, each counting an equal share of whole reads, whose
+  dicts the cell adds up before finishing. The root finishes with the answer to its question (ANSWER), a child with
+  its counts.
+- flat: START, then READ_NEXT (print the next ``max_read`` rows) and LABEL_NEXT (append their labels,
+  print whether rows are left) in turn, then ANSWER.
+
+``mistake_rate`` makes it imperfect, as the TextCraft program oracle is: recursive, where the range is
+larger than one read it reads anyway (and fails) with that probability; flat, it answers after a chunk
+with rows still unread. The question kinds must be the label aggregates (count, most / least
+frequent, compare): the cells keep no users or months.
+"""
+
+from __future__ import annotations
+
+import random
+
+from rao_jax.agent.policy import NodeView
+from rao_jax.agent.protocol import format_action as action
+from rao_jax.envs import labeled_rows
+from rao_jax.envs.base import Task
+
+ANSWERABLE = ("count_label", "most_frequent", "least_frequent", "compare")
+
+SIZE = "r = goal['rows'] if 'rows' in goal else [0, num_rows()]\nprint(r[1] - r[0] > {max_read})"
+READ = "print(read_rows(r[0], r[1]))"
+COUNT = "c = {}\nfor k in L:\n    c[k] = c.get(k, 0) + 1\n"
+SPLIT = ("n = -(-(r[1] - r[0]) // {max_read})\n"
+         "w = {max_read} * -(-n // {fan_out})\n"
+         "s = list(range(r[0], r[1], w))\n"
+         "b = (budget - 2) // len(s) - 1\n"
+         "parts = await asyncio.gather(*[launch_subagent({{'rows': [a, min(a + w, r[1])], 'count_by': ['label']}}, b)"
+         " for a in s])\n"
+         "c = {{}}\n"
+         "for p in parts:\n"
+         "    for k, v in p.items():\n"
+         "        c[k] = c.get(k, 0) + v\n")
+ANSWER = ("q = goal['question']\n"
+          "o = sorted({labels!r}, key=lambda x: (c.get(x, 0), x))\n"
+          "d = c.get(q['label'], 0) - c.get(q['other'], 0)\n"
+          "finish({{'count_label': c.get(q['label'], 0), 'most_frequent': o[-1], 'least_frequent': o[0],\n"
+          "        'compare': 'more' if d > 0 else 'less' if d < 0 else 'same'}}[q['kind']])")
+START = "r = [0, num_rows()]\ni = r[0]\nL = []\nprint(i < r[1])"
+READ_NEXT = "print(read_rows(i, min(i + {max_read}, r[1])))"
+LABEL_NEXT = "L += {labels!r}\ni += {max_read}\nprint(i < r[1])"
+
+
+class RowsProgramOracle:
+    """See the module docstring. ``fan_out``: children per split (>= 2)."""
+
+    def __init__(self, task: Task, recursive: bool, mistake_rate: float = 0.0, fan_out: int = 4, seed: int = 0,
+                 goal_variables: bool = True):
+        if not goal_variables:
+            raise ValueError("the LabeledRows program oracle reads `goal` and `budget`: it needs goal_variables")
+        if not 0.0 <= mistake_rate < 1.0 or fan_out < 2:
+            raise ValueError(f"mistake_rate must be in [0, 1) and fan_out >= 2, got {mistake_rate}, {fan_out}")
+        kind = task.spec["question"]["kind"]
+        if kind not in ANSWERABLE:
+            raise ValueError(f"task {task.task_id}: the program oracle answers {ANSWERABLE}, not {kind!r} "
+                             "(set the labeled_rows knob questions)")
+        self.rows = task.spec["rows"]
+        self.max_read = int(task.spec["max_read"])
+        self.recursive, self.fan_out, self.mistake_rate = recursive, fan_out, mistake_rate
+        self.key = f"{seed}:{task.task_id}"
+
+    async def act(self, view: NodeView) -> str:
+        return self.action_for(view)
+
+    def _slip(self, view: NodeView) -> bool:
+        draw = random.Random(f"{self.key}:{view.tree_id}:{view.node_id}:{len(view.steps)}").random()
+        return draw < self.mistake_rate
+
+    def _labels(self, start: int, stop: int) -> list[str]:
+        return [labeled_rows.row_label(row["instance"]) for row in self.rows[start:stop]]
+
+    def _finish(self, view: NodeView) -> str:
+        return ANSWER.format(labels=sorted(labeled_rows.LABELS)) if "rows" not in view.goal.spec else "finish(c)"
+
+    def action_for(self, view: NodeView) -> str:
+        """The node's next action, from its goal, its past steps and a reproducible draw."""
+        steps = view.steps
+        if steps and ("Error" in steps[-1].observation or "Traceback" in steps[-1].observation):
+            return action("Something failed.", "finish('failed')")
+        if self.recursive and view.recursive:
+            return self._recursive(view)
+        return self._flat(view)
+
+    def _recursive(self, view: NodeView) -> str:
+        steps = view.steps
+        start, stop = view.goal.spec.get("rows", (0, len(self.rows)))
+        if not steps:
+            return action("How many rows are mine?", SIZE.format(max_read=self.max_read))
+        if len(steps) == 1:
+            if stop - start <= self.max_read or self._slip(view):
+                return action("Read them.", READ)
+            split = SPLIT.format(fan_out=self.fan_out, max_read=self.max_read)
+            return action("Split them among sub-agents.", split + self._finish(view))
+        if len(steps) == 2 and steps[-1].action.endswith(f"{READ}\n</python>"):
+            return action("Label the rows.", f"L = {self._labels(start, stop)!r}\n" + COUNT + self._finish(view))
+        return action("Something failed.", "finish('failed')")
+
+    def _flat(self, view: NodeView) -> str:
+        steps = view.steps
+        if not steps:
+            return action("Start reading.", START)
+        if len(steps) % 2 == 1:   # after START or a LABEL_NEXT, which printed whether rows are left
+            left = steps[-1].observation.strip().endswith("True")
+            if left and not (len(steps) > 1 and self._slip(view)):
+                return action("Read the next rows.", READ_NEXT.format(max_read=self.max_read))
+            return action("Answer.", COUNT + ANSWER.format(labels=sorted(labeled_rows.LABELS)))
+        first = (len(steps) // 2 - 1) * self.max_read
+        return action("Label the rows.", LABEL_NEXT.format(labels=self._labels(first, first + self.max_read),
+                                                           max_read=self.max_read))
