@@ -33,7 +33,7 @@ def get_config():
     config.tokenizer.corpus_tasks = 24
     config.data.family = "labeled_rows"
     # 26 tokens a row: measured with this run's tokenizer (dates and numbers split into digits).
-    config.data.knobs = {"window_tokens": 640, "tokens_per_row": 26, "max_read": 10, "steps_per_chunk": 6,
+    config.data.knobs = {"window_tokens": 640, "tokens_per_row": 26, "max_read": 10, "steps_per_chunk": 10,
                          "questions": list(QUESTIONS), "context_multiples": list(SIZES), "num_tasks": 120}
     config.data.train_difficulties = TRAINED
 
@@ -46,16 +46,16 @@ def get_config():
     config.rollout.top_p = 0.95
     config.rollout.max_new_tokens = 256
     config.rollout.sandbox_workers = 2
-    config.engine.max_rows = 32
-    config.engine.num_pages = 2048
+    config.engine.max_rows = 64
+    config.engine.num_pages = 4096
     config.engine.page_size = 16
     config.engine.max_seq_len = 640
     config.engine.decode_steps = 16
 
-    config.sft.steps = 80
+    config.sft.steps = 150
     config.sft.learning_rate = 3e-3
     config.sft.rows = 8
-    config.sft.num_tasks = 200
+    config.sft.num_tasks = 300
     config.sft.difficulties = TRAINED
     config.sft.recursive = True
     config.sft.oracle_knobs = {"style": "program", "goal_variables": True, "mistake_rate": 0.3}

@@ -5,16 +5,17 @@ With ``rollout.goal_variables`` every node's namespace holds ``goal`` (the root'
 a child's ``{'rows': [a, b], 'count_by': ['label']}``) and ``budget``, so no cell copies a number. The
 rows reach a node only through ``read_rows`` printed into its context (at most ``max_read`` a call),
 and their labels are hidden in the instance text, so counting them takes a model that reads: the
-LABEL cell writes the labels of the rows just read as a list, and Python counts them. Where the input
-is larger than one read, code cannot help a flat agent: every row must pass through its context.
+LABEL cell writes the label of each row just read by its number (``{40: 'praise', 41: ...}``), and
+Python counts them. Where the input is larger than one read, code cannot help a flat agent: every
+row must pass through its context.
 
 - recursive: SIZE prints whether the node's range is larger than one read (``True`` / ``False``);
-  False -> READ (print the rows), then LABEL (count the written labels; finish); True -> SPLIT: up to
-  ``fan_out`` children in one ``asyncio.gather``, each counting an equal share of whole reads, whose
-  dicts the cell adds up before finishing. The root finishes with the answer to its question (ANSWER), a child with
-  its counts.
+  False -> READ (print the rows), then LABEL (each row's label by its number, counted by Python; finish);
+  True -> SPLIT (up to ``fan_out`` children in one ``asyncio.gather``, each counting an equal share of
+  whole reads), then MERGE (add up their dicts; finish). A child finishes with its counts, the root
+  with the answer to its question: one short cell per question kind, told apart by its text.
 - flat: START, then READ_NEXT (print the next ``max_read`` rows) and LABEL_NEXT (append their labels,
-  print whether rows are left) in turn, then ANSWER.
+  print whether rows are left) in turn, then the count and the answer.
 
 ``mistake_rate`` makes it imperfect, as the TextCraft program oracle is: recursive, where the range is
 larger than one read it reads anyway (and fails) with that probability; flat, it answers after a chunk
@@ -33,27 +34,27 @@ from rao_jax.envs.base import Task
 
 ANSWERABLE = ("count_label", "most_frequent", "least_frequent", "compare")
 
-SIZE = "r = goal['rows'] if 'rows' in goal else [0, num_rows()]\nprint(r[1] - r[0] > {max_read})"
+SIZE = "r = goal.get('rows', [0, num_rows()])\nprint(r[1] - r[0] > {max_read})"
 READ = "print(read_rows(r[0], r[1]))"
-COUNT = "c = {}\nfor k in L:\n    c[k] = c.get(k, 0) + 1\n"
-SPLIT = ("n = -(-(r[1] - r[0]) // {max_read})\n"
-         "w = {max_read} * -(-n // {fan_out})\n"
-         "s = list(range(r[0], r[1], w))\n"
-         "b = (budget - 2) // len(s) - 1\n"
+SPLIT = ("w = {max_read} * -(-(r[1] - r[0]) // {span})\n"
+         "s = range(r[0], r[1], w)\n"
+         "b = (budget - 3) // len(s) - 1\n"
          "parts = await asyncio.gather(*[launch_subagent({{'rows': [a, min(a + w, r[1])], 'count_by': ['label']}}, b)"
-         " for a in s])\n"
-         "c = {{}}\n"
-         "for p in parts:\n"
-         "    for k, v in p.items():\n"
-         "        c[k] = c.get(k, 0) + v\n")
-ANSWER = ("q = goal['question']\n"
-          "o = sorted({labels!r}, key=lambda x: (c.get(x, 0), x))\n"
-          "d = c.get(q['label'], 0) - c.get(q['other'], 0)\n"
-          "finish({{'count_label': c.get(q['label'], 0), 'most_frequent': o[-1], 'least_frequent': o[0],\n"
-          "        'compare': 'more' if d > 0 else 'less' if d < 0 else 'same'}}[q['kind']])")
-START = "r = [0, num_rows()]\ni = r[0]\nL = []\nprint(i < r[1])"
+         " for a in s])")
+MERGE = "c = {}\nfor p in parts:\n    for k in p:\n        c[k] = c.get(k, 0) + p[k]\n"
+TALLY = "c = {k: L.count(k) for k in L}\n"
+LABEL = "L = list({labels}.values())\n"
+# The root's last cell, one per question kind (the model tells them apart by the question's text).
+ANSWERS = {
+    "count_label": "finish(c.get(goal['question']['label'], 0))",
+    "most_frequent": "finish(max(c, key=lambda x: (c[x], x)))",
+    "least_frequent": "finish(min({labels!r}, key=lambda x: (c.get(x, 0), x)))",
+    "compare": ("q = goal['question']\nd = c.get(q['label'], 0) - c.get(q['other'], 0)\n"
+                "finish('more' if d > 0 else 'less' if d < 0 else 'same')"),
+}
+START = "r = [0, num_rows()]\ni = 0\nL = []\nprint(i < r[1])"
 READ_NEXT = "print(read_rows(i, min(i + {max_read}, r[1])))"
-LABEL_NEXT = "L += {labels!r}\ni += {max_read}\nprint(i < r[1])"
+LABEL_NEXT = "L += list({labels}.values())\ni += {max_read}\nprint(i < r[1])"
 
 
 class RowsProgramOracle:
@@ -69,6 +70,7 @@ class RowsProgramOracle:
         if kind not in ANSWERABLE:
             raise ValueError(f"task {task.task_id}: the program oracle answers {ANSWERABLE}, not {kind!r} "
                              "(set the labeled_rows knob questions)")
+        self.kind = kind
         self.rows = task.spec["rows"]
         self.max_read = int(task.spec["max_read"])
         self.recursive, self.fan_out, self.mistake_rate = recursive, fan_out, mistake_rate
@@ -81,11 +83,17 @@ class RowsProgramOracle:
         draw = random.Random(f"{self.key}:{view.tree_id}:{view.node_id}:{len(view.steps)}").random()
         return draw < self.mistake_rate
 
-    def _labels(self, start: int, stop: int) -> list[str]:
-        return [labeled_rows.row_label(row["instance"]) for row in self.rows[start:stop]]
+    def _labels(self, start: int, stop: int) -> str:
+        """``{row number: label}`` of rows start..stop-1 as the cell writes it: the numbers anchor each
+        label to the row printed with that number."""
+        stop = min(stop, len(self.rows))
+        return repr({k: labeled_rows.row_label(self.rows[k]["instance"]) for k in range(start, stop)})
 
     def _finish(self, view: NodeView) -> str:
-        return ANSWER.format(labels=sorted(labeled_rows.LABELS)) if "rows" not in view.goal.spec else "finish(c)"
+        """What a node does with its counts ``c``: the root answers its question, a child returns them."""
+        if "rows" in view.goal.spec:
+            return "finish(c)"
+        return ANSWERS[self.kind].format(labels=sorted(labeled_rows.LABELS))
 
     def action_for(self, view: NodeView) -> str:
         """The node's next action, from its goal, its past steps and a reproducible draw."""
@@ -101,13 +109,17 @@ class RowsProgramOracle:
         start, stop = view.goal.spec.get("rows", (0, len(self.rows)))
         if not steps:
             return action("How many rows are mine?", SIZE.format(max_read=self.max_read))
+        last = steps[-1].action
         if len(steps) == 1:
             if stop - start <= self.max_read or self._slip(view):
                 return action("Read them.", READ)
-            split = SPLIT.format(fan_out=self.fan_out, max_read=self.max_read)
-            return action("Split them among sub-agents.", split + self._finish(view))
-        if len(steps) == 2 and steps[-1].action.endswith(f"{READ}\n</python>"):
-            return action("Label the rows.", f"L = {self._labels(start, stop)!r}\n" + COUNT + self._finish(view))
+            return action("Split them among sub-agents.", SPLIT.format(
+                max_read=self.max_read, span=self.max_read * self.fan_out))
+        if len(steps) == 2 and "read_rows(" in last:
+            label = LABEL.format(labels=self._labels(start, stop))
+            return action("Label the rows.", label + TALLY + self._finish(view))
+        if len(steps) == 2 and "launch_subagent(" in last:
+            return action("Add up their counts.", MERGE + self._finish(view))
         return action("Something failed.", "finish('failed')")
 
     def _flat(self, view: NodeView) -> str:
@@ -118,7 +130,7 @@ class RowsProgramOracle:
             left = steps[-1].observation.strip().endswith("True")
             if left and not (len(steps) > 1 and self._slip(view)):
                 return action("Read the next rows.", READ_NEXT.format(max_read=self.max_read))
-            return action("Answer.", COUNT + ANSWER.format(labels=sorted(labeled_rows.LABELS)))
+            return action("Answer.", TALLY + self._finish(view))
         first = (len(steps) // 2 - 1) * self.max_read
         return action("Label the rows.", LABEL_NEXT.format(labels=self._labels(first, first + self.max_read),
                                                            max_read=self.max_read))

@@ -26,9 +26,11 @@ SMALL = {"leaf_crafts": 3, "crafts_per_step": 1, "inline_crafts": 1}   # deep tr
 
 
 def _roll(task, recursive: bool, budget: int | None = None, **knobs):
+    config = RolloutConfig(recursive=recursive, goal_variables=knobs.get("style") == "program")
+
     async def main():
         async with SandboxPool(1, SandboxLimits(memory_bytes=512 << 20)) as pool:
-            runner = RolloutRunner(make_oracle(task, recursive, **knobs), pool, RolloutConfig(recursive=recursive))
+            runner = RolloutRunner(make_oracle(task, recursive, **knobs), pool, config)
             return await runner.run_tree(open_episode(task), budget or task.max_steps, task.task_id)
     return asyncio.run(asyncio.wait_for(main(), 300))
 
@@ -62,3 +64,35 @@ def test_rows_and_hop_oracles_through_the_runtime():
         check_consistent(tree)
         assert tree.root.success == 1.0 and all(n.success == 1.0 for n in tree.nodes), task.task_id
     assert len(_roll(hop, True).nodes) == 1 + 3 * 2
+
+
+ROWS_PROGRAM = {"window_tokens": 640, "tokens_per_row": 26, "max_read": 10, "steps_per_chunk": 10,
+                "questions": ["count_label", "most_frequent", "least_frequent", "compare"]}
+
+
+@pytest.mark.parametrize("multiple", [1, 4])
+def test_the_rows_program_oracle_through_the_runtime_labels_every_row_it_read(multiple):
+    task = labeled_rows.generate_task(labeled_rows.RowsConfig(**ROWS_PROGRAM, context_multiple=multiple), "val", 3)
+    tree = _roll(task, True, style="program")
+    check_consistent(tree)
+    assert tree.root.success == 1.0 and all(n.success == 1.0 for n in tree.nodes)
+    leaves = [n for n in tree.nodes if not n.children]
+    assert len(leaves) == -(-len(task.spec["rows"]) // 10) and tree.max_depth >= (2 if multiple == 4 else 1)
+    # Each leaf read its rows into its context and wrote their labels; no cell reads more than 10 rows.
+    for leaf in leaves:
+        (read, label) = leaf.steps[1:]
+        assert "||" in read.observation and "L = list({" in label.action
+    # A slip reads a range larger than one read: the tree then fails, as the demonstrator means it to.
+    assert _roll(task, True, style="program", mistake_rate=0.99).root.success == 0.0
+
+
+def test_the_flat_rows_program_reads_every_chunk_in_one_context():
+    task = labeled_rows.generate_task(labeled_rows.RowsConfig(**ROWS_PROGRAM, context_multiple=1), "val", 0)
+    tree = _roll(task, False, style="program")
+    (root,) = tree.nodes
+    assert root.success == 1.0 and root.own_steps == 2 + 2 * -(-len(task.spec["rows"]) // 10)
+    with pytest.raises(ValueError, match="questions"):
+        labeled_rows.RowsConfig(questions=("count_label", "weather"))
+    other = labeled_rows.generate_task(labeled_rows.RowsConfig(window_tokens=640), "val", 3)   # a user_label question
+    with pytest.raises(ValueError, match="answers"):
+        make_oracle(other, True, style="program")
