@@ -18,60 +18,42 @@ fails), so RL has a decision to sharpen. RL: 1x and 2x the window; evaluation: 1
 32x (35 tasks each). The flat baseline is ``configs/cpu_demo_rows_flat.py``.
 """
 
-from rao_jax.config import default_config
+import importlib.util
+from pathlib import Path
 
 SIZES = (1, 2, 4, 8, 16, 32)
 TRAINED = ("1x", "2x")
 QUESTIONS = ("count_label", "most_frequent", "least_frequent", "compare")
 
 
+def _textcraft_demo():
+    # Loaded by path: config files are not a package, and the trainer may run from any directory.
+    spec = importlib.util.spec_from_file_location("cpu_demo", Path(__file__).with_name("cpu_demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def get_config():
-    config = default_config()
+    # The TextCraft CPU demo's model, tokenizer size, sampling, warm-start and RL recipe (steps, rows,
+    # learning rates, KL penalty, trees per step); what differs is below.
+    config = _textcraft_demo().get_config()
     config.workdir = "runs/cpu_demo_rows"
-    config.model.config_json = "configs/models/tiny_qwen3.json"
-    config.tokenizer.vocab_size = 1024
     config.tokenizer.corpus_tasks = 24
     config.data.family = "labeled_rows"
     # 26 tokens a row: measured with this run's tokenizer (dates and numbers split into digits).
     config.data.knobs = {"window_tokens": 640, "tokens_per_row": 26, "max_read": 10, "steps_per_chunk": 10,
                          "questions": list(QUESTIONS), "context_multiples": list(SIZES), "num_tasks": 120}
     config.data.train_difficulties = TRAINED
-
-    config.rollout.brief_prompt = True
-    config.rollout.goal_variables = True
-    config.rollout.recursive = True
-    config.rollout.tasks_per_step = 8
-    config.rollout.group_size = 4
-    config.rollout.temperature = 1.0
-    config.rollout.top_p = 0.95
     config.rollout.max_new_tokens = 256
-    config.rollout.sandbox_workers = 2
     config.engine.max_rows = 64
     config.engine.num_pages = 4096
-    config.engine.page_size = 16
     config.engine.max_seq_len = 640
-    config.engine.decode_steps = 16
-
     config.sft.steps = 150
-    config.sft.learning_rate = 3e-3
-    config.sft.rows = 8
     config.sft.num_tasks = 300
     config.sft.difficulties = TRAINED
-    config.sft.recursive = True
     config.sft.oracle_knobs = {"style": "program", "goal_variables": True, "mistake_rate": 0.3}
-
-    config.rl.drop_zero_signal = True
-    config.rl.kl_coef = 0.05
-    config.optim.learning_rate = 1e-4
-    config.optim.weight_decay = 0.0
-    config.train.steps = 30
     config.train.row_len = 640
-    config.train.micro_batch_rows = 8
     config.train.logprob_chunk = 640
-    config.train.checkpoint_every = 50
-    config.train.eval_every = 30
     config.train.export_hf = False
-    config.eval.num_tasks = 210
-    config.eval.modes = ("recursive",)
-    config.eval.temperature = 1.0
     return config
