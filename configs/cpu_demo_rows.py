@@ -10,12 +10,18 @@ most 16 a call) into its own context. The window is 512 tokens (``engine.max_seq
 m x the window holds m x 32 rows (16 tokens a row).
 
 Policy: the CPU demo's 4-layer, 128-wide Qwen3-shaped model with its own 1024-piece tokenizer. The
-warm start imitates ``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (how many
-rows are mine; read them; split them among up to 4 sub-agents in one ``asyncio.gather`` and add up
-their counts; answer) and one skill only a model has here, writing the labels of the 16 rows it has
-just read (Python counts them). The demonstrator reads instead of splitting 3 times in 10 (and
-fails), so RL has a decision to sharpen. RL: 1x and 2x the window; evaluation: 1, 2, 4, 8, 16 and
-32x (35 tasks each). The flat baseline is ``configs/cpu_demo_rows_flat.py``.
+warm start imitates ``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (are my rows
+more than one read; read them; split them among up to 4 sub-agents in one ``asyncio.gather``, then add
+up their counts; answer) and one skill only a model has here, writing the label of each row it has
+just read by the row's number (Python counts them). The demonstrator reads instead of splitting 3
+times in 10 (and fails), so RL has a decision to sharpen. RL: 1x and 2x the window; evaluation: 1,
+2, 4, 8, 16 and 32x (35 tasks each). The flat baseline is ``configs/cpu_demo_rows_flat.py``.
+
+Status (issue 26 open): this policy does not learn the labelling yet. After the warm start (150
+steps, or 600) it splits and merges correctly, but greedy leaves write one label for all 10 rows
+(0 of 48 leaves right after 600 steps), so held-out success is 0 at every size. With 2 rows a read
+(``--config.data.knobs.max_read=2``) 214 of 222 leaves were right after 600 steps, but a 32x input
+then takes about 400 leaves a tree, too many model calls for a 30-minute CPU run.
 """
 
 import importlib.util
