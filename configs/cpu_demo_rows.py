@@ -6,8 +6,8 @@ Task: Oolong-style aggregation (``rao_jax.envs.labeled_rows``): rows ``Date || U
 label (praise, complaint, question, request, update) is implied by a cue word of the instance text;
 the question asks for a label's count (scored 0.75 ** |error|), the most or least frequent label, or a
 comparison of two labels. The rows are never in the prompt: a node reads them with ``read_rows`` (at
-most 16 a call) into its own context. The window is 512 tokens (``engine.max_seq_len``); an input of
-m x the window holds m x 32 rows (16 tokens a row).
+most 10 a call) into its own context. The window is 640 tokens (``engine.max_seq_len``); an input of
+m x the window holds m x 24 rows (26 tokens a row with this run's tokenizer).
 
 Policy: the CPU demo's 4-layer, 128-wide Qwen3-shaped model with its own 1024-piece tokenizer. The
 warm start imitates ``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (are my rows
