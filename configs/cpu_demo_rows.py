@@ -10,11 +10,12 @@ most 10 a call) into its own context. The window is 640 tokens (``engine.max_seq
 m x the window holds m x 24 rows (26 tokens a row with this run's tokenizer).
 
 Policy: the CPU demo's 4-layer, 128-wide Qwen3-shaped model with its own 1024-piece tokenizer. The
-warm start imitates ``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (are my rows
-more than one read; read them; split them among up to 4 sub-agents in one ``asyncio.gather``, then add
-up their counts; answer) and one skill only a model has here, writing the label of each row it has
+warm start imitates ``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (print my
+rows, or True when they are more than one read; split them among up to 4 sub-agents in one
+``asyncio.gather``, then add up their counts; answer) and one skill only a model has here, writing the label of each row it has
 just read by the row's number (Python counts them). The demonstrator reads instead of splitting 3
-times in 10 (and fails), so RL has a decision to sharpen. RL: 1x and 2x the window; evaluation: 1,
+times in 10 (and fails), so RL has a decision to sharpen. (The measurements below were taken with a
+separate size-check step before the read; the read now rides on it, one call fewer per leaf.) RL: 1x and 2x the window; evaluation: 1,
 2, 4, 8, 16 and 32x (35 tasks each). The flat baseline is ``configs/cpu_demo_rows_flat.py``.
 
 Status (issue 26 open): this policy does not learn the labelling yet. After the warm start (150

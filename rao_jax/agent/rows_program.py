@@ -9,16 +9,16 @@ LABEL cell writes the label of each row just read by its number (``{40: 'praise'
 Python counts them. Where the input is larger than one read, code cannot help a flat agent: every
 row must pass through its context.
 
-- recursive: SIZE prints whether the node's range is larger than one read (``True`` / ``False``);
-  False -> READ (print the rows), then LABEL (each row's label by its number, counted by Python; finish);
-  True -> SPLIT (up to ``fan_out`` children in one ``asyncio.gather``, each counting an equal share of
-  whole reads), then MERGE (add up their dicts; finish). A child finishes with its counts, the root
+- recursive: LOOK prints the node's rows when they fit one read, else ``True``; rows -> LABEL (each
+  row's label by its number, counted by Python; finish); True -> SPLIT (up to ``fan_out`` children in
+  one ``asyncio.gather``, each counting an equal share of whole reads), then MERGE (add up their
+  dicts; finish). A child finishes with its counts, the root
   with the answer to its question: one short cell per question kind, told apart by its text.
 - flat: START, then READ_NEXT (print the next ``max_read`` rows) and LABEL_NEXT (append their labels,
   print whether rows are left) in turn, then the count and the answer.
 
-``mistake_rate`` makes it imperfect, as the TextCraft program oracle is: recursive, where the range is
-larger than one read it reads anyway (and fails) with that probability; flat, it answers after a chunk
+``mistake_rate`` makes it imperfect, as the TextCraft program oracle is: recursive, where LOOK printed
+``True`` it reads the whole range anyway (and fails) with that probability; flat, it answers after a chunk
 with rows still unread. The question kinds must be the label aggregates (count, most / least
 frequent, compare): the cells keep no users or months.
 """
@@ -34,7 +34,7 @@ from rao_jax.envs.base import Task
 
 ANSWERABLE = ("count_label", "most_frequent", "least_frequent", "compare")
 
-SIZE = "r = goal.get('rows', [0, num_rows()])\nprint(r[1] - r[0] > {max_read})"
+LOOK = "r = goal.get('rows', [0, num_rows()])\nprint(r[1] - r[0] > {max_read} or read_rows(r[0], r[1]))"
 READ = "print(read_rows(r[0], r[1]))"
 SPLIT = ("w = {max_read} * -(-(r[1] - r[0]) // {span})\n"
          "s = range(r[0], r[1], w)\n"
@@ -108,16 +108,16 @@ class RowsProgramOracle:
         steps = view.steps
         start, stop = view.goal.spec.get("rows", (0, len(self.rows)))
         if not steps:
-            return action("How many rows are mine?", SIZE.format(max_read=self.max_read))
+            return action("Look at my rows.", LOOK.format(max_read=self.max_read))
         last = steps[-1].action
-        if len(steps) == 1:
-            if stop - start <= self.max_read or self._slip(view):
+        if len(steps) == 1 and stop - start <= self.max_read:   # LOOK printed the rows
+            label = LABEL.format(labels=self._labels(start, stop))
+            return action("Label the rows.", label + TALLY + self._finish(view))
+        if len(steps) == 1:   # LOOK printed True: more rows than one read
+            if self._slip(view):
                 return action("Read them.", READ)
             return action("Split them among sub-agents.", SPLIT.format(
                 max_read=self.max_read, span=self.max_read * self.fan_out))
-        if len(steps) == 2 and "read_rows(" in last:
-            label = LABEL.format(labels=self._labels(start, stop))
-            return action("Label the rows.", label + TALLY + self._finish(view))
         if len(steps) == 2 and "launch_subagent(" in last:
             return action("Add up their counts.", MERGE + self._finish(view))
         return action("Something failed.", "finish('failed')")

@@ -78,10 +78,10 @@ def test_the_rows_program_oracle_through_the_runtime_labels_every_row_it_read(mu
     assert tree.root.success == 1.0 and all(n.success == 1.0 for n in tree.nodes)
     leaves = [n for n in tree.nodes if not n.children]
     assert len(leaves) == -(-len(task.spec["rows"]) // 10) and tree.max_depth >= (2 if multiple == 4 else 1)
-    # Each leaf read its rows into its context and wrote their labels; no cell reads more than 10 rows.
+    # Each leaf read its rows into its context, then wrote their labels; no cell reads more than 10 rows.
     for leaf in leaves:
-        (read, label) = leaf.steps[1:]
-        assert "||" in read.observation and "L = list({" in label.action
+        look, label = leaf.steps
+        assert "||" in look.observation and "L = list({" in label.action
     # A slip reads a range larger than one read: the tree then fails, as the demonstrator means it to.
     assert _roll(task, True, style="program", mistake_rate=0.99).root.success == 0.0
 
