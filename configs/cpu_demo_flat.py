@@ -18,20 +18,13 @@ tasks solved over the six evaluations; 20 RL steps: warm start 0.10 / 0.18 / 0.1
 lr 3e-4 RL collapsed it to 0 everywhere.
 """
 
-import importlib.util
 from pathlib import Path
 
-
-def _recursive_demo():
-    # Loaded by path: config files are not a package, and the trainer may run from any directory.
-    spec = importlib.util.spec_from_file_location("cpu_demo", Path(__file__).with_name("cpu_demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from rao_jax.config import config_file
 
 
 def get_config():
-    config = _recursive_demo().get_config()
+    config = config_file(Path(__file__).with_name("cpu_demo.py"))
     config.workdir = "runs/cpu_demo_flat"
     config.rollout.recursive = False
     config.sft.recursive = False

@@ -12,39 +12,33 @@ m x the window holds m x 24 rows (26 tokens a row with this run's tokenizer).
 Policy: the CPU demo's 4-layer, 128-wide Qwen3-shaped model with its own 1024-piece tokenizer. The
 warm start imitates ``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (print my
 rows, or True when they are more than one read; split them among up to 4 sub-agents in one
-``asyncio.gather``, then add up their counts; answer) and one skill only a model has here, writing the label of each row it has
-just read by the row's number (Python counts them). The demonstrator reads instead of splitting 3
-times in 10 (and fails), so RL has a decision to sharpen. (The measurements below were taken with a
-separate size-check step before the read; the read now rides on it, one call fewer per leaf.) RL: 1x and 2x the window; evaluation: 1,
-2, 4, 8, 16 and 32x (35 tasks each). The flat baseline is ``configs/cpu_demo_rows_flat.py``.
+``asyncio.gather``, then add up their counts; answer) and one skill only a model has here, writing
+the label of each row it has just read by the row's number (Python counts them). The demonstrator
+reads instead of splitting 3 times in 10 (and fails), so RL has a decision to sharpen. RL: 1x and 2x
+the window; evaluation: 1, 2, 4, 8, 16 and 32x (35 tasks each). The flat baseline is
+``configs/cpu_demo_rows_flat.py``.
 
-Status (issue 26 open): this policy does not learn the labelling yet. After the warm start (150
-steps, or 600) it splits and merges correctly, but greedy leaves write one label for all 10 rows
-(0 of 48 leaves right after 600 steps), so held-out success is 0 at every size. With 2 rows a read
-(``--config.data.knobs.max_read=2``) 214 of 222 leaves were right after 600 steps, but a 32x input
-then takes about 400 leaves a tree, too many model calls for a 30-minute CPU run.
+Status (issue 26 open): not yet a working demo. Warm-start probes (600 steps, 12 held-out 1-2x tasks,
+greedy): at 10 rows a read every leaf wrote one label for all its rows (0 of 48 leaves right, with a
+separate size-check step the first cell now does without); at 4 rows a read (``--config.data.knobs.
+max_read=4``) 91 of 114 leaves and 4 of 12 roots were right; at 2 rows, 214 of 222 leaves. But the
+sampler ran 6-10 model calls a second on these trees, and a 32x input takes 80-200 leaves a tree at
+10-4 rows a read: the two evaluations alone outgrow the 30 minutes the issue allows.
 """
 
-import importlib.util
 from pathlib import Path
+
+from rao_jax.config import config_file
 
 SIZES = (1, 2, 4, 8, 16, 32)
 TRAINED = ("1x", "2x")
 QUESTIONS = ("count_label", "most_frequent", "least_frequent", "compare")
 
 
-def _textcraft_demo():
-    # Loaded by path: config files are not a package, and the trainer may run from any directory.
-    spec = importlib.util.spec_from_file_location("cpu_demo", Path(__file__).with_name("cpu_demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config():
     # The TextCraft CPU demo's model, tokenizer size, sampling, warm-start and RL recipe (steps, rows,
     # learning rates, KL penalty, trees per step); what differs is below.
-    config = _textcraft_demo().get_config()
+    config = config_file(Path(__file__).with_name("cpu_demo.py"))
     config.workdir = "runs/cpu_demo_rows"
     config.tokenizer.corpus_tasks = 24
     config.data.family = "labeled_rows"

@@ -8,15 +8,13 @@ whose demonstrator answers early, with rows unread, 3 times in 10. Every row pas
 node's context, so inputs from about the window's size up do not fit.
 """
 
-import importlib.util
 from pathlib import Path
+
+from rao_jax.config import config_file
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("cpu_demo_rows", Path(__file__).with_name("cpu_demo_rows.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_file(Path(__file__).with_name("cpu_demo_rows.py"))
     config.workdir = "runs/cpu_demo_rows_flat"
     config.rollout.recursive = False
     config.sft.recursive = False

@@ -12,7 +12,9 @@ files start from it and change what they need, so a file names only what differs
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -434,6 +436,21 @@ class TrainConfig:
         _need(self.tokenizer.template != "qwen3" or bool(self.tokenizer.path),
               "tokenizer.template='qwen3' needs tokenizer.path (a Qwen3 tokenizer.json): a tokenizer trained here "
               "has the sentencepiece template's special tokens, not <|im_start|> / <|im_end|>")
+
+
+def config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """What a config file's ``get_config()`` (``get_config(arg)`` when ``arg`` is given) returns. Config
+    files are not a package: one builds on another by loading it with this, by path.
+
+    Raises:
+        ValueError: the file cannot be loaded.
+    """
+    spec = importlib.util.spec_from_file_location(f"_rao_config_{Path(path).stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load config file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import sys
@@ -42,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rao_jax.config import TrainConfig, from_config_dict
+from rao_jax.config import TrainConfig, config_file, from_config_dict
 from rao_jax.errors import ConfigError
 from rao_jax.layout import Layout, bytes_per_device, sampler_init
 from rao_jax.models import ModelConfig
@@ -366,12 +365,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> TrainConfig:
         ValueError: an unreadable file or a malformed override; ConfigError: an invalid config.
     """
     file, colon, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("_rao_plan_config", file)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot load config file {file}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    raw = (module.get_config(arg) if colon else module.get_config()).to_dict()
+    raw = config_file(file, arg if colon else None).to_dict()
     for override in overrides:
         key, eq, text = override.partition("=")
         if not eq:

@@ -283,12 +283,9 @@ def test_trainer_runs_data_parallel_on_a_two_device_mesh(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.py")))
 def test_every_shipped_config_file_loads_and_validates(name):
     """Each ``configs/*.py`` builds a config that ``from_config_dict`` accepts (types, sections, cross-checks)."""
-    import importlib.util
+    from rao_jax.config import config_file
 
-    spec = importlib.util.spec_from_file_location(f"shipped_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = from_config_dict(module.get_config())
+    config = from_config_dict(config_file(ROOT / "configs" / f"{name}.py"))
     assert config.train.steps >= 1 and config.rollout.group_size >= 1
 
 

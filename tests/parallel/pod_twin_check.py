@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import importlib.util
 import json
 import re
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from rao_jax import plan as plan_lib
+from rao_jax.config import config_file as load_config_file
 from rao_jax.config import from_config_dict
 from rao_jax.models import ModelConfig
 from rao_jax.runtime import allocate, layout_of
@@ -33,10 +33,7 @@ from rao_jax.train import make_optimizers
 
 
 def twin_config(config_file: str, out_dir: Path):
-    spec = importlib.util.spec_from_file_location("pod_config", config_file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config_file(config_file)
     model = ModelConfig.from_json_file(config.model.config_json)
     small = dataclasses.replace(
         model, num_hidden_layers=2, vocab_size=512, hidden_size=64, intermediate_size=256,
