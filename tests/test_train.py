@@ -301,3 +301,22 @@ def test_step_statistics_merge_over_processes():
     assert merged["success"] == pytest.approx(0.25)          # over trees
     assert merged["node_success"] == pytest.approx(0.625)    # over nodes
     assert merged["policy_lag"] == 1 and merged["policy_lag_mean"] == pytest.approx(0.25)
+    # Per family (a mixed run): each family's success over its own trees, its trees summed.
+    families = [{"trees_rows": 1.0, "success_rows": 1.0, "trees_hop": 0.0, "success_hop": 0.0},
+                {"trees_rows": 3.0, "success_rows": 0.0, "trees_hop": 2.0, "success_hop": 0.5}]
+    merged = merge_stats(families)
+    assert (merged["trees_rows"], merged["trees_hop"]) == (4.0, 2.0)
+    assert merged["success_rows"] == pytest.approx(0.25) and merged["success_hop"] == pytest.approx(0.5)
+
+
+def test_family_stats_cover_every_family_of_the_run():
+    from rao_jax.train_log import family_stats
+
+    class Tree:
+        def __init__(self, task_id, success):
+            self.task_id, self.root = task_id, type("Root", (), {"success": success})()
+
+    groups = [[Tree("a.1", 1.0), Tree("a.1", 0.0)], [Tree("b.1", 1.0), Tree("b.1", 1.0)]]
+    stats = family_stats(groups, {"a.1": "rows", "b.1": "hop"}, ["rows", "hop", "craft"])
+    assert stats == {"trees_rows": 2.0, "success_rows": 0.5, "trees_hop": 2.0, "success_hop": 1.0,
+                     "trees_craft": 0.0, "success_craft": 0.0}
