@@ -116,9 +116,18 @@ class DataSection:
     def specs(self):
         """The run's families (``rao_jax.data.mixture.FamilySpec``), one for a single-family run."""
         from rao_jax.data import mixture
-        if self.families:
-            return mixture.parse_families(self.families)
-        return mixture.single(self.family, self.knobs, self.train_difficulties)
+        from rao_jax.envs import families
+
+        if not self.families:
+            return mixture.single(self.family, self.knobs, self.train_difficulties)
+        specs = []
+        for name, entry in self.families.items():
+            where = f"data.families.{name}"
+            _need(name in families.names(), f"{where}: unknown family; known: {families.names()}")
+            _need(isinstance(entry, Mapping) and "name" not in entry,
+                  f"{where} must be a dict of the FamilySpec fields other than name, got {entry!r}")
+            specs.append(build_section(mixture.FamilySpec, {**entry, "name": name}, f"{where}."))
+        return mixture.check_families(specs)
 
 
 @dataclasses.dataclass(frozen=True)

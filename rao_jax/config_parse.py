@@ -52,7 +52,7 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
         options = typing.get_args(kind)
         if value is None and type(None) in options:
             return None
-        kind = next(a for a in options if a is not type(None))
+        return _coerce(value, next(a for a in options if a is not type(None)), name)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))

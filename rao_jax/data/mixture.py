@@ -51,36 +51,13 @@ class FamilySpec:
     train_difficulties: tuple[str, ...] = ()
     oracle_knobs: Mapping[str, Any] | None = None
 
-    @classmethod
-    def parse(cls, name: str, entry: Any) -> FamilySpec:
-        """Validates one ``data.families`` entry; errors name ``data.families.<name>.<key>``."""
-        where = f"data.families.{name}"
-        if name not in registry.names():
-            raise ConfigError(f"{where}: unknown family; known: {registry.names()}")
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where} must be a dict of {sorted(_KINDS)}, got {entry!r}")
-        unknown = sorted(set(entry) - set(_KINDS))
-        if unknown:
-            raise ConfigError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}; known: {sorted(_KINDS)}")
-        values: dict[str, Any] = {}
-        for key, value in entry.items():
-            kind = _KINDS[key]
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if kind is tuple and isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-                value = tuple(value)
-            if key == "oracle_knobs" and value is None:
-                pass
-            elif not isinstance(value, kind) or isinstance(value, bool):
-                raise ConfigError(f"{where}.{key} must be {_KIND_NAMES[kind]}, got {value!r}")
-            values[key] = dict(value) if kind is Mapping and value is not None else value
-        spec = cls(name, **values)
-        if not (spec.weight > 0 and math.isfinite(spec.weight)):
-            raise ConfigError(f"{where}.weight must be a finite number > 0, got {spec.weight}")
+    def __post_init__(self):
+        where = f"data.families.{self.name}"
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            raise ConfigError(f"{where}.weight must be a finite number > 0, got {self.weight}")
         for key in ("root_budget", "max_context"):
-            if getattr(spec, key) < 0:
-                raise ConfigError(f"{where}.{key} must be >= 0 (0 = the rollout's), got {getattr(spec, key)}")
-        return spec
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key} must be >= 0 (0 = the rollout's), got {getattr(self, key)}")
 
     @property
     def task_family(self) -> str:
@@ -88,20 +65,15 @@ class FamilySpec:
         return registry.get(self.name).task_family
 
 
-_KINDS = {"weight": float, "knobs": Mapping, "root_budget": int, "max_context": int, "train_difficulties": tuple,
-          "oracle_knobs": Mapping}
-_KIND_NAMES = {float: "a number", Mapping: "a dict", int: "an int", tuple: "a list of strings"}
-
-
-def parse_families(families: Mapping[str, Any]) -> tuple[FamilySpec, ...]:
-    """The specs of a non-empty ``data.families``, sorted by name (a ConfigDict sorts its keys anyway,
-    and the draws depend on the order).
+def check_families(specs: Sequence[FamilySpec]) -> tuple[FamilySpec, ...]:
+    """``specs`` (``data.families``, built by ``rao_jax.config``) sorted by name: a ConfigDict sorts its
+    keys anyway, and the draws depend on the order.
 
     Raises:
-        ConfigError: a bad entry, or two families whose tasks carry the same ``Task.family`` (a task
-            could not tell which family's settings it runs under).
+        ConfigError: two families whose tasks carry the same ``Task.family`` (a task could not tell
+            which family's settings it runs under).
     """
-    specs = tuple(FamilySpec.parse(name, families[name]) for name in sorted(families))
+    specs = tuple(sorted(specs, key=lambda spec: spec.name))
     seen: dict[str, str] = {}
     for spec in specs:
         other = seen.setdefault(spec.task_family, spec.name)

@@ -114,7 +114,7 @@ def test_round_robin_covers_every_family_in_any_prefix():
 @pytest.mark.parametrize("families,message", [
     ({"labeled_rows": {"wieght": 2}}, r"data\.families\.labeled_rows\.wieght"),
     ({"labeled_rows": {"weight": 0}}, r"data\.families\.labeled_rows\.weight must be a finite number > 0"),
-    ({"labeled_rows": {"weight": "2"}}, r"data\.families\.labeled_rows\.weight must be a number"),
+    ({"labeled_rows": {"weight": "2"}}, r"data\.families\.labeled_rows\.weight must be float"),
     ({"labeled_rows": {"root_budget": -1}}, r"root_budget must be >= 0"),
     ({"labeled_rows": {"max_context": 4096}}, r"data\.families\.labeled_rows\.max_context \(4096\) exceeds"),
     ({"labeled_rowz": {}}, r"data\.families\.labeled_rowz: unknown family"),
