@@ -101,7 +101,7 @@ class MixtureStream:
     docstring).
 
     Args:
-        streams: ``family name -> stream`` (``FamilyStream``), in the run's family order (``parse_families``).
+        streams: ``family name -> stream`` (``FamilyStream``), in the run's family order (``check_families``).
         weights: ``family name -> weight`` (> 0).
         seed: the run's seed.
         cursor: a ``state()`` of an earlier stream of the same families (None: start).
