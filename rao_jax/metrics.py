@@ -15,9 +15,9 @@ depth 0). Every bucket is a plain dict with these keys (``None`` where a figure 
 - ``children_per_node``: children over all nodes (leaves included), i.e. (nodes - trees) / nodes.
 - ``children_per_parent``: children over the nodes that launched at least one child (None: no launch).
 - ``launches``: child nodes spawned in total (launches refused for budget spawn nothing, count nothing).
-- ``parallel_fraction``: launches made in the same parent step as at least one sibling launch, over
-  all launches (None: no launch). "Same step" is the child's ``fork_step``: children awaited one after
-  the other inside one cell count as parallel too, as in ``TreeResult.critical_path``.
+- ``parallel_fraction``: launches that ran at the same time as a sibling launched by the same parent
+  step (``tree.concurrent_groups``: their run times overlap, as in one ``asyncio.gather``), over all
+  launches (None: no launch). Children awaited one after another inside one cell are not parallel.
 - ``model_calls``: mean policy calls per tree (``TreeResult.model_calls``).
 - ``critical_path``: mean ``TreeResult.critical_path()`` (longest chain of sequential calls).
 - ``critical_over_total``: mean over trees of critical_path / model_calls (trees with no call skipped).
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from rao_jax.agent.tree import TreeResult
+from rao_jax.agent.tree import TreeResult, children_by_step, concurrent_groups
 from rao_jax.envs.base import Task
 
 CONTEXT_OVERFLOW = "context"
@@ -150,14 +150,12 @@ def _bucket(trees: Sequence[TreeResult], root_rewards: Sequence[float]) -> dict[
     nodes = [node for t in trees for node in t.nodes]
 
     children_per_parent_node: Counter[tuple[int, int]] = Counter()
-    launches_per_step: Counter[tuple[int, int, int | None]] = Counter()
+    launches = parallel_launches = 0
     for tree_index, t in enumerate(trees):  # the index, not tree_id: ids may repeat across runs
-        for node in t.nodes:
-            if node.parent_id is not None:
-                children_per_parent_node[(tree_index, node.parent_id)] += 1
-                launches_per_step[(tree_index, node.parent_id, node.fork_step)] += 1
-    launches = sum(launches_per_step.values())
-    parallel_launches = sum(count for count in launches_per_step.values() if count >= 2)
+        for (parent_id, _), siblings in children_by_step(t.nodes).items():
+            children_per_parent_node[(tree_index, parent_id)] += len(siblings)
+            launches += len(siblings)
+            parallel_launches += sum(len(group) for group in concurrent_groups(siblings) if len(group) >= 2)
 
     calls = [t.model_calls for t in trees]
     critical = [t.critical_path() for t in trees]
@@ -280,7 +278,7 @@ _TABLE_HEADER = ["mode", "bucket", "trees", "success [95% CI]", "reward", "depth
                  "crit path", "tokens p/r", "wall s", "ovfl"]
 _TABLE_LEGEND = (
     "depth: max/mean tree depth; ch/node: children per node / per node with children; par: share of launches\n"
-    "made with a sibling in the same step; calls, crit path (its share of calls), tokens (prompt/response) and\n"
+    "running alongside a sibling; calls, crit path (its share of calls), tokens (prompt/response) and\n"
     "wall s: means per tree; ovfl: nodes that hit the context window, in total; -: undefined.")
 
 

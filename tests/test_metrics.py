@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from rao_jax.agent.tree import NodeRecord, TreeResult
+from rao_jax.agent.tree import NodeRecord, TreeResult, concurrent_groups
 from rao_jax.envs.base import Goal, Task
 from rao_jax.metrics import difference_interval, format_table, summarize, to_json, wilson_interval
 
@@ -89,6 +90,22 @@ def test_wilson_interval_known_values():
 
 def test_critical_path_of_fixture_matches_hand_count():
     assert (DEEP.critical_path(), DEEP.model_calls, DEEP.max_depth) == (14, 17, 3)
+
+
+def test_children_awaited_one_after_another_in_one_cell_are_sequential():
+    """One root cell: a chain of three hops awaited in turn (each child ends before the next starts),
+    then two children gathered at once; the hops are not parallel and their calls add up."""
+    def child(node_id, start, end, steps=2):
+        return dataclasses.replace(make_node(node_id, 0, 1, 0, steps, 1.0), start_time=start, end_time=end)
+    nodes = [make_node(0, None, 0, None, 1, 1.0, children=(1, 2, 3, 4, 5)),
+             child(1, 0.0, 1.0), child(2, 1.5, 2.0), child(3, 2.5, 3.0),
+             child(4, 3.5, 5.0, steps=3), child(5, 3.6, 4.0)]
+    tree = make_tree(0, "easy-1", nodes, 0.0, 5.0)
+    groups = concurrent_groups([n for n in tree.nodes if n.parent_id == 0])
+    assert [[n.node_id for n in g] for g in groups] == [[1], [2], [3], [4, 5]]
+    assert tree.critical_path() == 1 + 2 + 2 + 2 + 3
+    bucket = summarize([tree])["all"]
+    assert bucket["parallel_fraction"] == pytest.approx(2 / 5) and bucket["launches"] == 5
 
 
 def test_summarize_recursive_all_bucket():

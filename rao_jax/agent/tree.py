@@ -91,6 +91,31 @@ class NodeRecord:
         return dataclasses.replace(self, tokens=None, loss_mask=None, logprobs=None, token_counts=counts)
 
 
+def concurrent_groups(siblings: list[NodeRecord]) -> list[list[NodeRecord]]:
+    """Children one parent step launched, in groups that ran at the same time: children whose run
+    times overlap (one ``asyncio.gather``) share a group, children awaited one after another inside
+    one cell (a chain of hops in a loop) are separate groups, in launch order."""
+    groups: list[list[NodeRecord]] = []
+    end = 0.0
+    for node in sorted(siblings, key=lambda n: (n.start_time, n.node_id)):
+        if groups and node.start_time < end:
+            groups[-1].append(node)
+            end = max(end, node.end_time)
+        else:
+            groups.append([node])
+            end = node.end_time
+    return groups
+
+
+def children_by_step(nodes) -> dict[tuple[int, int | None], list[NodeRecord]]:
+    """``{(parent id, fork step): children it launched there}`` over one tree's nodes."""
+    by_step: dict[tuple[int, int | None], list[NodeRecord]] = {}
+    for n in nodes:
+        if n.parent_id is not None:
+            by_step.setdefault((n.parent_id, n.fork_step), []).append(n)
+    return by_step
+
+
 @dataclasses.dataclass(frozen=True)
 class TreeResult:
     """A finished tree: its nodes ordered by node id (root first) and tree-level facts."""
@@ -125,17 +150,16 @@ class TreeResult:
         return sum(n.own_steps for n in self.nodes)
 
     def critical_path(self) -> int:
-        """Longest chain of sequential policy calls: a node's steps plus, at each step, the longest
-        child chain launched there (children of one step run in parallel)."""
-        by_parent: dict[int, list[NodeRecord]] = {}
-        for n in self.nodes:
-            if n.parent_id is not None:
-                by_parent.setdefault(n.parent_id, []).append(n)
+        """Longest chain of sequential policy calls: a node's steps plus, at each step, its children's
+        chains: the longest of each group that ran at the same time, the groups one after another
+        (``concurrent_groups``)."""
+        by_step = children_by_step(self.nodes)
+        steps_of: dict[int, list[list[NodeRecord]]] = {}
+        for (parent_id, _), siblings in by_step.items():
+            steps_of.setdefault(parent_id, []).append(siblings)
 
         def length(node: NodeRecord) -> int:
-            per_step: dict[int | None, int] = {}
-            for c in by_parent.get(node.node_id, []):
-                per_step[c.fork_step] = max(per_step.get(c.fork_step, 0), length(c))
-            return node.own_steps + sum(per_step.values())
+            return node.own_steps + sum(max(length(c) for c in group) for siblings in steps_of.get(node.node_id, [])
+                                        for group in concurrent_groups(siblings))
 
         return length(self.root)
