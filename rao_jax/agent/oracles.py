@@ -155,12 +155,23 @@ def rows_oracle(task: Task, recursive: bool, style: str = "plan", **knobs: Any):
     return RowsOracle(task, recursive, **knobs)
 
 
+def hop_oracle(task: Task, recursive: bool, style: str = "plan", **knobs: Any):
+    """The ChainHop oracle of ``style``: ``plan`` (``HopOracle``: names written in) or ``program``
+    (``hop_program.HopProgramOracle``: program cells, the model names the sentence that states a fact)."""
+    if style == "program":
+        from rao_jax.agent.hop_program import HopProgramOracle
+        return HopProgramOracle(task, recursive, **knobs)
+    if style != "plan" or knobs:
+        raise ValueError(f"ChainHop oracle style must be 'plan' (no knobs) or 'program', got {style!r} {knobs}")
+    return HopOracle(task, recursive)
+
+
 # Oracle factories by ``Task.family``: ``(task, recursive, **knobs) -> Policy``.
 _ORACLES: dict[str, Callable[..., Any]] = {
     "textcraft_synth": crafting_oracle,
     "textcraft_minecraft": crafting_oracle,
     labeled_rows.FAMILY: lambda task, recursive, **knobs: rows_oracle(task, recursive, **knobs),
-    chain_hop.FAMILY: lambda task, recursive: HopOracle(task, recursive),
+    chain_hop.FAMILY: lambda task, recursive, **knobs: hop_oracle(task, recursive, **knobs),
 }
 
 

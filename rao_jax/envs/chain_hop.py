@@ -7,8 +7,12 @@ shows one. A k-hop question starts from a named entity and follows k relations; 
 entity is described by its relation, never named. Fork-and-join controls ask two independent chains
 at once (answer ``[first, second]``). Scoring is exact match.
 
-A child goal ``{"entity": NAME, "relation": REL}`` asks for one hop; the environment knows the answer,
-so each child is graded on its own.
+The root goal's spec holds the chains as data (``{"chains": [{"start": NAME, "relations": [REL, ...]}]}``,
+no answers). A child goal ``{"entity": NAME, "relation": REL}`` asks for one hop; the environment knows
+the answer, so each child is graded on its own. ``shuffle_facts`` places a document's facts at random
+among its filler sentences (by default they come first, in a fixed order); ``brief_goal`` words the
+root goal the same at every k, pointing to the chains in its spec (for agents that read them as
+data, ``rollout.goal_variables``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class HopConfig:
     filler_sentences: int = 20             # per document: raises the tokens each view costs
     max_steps: int = 64
     window_tokens: int = 2048
+    shuffle_facts: bool = False            # facts at random places among the filler (else first, in order)
+    brief_goal: bool = False               # a root goal text that points to the chains in its spec
 
 
 def _names(rng: random.Random, n: int) -> list[str]:
@@ -79,8 +85,10 @@ def build_kb(config: HopConfig, rng: random.Random) -> dict[str, Any]:
     for k, name in enumerate(sorted(entities)):
         entity = entities[name]
         facts = [f"{name} {RELATIONS[rel][2]} {target}." for rel, target in entity["relations"].items()]
-        filler = [rng.choice(_FILLER) for _ in range(config.filler_sentences)]
-        docs[f"doc{k:04d}"] = f"{name} is a {entity['type']}. " + " ".join(facts + filler)
+        sentences = facts + [rng.choice(_FILLER) for _ in range(config.filler_sentences)]
+        if config.shuffle_facts:
+            rng.shuffle(sentences)
+        docs[f"doc{k:04d}"] = f"{name} is a {entity['type']}. " + " ".join(sentences)
     return {"entities": entities, "docs": docs}
 
 
@@ -117,15 +125,17 @@ def generate_task(config: HopConfig, split: str, index: int, hops: int, branches
         path = _walk(kb["entities"], start, hops, rng)
         if path and all(start != c["start"] for c in chains):
             chains.append({"start": start, "relations": [r for r, _ in path], "answer": path[-1][1]})
-    if branches == 1:
+    gold: Any = chains[0]["answer"] if branches == 1 else [c["answer"] for c in chains]
+    if config.brief_goal:   # the same few words at every k: the chains are in the goal's spec
+        goal = ("Follow the chain in goal to its end. Answer with the entity's name." if branches == 1 else
+                "Follow the two chains in goal to their ends. Answer as [first, second].")
+    elif branches == 1:
         goal = (f"Find {chain_text(chains[0]['start'], [(r, '') for r in chains[0]['relations']])}. "
                 "Answer with the entity's name.")
-        gold: Any = chains[0]["answer"]
     else:
         goal = ("Answer two independent questions as [first, second]. First: find "
                 + chain_text(chains[0]["start"], [(r, "") for r in chains[0]["relations"]]) + ". Second: find "
                 + chain_text(chains[1]["start"], [(r, "") for r in chains[1]["relations"]]) + ".")
-        gold = [c["answer"] for c in chains]
     spec = {"kb": kb, "chains": chains, "gold": gold, "window_tokens": config.window_tokens}
     return Task(task_id=f"{FAMILY}.{split}.{index}", family=FAMILY, goal=goal, max_steps=config.max_steps,
                 difficulty=difficulty or f"k{hops}" + ("_fork" if branches == 2 else ""), spec=spec)
@@ -147,7 +157,9 @@ class HopEpisode(Episode):
         self._goals: dict[int, Goal] = {}
 
     def root_goal(self) -> Goal:
-        return Goal(text=self.task.goal, spec={})
+        # The chains as data (``goal`` in a node's namespace under ``rollout.goal_variables``); no answers.
+        chains = [{"start": c["start"], "relations": list(c["relations"])} for c in self.task.spec["chains"]]
+        return Goal(text=self.task.goal, spec={"chains": chains})
 
     def tool_docs(self, recursive: bool) -> str:
         docs = ["search(query: str) -> list of [doc_id, title] (best 5 by word overlap).",

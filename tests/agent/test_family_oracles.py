@@ -9,10 +9,12 @@ every node credited its own success.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 
 import pytest
 
+from rao_jax import metrics
 from rao_jax.agent.oracles import make_oracle
 from rao_jax.agent.rollout import RolloutConfig, RolloutRunner
 from rao_jax.agent.sandbox import SandboxLimits, SandboxPool
@@ -96,3 +98,43 @@ def test_the_flat_rows_program_reads_every_chunk_in_one_context():
     other = labeled_rows.generate_task(labeled_rows.RowsConfig(window_tokens=640), "val", 3)   # a user_label question
     with pytest.raises(ValueError, match="answers"):
         make_oracle(other, True, style="program")
+
+
+HOP_PROGRAM = chain_hop.HopConfig(shuffle_facts=True, brief_goal=True, filler_sentences=4, max_steps=100)
+
+
+@pytest.mark.parametrize("hops,branches", [(3, 2), (5, 1)])
+def test_the_hop_program_oracle_through_the_runtime_launches_per_hop_and_in_parallel_only_on_forks(hops, branches):
+    task = chain_hop.generate_task(HOP_PROGRAM, "val", 5, hops, branches)
+    for recursive in (False, True):
+        tree = _roll(task, recursive, style="program")
+        check_consistent(tree)
+        assert tree.root.success == 1.0 and all(n.success == 1.0 for n in tree.nodes), (recursive, task.task_id)
+        # Every document passed through a context that wrote only sentence labels (Python took the name).
+        picks = [s.action for n in tree.nodes for s in n.steps if "L = {0:" in s.action or "pick({0:" in s.action]
+        assert len(picks) == hops * branches and all(name not in "".join(picks) for name in task.spec["kb"]["entities"])
+    summary = metrics.summarize([tree])["all"]
+    assert len(tree.nodes) == 1 + hops * branches and tree.root.own_steps == 1
+    assert summary["parallel_fraction"] == (1.0 if branches == 2 else 0.0)
+    assert summary["critical_path"] == 1 + 2 * hops   # the root's one cell, then per hop a child's two calls
+
+
+def test_the_hop_program_oracle_misreads_at_its_mistake_rate_and_the_env_shuffles_facts_only_when_asked():
+    tasks = [chain_hop.generate_task(HOP_PROGRAM, "val", i, 2, 2) for i in range(4)]
+    trees = [_roll(t, True, style="program", mistake_rate=0.9) for t in tasks]
+    leaves = [n for tree in trees for n in tree.nodes if n.parent_id is not None]
+    wrong = sum(n.success == 0.0 for n in leaves)
+    # A slip moves one of the 2-3 facts' labels, so about a third of the leaves misread at 0.9.
+    assert 2 <= wrong <= len(leaves) - 4, (wrong, len(leaves))
+    shuffled = chain_hop.generate_task(HOP_PROGRAM, "val", 0, 2, 1)
+    ordered = chain_hop.generate_task(dataclasses.replace(HOP_PROGRAM, shuffle_facts=False), "val", 0, 2, 1)
+
+    def fact_places(task):
+        return [i for text in task.spec["kb"]["docs"].values()
+                for i, s in enumerate(text.split(". ")) if any(f" {p[2]} " in s for p in chain_hop.RELATIONS.values())]
+    assert set(fact_places(ordered)) <= {1, 2, 3} and max(fact_places(shuffled)) > 3
+    goal = open_episode(shuffled).root_goal()
+    chains = shuffled.spec["chains"]
+    assert goal.spec == {"chains": [{"start": c["start"], "relations": c["relations"]} for c in chains]}
+    with pytest.raises(ValueError, match="style"):
+        make_oracle(shuffled, True, style="scripted")
