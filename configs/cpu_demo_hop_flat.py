@@ -17,6 +17,9 @@ def get_config():
     config = config_file(Path(__file__).with_name("cpu_demo_hop.py"))
     config.workdir = "runs/cpu_demo_hop_flat"
     config.rollout.recursive = False
+    # The flat first cell (define look and pick, print the first document) is about 250 tokens; the
+    # recursive run's cells are at most about 115, so its cap of 160 never binds.
+    config.rollout.max_new_tokens = 320
     config.sft.recursive = False
     config.eval.modes = ("flat",)
     return config

@@ -229,7 +229,7 @@ def results_markdown(recursive_runs: Sequence[Run], flat_runs: Sequence[Run], or
     if structure:
         out += ["", "## Delegation structure", "",
                 "Per bucket after RL: launches per tree, the fraction of launches that ran beside a sibling "
-                "(same parent step), and the critical path over all model calls (mean over trees); "
+                "(their run times overlap), and the critical path over all model calls (mean over trees); "
                 "`chain` / `fork` rows pool a family's buckets by task structure, the fraction weighted by "
                 "launches.", "", structure]
     out += ["", "## Runs", ""]
