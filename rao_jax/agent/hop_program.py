@@ -4,8 +4,9 @@ model can do here, reading a document to find the sentence that states a relatio
 With ``rollout.goal_variables`` every node's namespace holds ``goal``: the root's ``{'chains':
 [{'start': NAME, 'relations': [REL, ...]}, ...]}`` (one chain, or two for a fork), a child's
 ``{'entity': NAME, 'relation': REL}``. Documents are built with ``shuffle_facts`` so a fact may be any
-sentence; a cell prints the document's sentences numbered (the entity's own name left out, so a fact reads
-``3 works for Tasvo Belsul``), and the model labels each sentence with the relation it states
+sentence; a cell prints the document's sentences, each followed by its number (the entity's own name
+left out, so a fact reads ``works for Tasvo Belsul = 3``), and the model labels each sentence with the
+relation it states
 (``{0: '-', 1: '-', 2: 'employer', ...}``; ``-`` for none). Python takes the name that ends the
 sentence labelled with the relation asked, so no cell copies a name.
 

@@ -157,7 +157,7 @@ def rows_oracle(task: Task, recursive: bool, style: str = "plan", **knobs: Any):
 
 def hop_oracle(task: Task, recursive: bool, style: str = "plan", **knobs: Any):
     """The ChainHop oracle of ``style``: ``plan`` (``HopOracle``: names written in) or ``program``
-    (``hop_program.HopProgramOracle``: program cells, the model names the sentence that states a fact)."""
+    (``hop_program.HopProgramOracle``: program cells, the model labels the sentences it read)."""
     if style == "program":
         from rao_jax.agent.hop_program import HopProgramOracle
         return HopProgramOracle(task, recursive, **knobs)
