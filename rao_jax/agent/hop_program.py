@@ -6,9 +6,8 @@ With ``rollout.goal_variables`` every node's namespace holds ``goal``: the root'
 ``{'entity': NAME, 'relation': REL}``. Documents are built with ``shuffle_facts`` so a fact may be any
 sentence; a cell prints the document's sentences, each followed by its number (the entity's own name
 left out, so a fact reads ``works for Tasvo Belsul = 3``), and the model labels each sentence with the
-relation it states
-(``{0: '-', 1: '-', 2: 'employer', ...}``; ``-`` for none). Python takes the name that ends the
-sentence labelled with the relation asked, so no cell copies a name.
+relation it states (``{0: '-', 1: '-', 2: 'employer', ...}``; ``-`` for none). Python takes the name
+that ends the sentence labelled with the relation asked, so no cell copies a name.
 
 - recursive, root: one cell, whatever the number of hops: ``follow`` walks a chain, launching one
   child per hop and awaiting it before the next (the hops depend on each other); the chains run
