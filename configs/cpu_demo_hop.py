@@ -23,10 +23,10 @@ sharpen. RL: k2-k3 chains and forks; evaluation: k2, k3, k5 and k8 chains and fo
 The flat baseline is ``configs/cpu_demo_hop_flat.py``: every document of every chain passes through
 its one context.
 
-Measured (seed 0, 200 held-out tasks per eval; docs/cpu_demo_hop/README.md): held-out success
-0.47 -> 0.74 over RL, k5-k8 pooled 0.65 against the flat run's 0.04; parallel-launch fraction after
-RL 0.00 on chains, 0.92 on forks; 12 min 43 s alone on 2 cores. Not yet robust: seed 1's warm
-start did not learn the root's cell (0.02 before RL; issue 26 open).
+Measured (200 held-out tasks per eval; docs/cpu_demo_hop/README.md): seed 0 held-out success
+0.47 -> 0.74 over RL, k5-k8 pooled 0.65 against the flat run's 0.04, parallel-launch fraction after
+RL 0.00 on chains and 0.92 on forks, 12 min 43 s alone on 2 cores; seed 1 0.28 -> 0.355, k5-k8 0.21,
+fractions 0.00 / 0.81. Not yet robust across seeds (issue 26 open).
 """
 
 from pathlib import Path
