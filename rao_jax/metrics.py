@@ -16,7 +16,7 @@ depth 0). Every bucket is a plain dict with these keys (``None`` where a figure 
 - ``children_per_parent``: children over the nodes that launched at least one child (None: no launch).
 - ``launches``: child nodes spawned in total (launches refused for budget spawn nothing, count nothing).
 - ``parallel_fraction``: launches that ran at the same time as a sibling launched by the same parent
-  step (``tree.concurrent_groups``: their run times overlap, as in one ``asyncio.gather``), over all
+  step (``tree.overlaps_a_sibling``: their run times overlap, as in one ``asyncio.gather``), over all
   launches (None: no launch). Children awaited one after another inside one cell are not parallel.
 - ``model_calls``: mean policy calls per tree (``TreeResult.model_calls``).
 - ``critical_path``: mean ``TreeResult.critical_path()`` (longest chain of sequential calls).
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from rao_jax.agent.tree import TreeResult, children_by_step, concurrent_groups
+from rao_jax.agent.tree import TreeResult, children_by_step, overlaps_a_sibling
 from rao_jax.envs.base import Task
 
 CONTEXT_OVERFLOW = "context"
@@ -155,7 +155,7 @@ def _bucket(trees: Sequence[TreeResult], root_rewards: Sequence[float]) -> dict[
         for (parent_id, _), siblings in children_by_step(t.nodes).items():
             children_per_parent_node[(tree_index, parent_id)] += len(siblings)
             launches += len(siblings)
-            parallel_launches += sum(len(group) for group in concurrent_groups(siblings) if len(group) >= 2)
+            parallel_launches += sum(overlaps_a_sibling(node, siblings) for node in siblings)
 
     calls = [t.model_calls for t in trees]
     critical = [t.critical_path() for t in trees]

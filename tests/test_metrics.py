@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from rao_jax.agent.tree import NodeRecord, TreeResult, concurrent_groups
+from rao_jax.agent.tree import NodeRecord, TreeResult
 from rao_jax.envs.base import Goal, Task
 from rao_jax.metrics import difference_interval, format_table, summarize, to_json, wilson_interval
 
@@ -101,11 +101,17 @@ def test_children_awaited_one_after_another_in_one_cell_are_sequential():
              child(1, 0.0, 1.0), child(2, 1.5, 2.0), child(3, 2.5, 3.0),
              child(4, 3.5, 5.0, steps=3), child(5, 3.6, 4.0)]
     tree = make_tree(0, "easy-1", nodes, 0.0, 5.0)
-    groups = concurrent_groups([n for n in tree.nodes if n.parent_id == 0])
-    assert [[n.node_id for n in g] for g in groups] == [[1], [2], [3], [4, 5]]
     assert tree.critical_path() == 1 + 2 + 2 + 2 + 3
     bucket = summarize([tree])["all"]
     assert bucket["parallel_fraction"] == pytest.approx(2 / 5) and bucket["launches"] == 5
+    # Two chains of three hops side by side (a fork), their hops staggered so that each overlaps the
+    # other chain's neighbours: every launch is parallel, and the critical path is one chain's.
+    fork = [make_node(0, None, 0, None, 1, 1.0, children=tuple(range(1, 7))),
+            child(1, 0.0, 1.0), child(2, 1.1, 2.0), child(3, 2.1, 3.0),
+            child(4, 0.5, 1.5), child(5, 1.6, 2.5), child(6, 2.6, 3.5)]
+    forked = make_tree(1, "easy-1", fork, 0.0, 4.0)
+    assert forked.critical_path() == 1 + 3 * 2
+    assert summarize([forked])["all"]["parallel_fraction"] == 1.0
 
 
 def test_summarize_recursive_all_bucket():

@@ -91,20 +91,23 @@ class NodeRecord:
         return dataclasses.replace(self, tokens=None, loss_mask=None, logprobs=None, token_counts=counts)
 
 
-def concurrent_groups(siblings: list[NodeRecord]) -> list[list[NodeRecord]]:
-    """Children one parent step launched, in groups that ran at the same time: children whose run
-    times overlap (one ``asyncio.gather``) share a group, children awaited one after another inside
-    one cell (a chain of hops in a loop) are separate groups, in launch order."""
-    groups: list[list[NodeRecord]] = []
-    end = 0.0
-    for node in sorted(siblings, key=lambda n: (n.start_time, n.node_id)):
-        if groups and node.start_time < end:
-            groups[-1].append(node)
-            end = max(end, node.end_time)
-        else:
-            groups.append([node])
-            end = node.end_time
-    return groups
+def overlaps_a_sibling(node: NodeRecord, siblings: list[NodeRecord]) -> bool:
+    """Whether ``node`` ran at the same time as another child of its parent step (one ``asyncio.gather``);
+    children awaited one after another inside one cell (a chain of hops in a loop) never overlap."""
+    return any(s.node_id != node.node_id and s.start_time < node.end_time and node.start_time < s.end_time
+               for s in siblings)
+
+
+def sequential_length(siblings: list[NodeRecord], length) -> int:
+    """The calls of the longest run of children of one step that ran one after another (each started
+    after the one before it ended), each child counting ``length(child)``: the step's share of a
+    critical path. Children that overlap count as one (the longest)."""
+    best: dict[int, int] = {}
+    ordered = sorted(siblings, key=lambda n: (n.start_time, n.node_id))
+    for node in ordered:
+        before = [best[p.node_id] for p in ordered if p.end_time <= node.start_time and p.node_id in best]
+        best[node.node_id] = length(node) + max(before, default=0)
+    return max(best.values(), default=0)
 
 
 def children_by_step(nodes) -> dict[tuple[int, int | None], list[NodeRecord]]:
@@ -151,15 +154,13 @@ class TreeResult:
 
     def critical_path(self) -> int:
         """Longest chain of sequential policy calls: a node's steps plus, at each step, its children's
-        chains: the longest of each group that ran at the same time, the groups one after another
-        (``concurrent_groups``)."""
-        by_step = children_by_step(self.nodes)
+        longest run one after another (``sequential_length``; children of one gather run side by side)."""
         steps_of: dict[int, list[list[NodeRecord]]] = {}
-        for (parent_id, _), siblings in by_step.items():
+        for (parent_id, _), siblings in children_by_step(self.nodes).items():
             steps_of.setdefault(parent_id, []).append(siblings)
 
         def length(node: NodeRecord) -> int:
-            return node.own_steps + sum(max(length(c) for c in group) for siblings in steps_of.get(node.node_id, [])
-                                        for group in concurrent_groups(siblings))
+            steps = steps_of.get(node.node_id, [])
+            return node.own_steps + sum(sequential_length(siblings, length) for siblings in steps)
 
         return length(self.root)
