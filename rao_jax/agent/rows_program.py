@@ -3,19 +3,19 @@ model can do, labelling the rows it has just read.
 
 With ``rollout.goal_variables`` every node's namespace holds ``goal`` (the root's ``{'question': ...}``,
 a child's ``{'rows': [a, b], 'count_by': ['label']}``) and ``budget``, so no cell copies a number. The
-rows reach a node only through ``read_rows`` printed into its context (at most ``max_read`` a call),
-and their labels are hidden in the instance text, so counting them takes a model that reads: the
-LABEL cell writes the label of each row just read by its number (``{40: 'praise', 41: ...}``), and
-Python counts them. Where the input is larger than one read, code cannot help a flat agent: every
-row must pass through its context.
+rows reach a node only through ``read_rows`` printed into its context (at most ``max_read`` rows a
+call; one cell prints ``leaf_rows`` rows with a loop of reads), and their labels are hidden in the
+instance text, so counting them takes a model that reads: the LABEL cell writes the label of each row
+just printed by its number (``{40: 'praise', 41: ...}``), and Python counts them. Where the input is
+larger than one leaf's rows, code cannot help a flat agent: every row must pass through its context.
 
-- recursive: LOOK prints the node's rows when they fit one read, else ``True``; rows -> LABEL (each
-  row's label by its number, counted by Python; finish); True -> SPLIT (up to ``fan_out`` children in
-  one ``asyncio.gather``, each counting an equal share of whole reads), then MERGE (add up their
-  dicts; finish). A child finishes with its counts, the root
-  with the answer to its question: one short cell per question kind, told apart by its text.
-- flat: START, then READ_NEXT (print the next ``max_read`` rows) and LABEL_NEXT (append their labels,
-  print whether rows are left) in turn, then the count and the answer.
+- recursive: LOOK prints the node's rows when they are at most ``leaf_rows``, else ``True``; rows ->
+  LABEL (each row's label by its number, counted by Python; finish); True -> SPLIT (up to ``fan_out``
+  children in one ``asyncio.gather``, each counting an equal share of whole leaves), then MERGE (add
+  up their dicts; finish). A child finishes with its counts, the root with the answer to its
+  question: one short cell per question kind, told apart by its text.
+- flat: START, then READ_NEXT (print the next ``leaf_rows`` rows) and LABEL_NEXT (append their
+  labels, print whether rows are left) in turn, then the count and the answer.
 
 ``mistake_rate`` makes it imperfect, as the TextCraft program oracle is: recursive, where LOOK printed
 ``True`` it reads the whole range anyway (and fails) with that probability; flat, it answers after a chunk
@@ -34,9 +34,22 @@ from rao_jax.envs.base import Task
 
 ANSWERABLE = ("count_label", "most_frequent", "least_frequent", "compare")
 
-LOOK = "r = goal.get('rows', [0, num_rows()])\nprint(r[1] - r[0] > {max_read} or read_rows(r[0], r[1]))"
-READ = "print(read_rows(r[0], r[1]))"
-SPLIT = ("w = {max_read} * -(-(r[1] - r[0]) // {span})\n"
+
+def _show(lo: str, hi: str) -> str:
+    """A loop printing rows lo..hi-1 (Python expressions), read ``{max_read}`` at a time, one a line:
+    the instance text only, with the row's number after it (``Fantastic the app this week. = 40``).
+    Date and user play no part in a label, and a line that ends on its number is what the LABEL cell
+    copies the number from (ChainHop's probes: tiny models label far better so than number first)."""
+    return (f"for a in range({lo}, {hi}, {{max_read}}):\n"
+            f"    for x in read_rows(a, min(a + {{max_read}}, {hi})).split('\\n'):\n"
+            "        k, t = x.split(': ', 1)\n"
+            "        print(t.split(' || ')[-1], '=', k)")
+
+
+LOOK = ("r = goal.get('rows', [0, num_rows()])\nif r[1] - r[0] > {leaf_rows}:\n    print(True)\nelse:\n"
+        + "\n".join("    " + line for line in _show("r[0]", "r[1]").split("\n")))
+READ = _show("r[0]", "r[1]")
+SPLIT = ("w = {leaf_rows} * -(-(r[1] - r[0]) // {span})\n"
          "s = range(r[0], r[1], w)\n"
          "b = (budget - 3) // len(s) - 1\n"
          "parts = await asyncio.gather(*[launch_subagent({{'rows': [a, min(a + w, r[1])], 'count_by': ['label']}}, b)"
@@ -53,19 +66,21 @@ ANSWERS = {
                 "finish('more' if d > 0 else 'less' if d < 0 else 'same')"),
 }
 START = "r = [0, num_rows()]\ni = 0\nL = []\nprint(i < r[1])"
-READ_NEXT = "print(read_rows(i, min(i + {max_read}, r[1])))"
-LABEL_NEXT = "L += list({labels}.values())\ni += {max_read}\nprint(i < r[1])"
+READ_NEXT = "j = min(i + {leaf_rows}, r[1])\n" + _show("i", "j")
+LABEL_NEXT = "L += list({labels}.values())\ni = j\nprint(i < r[1])"
 
 
 class RowsProgramOracle:
-    """See the module docstring. ``fan_out``: children per split (>= 2)."""
+    """See the module docstring. ``fan_out``: children per split (>= 2); ``leaf_rows``: the rows one
+    LABEL cell labels (a leaf's share, and a flat agent's chunk)."""
 
     def __init__(self, task: Task, recursive: bool, mistake_rate: float = 0.0, fan_out: int = 4, seed: int = 0,
-                 goal_variables: bool = True):
+                 goal_variables: bool = True, leaf_rows: int = 16):
         if not goal_variables:
             raise ValueError("the LabeledRows program oracle reads `goal` and `budget`: it needs goal_variables")
-        if not 0.0 <= mistake_rate < 1.0 or fan_out < 2:
-            raise ValueError(f"mistake_rate must be in [0, 1) and fan_out >= 2, got {mistake_rate}, {fan_out}")
+        if not 0.0 <= mistake_rate < 1.0 or fan_out < 2 or leaf_rows < 1:
+            raise ValueError("mistake_rate must be in [0, 1), fan_out >= 2 and leaf_rows >= 1, got "
+                             f"{mistake_rate}, {fan_out}, {leaf_rows}")
         kind = task.spec["question"]["kind"]
         if kind not in ANSWERABLE:
             raise ValueError(f"task {task.task_id}: the program oracle answers {ANSWERABLE}, not {kind!r} "
@@ -73,7 +88,7 @@ class RowsProgramOracle:
         self.kind = kind
         self.rows = task.spec["rows"]
         self.max_read = int(task.spec["max_read"])
-        self.recursive, self.fan_out, self.mistake_rate = recursive, fan_out, mistake_rate
+        self.recursive, self.fan_out, self.mistake_rate, self.leaf_rows = recursive, fan_out, mistake_rate, leaf_rows
         self.key = f"{seed}:{task.task_id}"
 
     async def act(self, view: NodeView) -> str:
@@ -108,16 +123,16 @@ class RowsProgramOracle:
         steps = view.steps
         start, stop = view.goal.spec.get("rows", (0, len(self.rows)))
         if not steps:
-            return action("Look at my rows.", LOOK.format(max_read=self.max_read))
+            return action("Look at my rows.", LOOK.format(max_read=self.max_read, leaf_rows=self.leaf_rows))
         last = steps[-1].action
-        if len(steps) == 1 and stop - start <= self.max_read:   # LOOK printed the rows
+        if len(steps) == 1 and stop - start <= self.leaf_rows:   # LOOK printed the rows
             label = LABEL.format(labels=self._labels(start, stop))
             return action("Label the rows.", label + TALLY + self._finish(view))
         if len(steps) == 1:   # LOOK printed True: more rows than one read
             if self._slip(view):
-                return action("Read them.", READ)
+                return action("Read them.", READ.format(max_read=self.max_read))
             return action("Split them among sub-agents.", SPLIT.format(
-                max_read=self.max_read, span=self.max_read * self.fan_out))
+                leaf_rows=self.leaf_rows, span=self.leaf_rows * self.fan_out))
         if len(steps) == 2 and "launch_subagent(" in last:
             return action("Add up their counts.", MERGE + self._finish(view))
         return action("Something failed.", "finish('failed')")
@@ -129,8 +144,7 @@ class RowsProgramOracle:
         if len(steps) % 2 == 1:   # after START or a LABEL_NEXT, which printed whether rows are left
             left = steps[-1].observation.strip().endswith("True")
             if left and not (len(steps) > 1 and self._slip(view)):
-                return action("Read the next rows.", READ_NEXT.format(max_read=self.max_read))
+                return action("Read the next rows.", READ_NEXT.format(max_read=self.max_read, leaf_rows=self.leaf_rows))
             return action("Answer.", TALLY + self._finish(view))
-        first = (len(steps) // 2 - 1) * self.max_read
-        return action("Label the rows.", LABEL_NEXT.format(labels=self._labels(first, first + self.max_read),
-                                                           max_read=self.max_read))
+        first = (len(steps) // 2 - 1) * self.leaf_rows
+        return action("Label the rows.", LABEL_NEXT.format(labels=self._labels(first, first + self.leaf_rows)))

@@ -79,11 +79,16 @@ def test_the_rows_program_oracle_through_the_runtime_labels_every_row_it_read(mu
     check_consistent(tree)
     assert tree.root.success == 1.0 and all(n.success == 1.0 for n in tree.nodes)
     leaves = [n for n in tree.nodes if not n.children]
-    assert len(leaves) == -(-len(task.spec["rows"]) // 10) and tree.max_depth >= (2 if multiple == 4 else 1)
-    # Each leaf read its rows into its context, then wrote their labels; no cell reads more than 10 rows.
+    assert len(leaves) == -(-len(task.spec["rows"]) // 16) and tree.max_depth >= (2 if multiple == 4 else 1)
+    # Each leaf printed its rows' instance texts, each with its number after it (no date, no user), then
+    # wrote their labels by number.
     for leaf in leaves:
         look, label = leaf.steps
-        assert "||" in look.observation and "L = list({" in label.action
+        start, stop = leaf.goal.spec["rows"]
+        lines = look.observation.strip().split("\n")
+        assert [line.rsplit(" = ", 1)[1] for line in lines] == [str(k) for k in range(start, stop)]
+        assert lines[0].rsplit(" = ", 1)[0] == task.spec["rows"][start]["instance"] and "||" not in look.observation
+        assert f"L = list({{{start}: '" in label.action
     # A slip reads a range larger than one read: the tree then fails, as the demonstrator means it to.
     assert _roll(task, True, style="program", mistake_rate=0.99).root.success == 0.0
 
@@ -92,7 +97,7 @@ def test_the_flat_rows_program_reads_every_chunk_in_one_context():
     task = labeled_rows.generate_task(labeled_rows.RowsConfig(**ROWS_PROGRAM, context_multiple=1), "val", 0)
     tree = _roll(task, False, style="program")
     (root,) = tree.nodes
-    assert root.success == 1.0 and root.own_steps == 2 + 2 * -(-len(task.spec["rows"]) // 10)
+    assert root.success == 1.0 and root.own_steps == 2 + 2 * -(-len(task.spec["rows"]) // 16)
     with pytest.raises(ValueError, match="questions"):
         labeled_rows.RowsConfig(questions=("count_label", "weather"))
     other = labeled_rows.generate_task(labeled_rows.RowsConfig(window_tokens=640), "val", 3)   # a user_label question
