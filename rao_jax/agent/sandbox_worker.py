@@ -127,6 +127,7 @@ class Worker:
         self.cfg, self.channel, self.views, self.open_root = cfg, channel, views, open_root
         self.namespaces: dict[str, dict] = {}
         self.cells: dict[int, Cell] = {}
+        self.cell_counts: dict[str, int] = {}   # cells run per node: a traceback names the node's own cell number
         self.futures: dict[int, asyncio.Future] = {}
         self.next_call = 0
         self.running: Cell | None = None
@@ -257,6 +258,7 @@ class Worker:
                     future.set_result(frame)
             elif op == "drop":
                 self.namespaces.pop(frame["node"], None)
+                self.cell_counts.pop(frame["node"], None)
                 for key in [k for k in linecache.cache if k.startswith(f"<cell {frame['node']}/")]:
                     del linecache.cache[key]
             elif op == "exit":
@@ -288,7 +290,10 @@ class Worker:
         task.add_done_callback(lambda t: self.end_cell(cell, t))
 
     async def run_code(self, cell: Cell, code: str, ns: dict):
-        filename = f"<cell {cell.node}/{cell.cell_id}>"
+        # The node's own cell number, not the pool-wide cell id: what a traceback shows the model must not
+        # depend on how other trees' cells interleaved.
+        count = self.cell_counts[cell.node] = self.cell_counts.get(cell.node, 0) + 1
+        filename = f"<cell {cell.node}/{count}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         tree = ast.parse(code, filename)
         if self.cfg["python_guards"]:

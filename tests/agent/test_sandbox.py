@@ -62,6 +62,18 @@ def test_namespace_persists_and_cells_are_async():
     run(main())
 
 
+def test_a_traceback_names_the_nodes_own_cell_number():
+    """What a model reads in a traceback must not depend on how other nodes' cells interleaved."""
+    async def main():
+        async with SandboxPool(1, LIMITS) as pool:
+            s = pool.session()
+            for node in (0, 0, 1, 0):
+                await _cell(s, "x = 1", node=node)
+            r = await _cell(s, "x = 2\n[][x]", node=1)   # node 1's second cell; the pool's fifth
+            assert f'File "<cell {s._id}.1/2>", line 2' in r.error and "IndexError" in r.error
+    run(main())
+
+
 def test_tools_errors_and_finish():
     async def main():
         def pick(item):
