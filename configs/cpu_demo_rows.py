@@ -11,19 +11,25 @@ m x the window holds m x 24 rows (26 tokens a row with this run's tokenizer).
 
 Policy: the CPU demo's 4-layer, 128-wide Qwen3-shaped model with its own 1024-piece tokenizer. The
 warm start imitates ``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (print my
-rows, or True when they are more than one read; split them among up to 4 sub-agents in one
+rows when they are at most 16, else True; split them among up to 4 sub-agents in one
 ``asyncio.gather``, then add up their counts; answer) and one skill only a model has here, writing
-the label of each row it has just read by the row's number (Python counts them). The demonstrator
-reads instead of splitting 3 times in 10 (and fails), so RL has a decision to sharpen. RL: 1x and 2x
-the window; evaluation: 1, 2, 4, 8, 16 and 32x (35 tasks each). The flat baseline is
+the label of each row it has just read by the row's number (Python counts them). A leaf prints its
+16 rows with a loop of reads, each row's instance text with its number after it (``Fantastic the app
+this week. = 40``: about 12 tokens a row, a leaf's whole context about 600 of the 640). The
+demonstrator reads instead of splitting 3 times in 10 (and fails), so RL has a decision to sharpen.
+RL: 1x and 2x the window; evaluation: 1, 2, 4, 8, 16 and 32x (35 tasks each). The flat baseline is
 ``configs/cpu_demo_rows_flat.py``.
 
-Status (issue 26 open): not yet a working demo. Warm-start probes (600 steps, 12 held-out 1-2x tasks,
-greedy): at 10 rows a read every leaf wrote one label for all its rows (0 of 48 leaves right, with a
-separate size-check step the first cell now does without); at 4 rows a read (``--config.data.knobs.
-max_read=4``) 91 of 114 leaves and 4 of 12 roots were right; at 2 rows, 214 of 222 leaves. But the
-sampler ran 6-10 model calls a second on these trees, and a 32x input takes 80-200 leaves a tree at
-10-4 rows a read: the two evaluations alone outgrow the 30 minutes the issue allows.
+Status (issue 26 open): not yet a working demo. Warm-start probes of the earlier leaf format (each
+row printed whole, number first, one read a leaf; 600 steps, 12 held-out 1-2x tasks, greedy): at 10
+rows a read every leaf wrote one label for all its rows (0 of 48 leaves right); at 4 rows 91 of 114
+leaves and 4 of 12 roots were right; at 2 rows, 214 of 222 leaves. The sampler ran 6-10 model calls
+a second on those trees, and a 32x input took 80-200 leaves a tree: the two evaluations alone
+outgrew the 30 minutes the issue allows. The present leaf format (16 rows a leaf, instance text
+only, number after it) comes from the ChainHop demo, where printing the number after the sentence
+(with a demonstrator that made no label mistakes) took greedy leaves from 18 of 28 to 50 of 63
+right; it has not been probed here yet. At 16 rows a leaf a
+32x input takes 48 leaves and about 160 model calls.
 """
 
 from pathlib import Path
@@ -53,7 +59,7 @@ def get_config():
     config.sft.steps = 150
     config.sft.num_tasks = 300
     config.sft.difficulties = TRAINED
-    config.sft.oracle_knobs = {"style": "program", "goal_variables": True, "mistake_rate": 0.3}
+    config.sft.oracle_knobs = {"style": "program", "goal_variables": True, "mistake_rate": 0.3, "leaf_rows": 16}
     config.train.row_len = 640
     config.train.logprob_chunk = 640
     config.train.export_hf = False
