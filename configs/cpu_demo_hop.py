@@ -44,12 +44,13 @@ def get_config():
     config.workdir = "runs/cpu_demo_hop"
     config.tokenizer.corpus_tasks = 24
     config.data.family = "chain_hop"
-    config.data.knobs = {"hops": list(HOPS), "branches": [1, 2], "num_tasks": 60, "shuffle_facts": True,
+    config.data.knobs = {"hops": list(HOPS), "branches": [1, 2], "num_tasks": 150, "shuffle_facts": True,
                          "filler_sentences": 2, "brief_goal": True, "max_steps": 100,
                          "window_tokens": 1024}
     config.data.train_difficulties = TRAINED
     config.rollout.max_new_tokens = 160
-    config.sft.steps = 300
+    config.sft.steps = 600
+    config.sft.num_tasks = 600   # every trained cell's 150 tasks: 2,850 node demonstrations
     config.sft.difficulties = TRAINED
     config.sft.oracle_knobs = {"style": "program", "goal_variables": True, "mistake_rate": 0.0}
     config.eval.num_tasks = 200
