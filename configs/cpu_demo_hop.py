@@ -12,21 +12,22 @@ words at every k (``brief_goal``): a model this small, trained on k2-k3 question
 cell under the longer k5-k8 question texts it never saw (measured: no k5 / k8 fork tree launched).
 
 Policy: the CPU demo's 4-layer, 128-wide Qwen3-shaped model with its own 1024-piece tokenizer and its
-1024-token window. The warm start imitates ``rao_jax.agent.hop_program.HopProgramOracle``: fixed
-program cells (the root's one cell walks each chain with one sub-agent per hop, each awaited before
-the next, and runs the chains side by side in one ``asyncio.gather``; a sub-agent prints its entity's
-document with numbered sentences) and one skill only a model has here: labelling each sentence it
-has just read with the relation it states (``{0: '-', 1: 'mayor', 2: '-', 3: 'country'}``; Python
-takes the name ending the sentence labelled with the relation asked). The demonstrator labels
-without mistakes; the warm-started model does not (about 4 leaves in 5 right), so RL has reading to
-sharpen. RL: k2-k3 chains and forks; evaluation: k2, k3, k5 and k8 chains and forks (25 tasks each).
-The flat baseline is ``configs/cpu_demo_hop_flat.py``: every document of every chain passes through
-its one context.
+1024-token window. The warm start (600 steps over the oracle trees of every trained cell's 150 tasks,
+2,850 node demonstrations; 300 steps over 60 tasks a cell left seed 1 at 0.28 before RL) imitates
+``rao_jax.agent.hop_program.HopProgramOracle``: fixed program cells (the root's one cell walks each
+chain with one sub-agent per hop, each awaited before the next, and runs the chains side by side in
+one ``asyncio.gather``; a sub-agent prints its entity's document with numbered sentences) and one
+skill only a model has here: labelling each sentence it has just read with the relation it states
+(``{0: '-', 1: 'mayor', 2: '-', 3: 'country'}``; Python takes the name ending the sentence labelled
+with the relation asked). The demonstrator labels without mistakes; the warm-started model does not,
+so RL has reading to sharpen. RL: k2-k3 chains and forks; evaluation: k2, k3, k5 and k8 chains and
+forks (25 tasks each). The flat baseline is ``configs/cpu_demo_hop_flat.py``: every document of
+every chain passes through its one context.
 
-Measured (200 held-out tasks per eval; docs/cpu_demo_hop/README.md): seed 0 held-out success
-0.47 -> 0.74 over RL, k5-k8 pooled 0.65 against the flat run's 0.04, parallel-launch fraction after
-RL 0.00 on chains and 0.92 on forks, 12 min 43 s alone on 2 cores; seed 1 0.28 -> 0.355, k5-k8 0.21,
-fractions 0.00 / 0.81. Not yet robust across seeds (issue 26 open).
+Measured (200 held-out tasks per eval; docs/cpu_demo_hop/README.md), seeds 0 / 1: held-out success
+0.81 -> 0.915 and 0.455 -> 0.795 over RL; k5-k8 pooled 0.89 / 0.68 against the flat runs' 0.20 /
+0.23; parallel-launch fraction after RL 0.00 on chains and 0.97 / 0.95 on forks; 17-18 minutes a run
+alone on 2 cores.
 """
 
 from pathlib import Path
