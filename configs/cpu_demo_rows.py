@@ -28,8 +28,14 @@ a second on those trees, and a 32x input took 80-200 leaves a tree: the two eval
 outgrew the 30 minutes the issue allows. The present leaf format (16 rows a leaf, instance text
 only, number after it) comes from the ChainHop demo, where printing the number after the sentence
 (with a demonstrator that made no label mistakes) took greedy leaves from 18 of 28 to 50 of 63
-right; it has not been probed here yet. At 16 rows a leaf a
-32x input takes 48 leaves and about 160 model calls.
+right. At 16 rows a leaf a 32x input takes 48 leaves and about 160 model calls. Probes of this format
+(12 held-out tasks, 1-32x, greedy): after 300 steps over 240 trees (714 demonstrations) every leaf
+wrote one label for all its rows (1 of 18 children right); after 600 steps over 600 trees (1,918
+demonstrations) every root read its rows instead of splitting, copying the LOOK cell's loop, which
+the demonstrator's slip then repeated (the slip is now a single over-long read the tool refuses);
+after that change and 300 steps over the 600 trees every root split, but the leaves still wrote nearly one label for
+all their rows (0 of 44 children right; 30 of them ran out of the 640-token window). Next: a
+longer warm start on more leaf demonstrations, and where the children's contexts overflow.
 """
 
 from pathlib import Path

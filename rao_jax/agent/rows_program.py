@@ -48,7 +48,9 @@ def _show(lo: str, hi: str) -> str:
 
 LOOK = ("r = goal.get('rows', [0, num_rows()])\nif r[1] - r[0] > {leaf_rows}:\n    print(True)\nelse:\n"
         + "\n".join("    " + line for line in _show("r[0]", "r[1]").split("\n")))
-READ = _show("r[0]", "r[1]")
+# The demonstrator's slip: one read of the whole range, which the tool refuses (more than max_read rows).
+# Unlike LOOK's loop, so that a model cannot take the slip for a copy of the cell it has just written.
+READ = "print(read_rows(r[0], r[1]))"
 SPLIT = ("w = {leaf_rows} * -(-(r[1] - r[0]) // {span})\n"
          "s = range(r[0], r[1], w)\n"
          "b = (budget - 3) // len(s) - 1\n"
@@ -130,7 +132,7 @@ class RowsProgramOracle:
             return action("Label the rows.", label + TALLY + self._finish(view))
         if len(steps) == 1:   # LOOK printed True: more rows than one read
             if self._slip(view):
-                return action("Read them.", READ.format(max_read=self.max_read))
+                return action("Read them.", READ)
             return action("Split them among sub-agents.", SPLIT.format(
                 leaf_rows=self.leaf_rows, span=self.leaf_rows * self.fan_out))
         if len(steps) == 2 and "launch_subagent(" in last:
