@@ -20,22 +20,22 @@ demonstrator reads instead of splitting 3 times in 10 (and fails), so RL has a d
 RL: 1x and 2x the window; evaluation: 1, 2, 4, 8, 16 and 32x (35 tasks each). The flat baseline is
 ``configs/cpu_demo_rows_flat.py``.
 
-Status (issue 26 open): not yet a working demo. Warm-start probes of the earlier leaf format (each
-row printed whole, number first, one read a leaf; 600 steps, 12 held-out 1-2x tasks, greedy): at 10
-rows a read every leaf wrote one label for all its rows (0 of 48 leaves right); at 4 rows 91 of 114
-leaves and 4 of 12 roots were right; at 2 rows, 214 of 222 leaves. The sampler ran 6-10 model calls
-a second on those trees, and a 32x input took 80-200 leaves a tree: the two evaluations alone
-outgrew the 30 minutes the issue allows. The present leaf format (16 rows a leaf, instance text
-only, number after it) comes from the ChainHop demo, where printing the number after the sentence
-(with a demonstrator that made no label mistakes) took greedy leaves from 18 of 28 to 50 of 63
-right. At 16 rows a leaf a 32x input takes 48 leaves and about 160 model calls. Probes of this format
-(12 held-out tasks, 1-32x, greedy): after 300 steps over 240 trees (714 demonstrations) every leaf
-wrote one label for all its rows (1 of 18 children right); after 600 steps over 600 trees (1,918
-demonstrations) every root read its rows instead of splitting, copying the LOOK cell's loop, which
-the demonstrator's slip then repeated (the slip is now a single over-long read the tool refuses);
-after that change and 300 steps over the 600 trees every root split, but the leaves still wrote nearly one label for
-all their rows (0 of 44 children right; 30 of them ran out of the 640-token window). Next: a
-longer warm start on more leaf demonstrations, and where the children's contexts overflow.
+Status (issue 26 open): not yet a working demo. Warm-start probes of the earlier leaf format (each row
+printed whole, number first, one read a leaf; 600 steps, 12 held-out 1-2x tasks, greedy): at 10 rows a
+read every leaf wrote one label for all its rows (0 of 48 leaves right); at 4 rows 91 of 114 leaves and
+4 of 12 roots were right; at 2 rows, 214 of 222 leaves. The sampler ran 6-10 model calls a second on
+those trees, and a 32x input took 80-200 leaves a tree: the two evaluations alone outgrew the 30 minutes
+the issue allows. The present leaf format (16 rows a leaf, instance text only, number after it) comes
+from the ChainHop demo, where printing the number after the sentence (with a demonstrator that made no
+label mistakes) took greedy leaves from 18 of 28 to 50 of 63 right. At 16 rows a leaf a 32x input takes
+48 leaves and about 160 model calls. Probes of this format (12 held-out tasks, 1-32x, greedy): after 300
+steps over 240 trees (714 demonstrations) every leaf wrote one label for all its rows (1 of 18 children
+right); after 600 steps over 600 trees (1,918 demonstrations) every root read its rows instead of
+splitting, copying the LOOK cell's loop, which the demonstrator's slip then repeated (the slip is now a
+single over-long read the tool refuses); after that change and 300 steps over the 600 trees the roots
+split (44 children under 12 roots; 9 of the roots and 30 of the children then ran out of the 640-token
+window), but the leaves still wrote nearly one label for all their rows (0 of 44 children right). Next:
+a longer warm start on more leaf demonstrations, and where the children's contexts overflow.
 """
 
 from pathlib import Path
