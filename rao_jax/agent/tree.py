@@ -15,6 +15,7 @@ token and 0.0 elsewhere.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from rao_jax.envs.base import Goal
@@ -98,7 +99,7 @@ def overlaps_a_sibling(node: NodeRecord, siblings: list[NodeRecord]) -> bool:
                for s in siblings)
 
 
-def sequential_length(siblings: list[NodeRecord], length) -> int:
+def sequential_length(siblings: list[NodeRecord], length: Callable[[NodeRecord], int]) -> int:
     """The calls of the longest run of children of one step that ran one after another (each started
     after the one before it ended), each child counting ``length(child)``: the step's share of a
     critical path. Children that overlap count as one (the longest)."""
