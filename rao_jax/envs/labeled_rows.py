@@ -51,6 +51,7 @@ class RowsConfig:
     max_steps: int | None = None           # None: 60, or steps_per_chunk per read-sized chunk + 20 when larger
     steps_per_chunk: int = 3
     questions: tuple[str, ...] = QUESTIONS  # the question kinds asked, in turn
+    brief_goal: bool = False               # goal texts without row numbers (the spans are in the goal's spec)
 
     def __post_init__(self):
         object.__setattr__(self, "questions", tuple(self.questions))
@@ -152,8 +153,9 @@ def generate_task(config: RowsConfig, split: str, index: int, kind: str | None =
                 "month": f"{rng.randint(1, 12):02d}"}
     spec = {"rows": rows, "question": question, "gold": answer(rows, question),
             "hidden_labels": config.hidden_labels, "max_read": config.max_read,
-            "window_tokens": config.window_tokens}
-    goal = (f"The data has {len(rows)} rows 'Date || User || Instance"
+            "window_tokens": config.window_tokens, "brief_goal": config.brief_goal}
+    size = "" if config.brief_goal else f" {len(rows)}"   # brief: the same words at every input size
+    goal = (f"The data has{size} rows 'Date || User || Instance"
             f"{'' if config.hidden_labels else ' || Label'}'; read them with read_rows(start, stop). "
             + ("Each row's label is one of " + ", ".join(LABELS) + ", implied by the instance text. "
                if config.hidden_labels else "") + question_text(question))
@@ -171,6 +173,7 @@ class RowsEpisode(Episode):
             self.gold = task.spec["gold"]
             self.hidden = bool(task.spec["hidden_labels"])
             self.max_read = int(task.spec["max_read"])
+            self.brief = bool(task.spec.get("brief_goal", False))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"task {task.task_id}: malformed labeled_rows spec ({err})") from None
         self.task = task
@@ -217,7 +220,8 @@ class RowsEpisode(Episode):
             raise ActionError(f"goal rows must be [start, stop] with 0 <= start < stop <= {len(self.rows)}")
         if not isinstance(count_by, list | tuple) or tuple(count_by) not in GROUPINGS:
             raise ActionError(f"goal count_by must be one of {[list(g) for g in GROUPINGS]}, got {count_by!r}")
-        text = (f"Count rows {span[0]}..{span[1] - 1} grouped by {' and '.join(count_by)}; finish with a dict "
+        rows = "your rows (goal['rows'])" if self.brief else f"rows {span[0]}..{span[1] - 1}"
+        text = (f"Count {rows} grouped by {' and '.join(count_by)}; finish with a dict "
                 f"{{'{'|'.join(count_by)}': count}} (only non-zero groups). Labels: {', '.join(LABELS)}.")
         return Goal(text=text, spec={"rows": [span[0], span[1]], "count_by": list(count_by)},
                     context=str(context or ""))

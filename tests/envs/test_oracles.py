@@ -99,6 +99,16 @@ def test_rows_scoring_and_child_goal_errors():
         episode.read_rows(0, 200)
 
 
+def test_rows_brief_goals_name_no_size_or_span():
+    # brief_goal: a root's text names no input size, a child's no span (both are in the goal's spec).
+    large = labeled_rows.generate_task(labeled_rows.RowsConfig(brief_goal=True, context_multiple=32), "val", 0)
+    assert large.goal.startswith("The data has rows ") and not any(ch.isdigit() for ch in large.goal)
+    child = open_episode(large).parse_child_goal({"rows": [200, 208], "count_by": ["label"]}, "")
+    assert child.spec["rows"] == [200, 208] and not any(ch.isdigit() for ch in child.text)
+    plain = open_episode(labeled_rows.generate_task(labeled_rows.RowsConfig(), "val", 0))
+    assert "rows 200..207" in plain.parse_child_goal({"rows": [200, 208], "count_by": ["label"]}, "").text
+
+
 @pytest.mark.parametrize("hops, branches", [(2, 1), (3, 2), (8, 1), (8, 2)])
 def test_chain_hop_oracles(hops, branches):
     task = chain_hop.generate_task(chain_hop.HopConfig(), "val", hops * 10 + branches, hops, branches)
