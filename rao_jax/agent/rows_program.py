@@ -4,13 +4,14 @@ model can do, labelling the rows it has just read.
 With ``rollout.goal_variables`` every node's namespace holds ``goal`` (the root's ``{'question': ...}``,
 a child's ``{'rows': [a, b], 'count_by': ['label']}``) and ``budget``, so no cell copies a number. The
 rows reach a node only through ``read_rows`` printed into its context (at most ``max_read`` rows a
-call; one cell prints ``leaf_rows`` rows with a loop of reads), and their labels are hidden in the
-instance text, so counting them takes a model that reads: the LABEL cell writes the label of each row
-just printed by its number (``{40: 'praise', 41: ...}``), and Python counts them. Where the input is
+call; a leaf prints its ``leaf_rows`` rows with one read, each row lettered a, b, c, ...), and their
+labels are hidden in the instance text, so counting them takes a model that reads: the LABEL cell
+writes the label of each row just printed by its letter (``{'a': 'praise', 'b': ...}``), and Python
+counts them. Where the input is
 larger than one leaf's rows, code cannot help a flat agent: every row must pass through its context.
 
 - recursive: LOOK prints the node's rows when they are at most ``leaf_rows``, else ``True``; rows ->
-  LABEL (each row's label by its number, counted by Python; finish); True -> SPLIT (up to ``fan_out``
+  LABEL (each row's label by its letter, counted by Python; finish); True -> SPLIT (up to ``fan_out``
   children in one ``asyncio.gather``, each counting an equal share of whole leaves), then MERGE (add
   up their dicts; finish). A child finishes with its counts, the root with the answer to its
   question: one short cell per question kind, told apart by its text.
@@ -35,19 +36,19 @@ from rao_jax.envs.base import Task
 ANSWERABLE = ("count_label", "most_frequent", "least_frequent", "compare")
 
 
-def _show(lo: str, hi: str) -> str:
-    """A loop printing rows lo..hi-1 (Python expressions), read ``{max_read}`` at a time, one a line:
-    the instance text only, with the row's number after it (``Fantastic the app this week. = 40``).
-    Date and user play no part in a label, and a line that ends on its number is what the LABEL cell
-    copies the number from (ChainHop's probes: tiny models label far better so than number first)."""
-    return (f"for a in range({lo}, {hi}, {{max_read}}):\n"
-            f"    for x in read_rows(a, min(a + {{max_read}}, {hi})).split('\\n'):\n"
-            "        k, t = x.split(': ', 1)\n"
-            "        print(t.split(' || ')[-1], '=', k)")
+def _show(span: str) -> str:
+    """A loop printing the rows of ``read_rows(<span>)`` (at most ``max_read`` of them: one read), one a
+    line: the instance text only, with the row's letter in the range after it (``Fantastic the app this
+    week. = c``). Date and user play no part in a label. The LABEL cell keys each label by that letter:
+    one token, the same in every leaf, which a tiny model matches far sooner than a row number of two or
+    three digit tokens (a from-scratch model on leaf demonstrations alone: letters 0.92 of the labels
+    right after 400 steps, row numbers still at chance)."""
+    return (f"for n, x in enumerate(read_rows({span}).split('\\n')):\n"
+            "    print(x.split(' || ')[-1], '=', chr(97 + n))")
 
 
 LOOK = ("r = goal.get('rows', [0, num_rows()])\nif r[1] - r[0] > {leaf_rows}:\n    print(True)\nelse:\n"
-        + "\n".join("    " + line for line in _show("r[0]", "r[1]").split("\n")))
+        + "\n".join("    " + line for line in _show("*r").split("\n")))
 # The demonstrator's slip: one read of the whole range, which the tool refuses (more than max_read rows).
 # Unlike LOOK's loop, so that a model cannot take the slip for a copy of the cell it has just written.
 READ = "print(read_rows(r[0], r[1]))"
@@ -68,7 +69,7 @@ ANSWERS = {
                 "finish('more' if d > 0 else 'less' if d < 0 else 'same')"),
 }
 START = "r = [0, num_rows()]\ni = 0\nL = []\nprint(i < r[1])"
-READ_NEXT = "j = min(i + {leaf_rows}, r[1])\n" + _show("i", "j")
+READ_NEXT = "j = min(i + {leaf_rows}, r[1])\n" + _show("i, j")
 LABEL_NEXT = "L += list({labels}.values())\ni = j\nprint(i < r[1])"
 
 
@@ -80,9 +81,9 @@ class RowsProgramOracle:
                  goal_variables: bool = True, leaf_rows: int = 16):
         if not goal_variables:
             raise ValueError("the LabeledRows program oracle reads `goal` and `budget`: it needs goal_variables")
-        if not 0.0 <= mistake_rate < 1.0 or fan_out < 2 or leaf_rows < 1:
-            raise ValueError("mistake_rate must be in [0, 1), fan_out >= 2 and leaf_rows >= 1, got "
-                             f"{mistake_rate}, {fan_out}, {leaf_rows}")
+        if not 0.0 <= mistake_rate < 1.0 or fan_out < 2 or not 1 <= leaf_rows <= 26:
+            raise ValueError("mistake_rate must be in [0, 1), fan_out >= 2 and leaf_rows in 1..26 (one letter "
+                             f"a row), got {mistake_rate}, {fan_out}, {leaf_rows}")
         kind = task.spec["question"]["kind"]
         if kind not in ANSWERABLE:
             raise ValueError(f"task {task.task_id}: the program oracle answers {ANSWERABLE}, not {kind!r} "
@@ -90,6 +91,9 @@ class RowsProgramOracle:
         self.kind = kind
         self.rows = task.spec["rows"]
         self.max_read = int(task.spec["max_read"])
+        if leaf_rows > self.max_read:
+            raise ValueError(f"task {task.task_id}: leaf_rows {leaf_rows} is more than one read (max_read "
+                             f"{self.max_read}): a leaf prints its rows with one read_rows call")
         self.recursive, self.fan_out, self.mistake_rate, self.leaf_rows = recursive, fan_out, mistake_rate, leaf_rows
         self.key = f"{seed}:{task.task_id}"
 
@@ -101,10 +105,10 @@ class RowsProgramOracle:
         return draw < self.mistake_rate
 
     def _labels(self, start: int, stop: int) -> str:
-        """``{row number: label}`` of rows start..stop-1 as the cell writes it: the numbers anchor each
-        label to the row printed with that number."""
+        """``{row letter: label}`` of rows start..stop-1 as the cell writes it: the letters anchor each
+        label to the row printed with that letter."""
         stop = min(stop, len(self.rows))
-        return repr({k: labeled_rows.row_label(self.rows[k]["instance"]) for k in range(start, stop)})
+        return repr({chr(97 + k - start): labeled_rows.row_label(self.rows[k]["instance"]) for k in range(start, stop)})
 
     def _finish(self, view: NodeView) -> str:
         """What a node does with its counts ``c``: the root answers its question, a child returns them."""

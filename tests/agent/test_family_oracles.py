@@ -68,7 +68,7 @@ def test_rows_and_hop_oracles_through_the_runtime():
     assert len(_roll(hop, True).nodes) == 1 + 3 * 2
 
 
-ROWS_PROGRAM = {"window_tokens": 640, "tokens_per_row": 26, "max_read": 10, "steps_per_chunk": 10,
+ROWS_PROGRAM = {"window_tokens": 640, "tokens_per_row": 26, "max_read": 16, "steps_per_chunk": 10,
                 "questions": ["count_label", "most_frequent", "least_frequent", "compare"]}
 
 
@@ -80,15 +80,15 @@ def test_the_rows_program_oracle_through_the_runtime_labels_every_row_it_read(mu
     assert tree.root.success == 1.0 and all(n.success == 1.0 for n in tree.nodes)
     leaves = [n for n in tree.nodes if not n.children]
     assert len(leaves) == -(-len(task.spec["rows"]) // 16) and tree.max_depth >= (2 if multiple == 4 else 1)
-    # Each leaf printed its rows' instance texts, each with its number after it (no date, no user), then
-    # wrote their labels by number.
+    # Each leaf printed its rows' instance texts, each with its letter after it (no date, no user), then
+    # wrote their labels by letter.
     for leaf in leaves:
         look, label = leaf.steps
         start, stop = leaf.goal.spec["rows"]
         lines = look.observation.strip().split("\n")
-        assert [line.rsplit(" = ", 1)[1] for line in lines] == [str(k) for k in range(start, stop)]
+        assert [line.rsplit(" = ", 1)[1] for line in lines] == [chr(97 + k) for k in range(stop - start)]
         assert lines[0].rsplit(" = ", 1)[0] == task.spec["rows"][start]["instance"] and "||" not in look.observation
-        assert f"L = list({{{start}: '" in label.action
+        assert "L = list({'a': '" in label.action
     # A slip reads a range larger than one read: the tree then fails, as the demonstrator means it to.
     assert _roll(task, True, style="program", mistake_rate=0.99).root.success == 0.0
 
@@ -103,6 +103,8 @@ def test_the_flat_rows_program_reads_every_chunk_in_one_context():
     other = labeled_rows.generate_task(labeled_rows.RowsConfig(window_tokens=640), "val", 3)   # a user_label question
     with pytest.raises(ValueError, match="answers"):
         make_oracle(other, True, style="program")
+    with pytest.raises(ValueError, match="more than one read"):   # a leaf prints its rows with one read
+        make_oracle(task, True, style="program", leaf_rows=20)
 
 
 HOP_PROGRAM = chain_hop.HopConfig(shuffle_facts=True, brief_goal=True, filler_sentences=4, max_steps=100)
