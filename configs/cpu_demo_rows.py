@@ -19,7 +19,14 @@ rows with one read, each row's instance text with its letter after it (``Fantast
 (and fails), so RL has a decision to sharpen. RL: 1x and 2x the window; evaluation: 1, 2, 4, 8, 16 and
 32x (35 tasks each). The flat baseline is ``configs/cpu_demo_rows_flat.py``.
 
-Status (issue 26 open): not yet a working demo; see the issue's closing notes for the probes.
+Status (issue 26 open): not yet a working demo, the warm start does not reliably teach the labels.
+Measured on 2 CPU cores: the warm start takes 12-14 minutes; greedy on 12 held-out tasks after it,
+one run labelled 0.62 of the rows right (the same recipe with row-count goal texts and a 640-token
+window of rows), this config's run 0.21 (chance: every leaf wrote one label). That run's evaluation
+before RL (210 tasks, 5.4 minutes): 0.033 success, 1,098 nodes out of window; RL then ran 20 s a step
+with success 0-0.13 a step and was stopped at step 26 of 40. A label skill that tiny models pick up
+abruptly (at about 250 steps in a probe on 8-row leaf demonstrations alone) needs a warm start that
+gets there every time before RL can sharpen the split decision.
 """
 
 from pathlib import Path
