@@ -7,8 +7,8 @@ rows reach a node only through ``read_rows`` printed into its context (at most `
 call; a leaf prints its ``leaf_rows`` rows with one read, each row lettered a, b, c, ...), and their
 labels are hidden in the instance text, so counting them takes a model that reads: the LABEL cell
 writes the label of each row just printed by its letter (``{'a': 'praise', 'b': ...}``), and Python
-counts them. Where the input is
-larger than one leaf's rows, code cannot help a flat agent: every row must pass through its context.
+counts them. Where the input is larger than one leaf's rows, code cannot help a flat agent: every row
+must pass through its context.
 
 - recursive: LOOK prints the node's rows when they are at most ``leaf_rows``, else ``True``; rows ->
   LABEL (each row's label by its letter, counted by Python; finish); True -> SPLIT (up to ``fan_out``
@@ -78,7 +78,7 @@ class RowsProgramOracle:
     LABEL cell labels (a leaf's share, and a flat agent's chunk)."""
 
     def __init__(self, task: Task, recursive: bool, mistake_rate: float = 0.0, fan_out: int = 4, seed: int = 0,
-                 goal_variables: bool = True, leaf_rows: int = 16):
+                 goal_variables: bool = True, leaf_rows: int = 8):
         if not goal_variables:
             raise ValueError("the LabeledRows program oracle reads `goal` and `budget`: it needs goal_variables")
         if not 0.0 <= mistake_rate < 1.0 or fan_out < 2 or not 1 <= leaf_rows <= 26:

@@ -68,7 +68,7 @@ def test_rows_and_hop_oracles_through_the_runtime():
     assert len(_roll(hop, True).nodes) == 1 + 3 * 2
 
 
-ROWS_PROGRAM = {"window_tokens": 640, "tokens_per_row": 26, "max_read": 16, "steps_per_chunk": 10,
+ROWS_PROGRAM = {"window_tokens": 640, "tokens_per_row": 26, "max_read": 8, "steps_per_chunk": 10,
                 "questions": ["count_label", "most_frequent", "least_frequent", "compare"]}
 
 
@@ -79,7 +79,7 @@ def test_the_rows_program_oracle_through_the_runtime_labels_every_row_it_read(mu
     check_consistent(tree)
     assert tree.root.success == 1.0 and all(n.success == 1.0 for n in tree.nodes)
     leaves = [n for n in tree.nodes if not n.children]
-    assert len(leaves) == -(-len(task.spec["rows"]) // 16) and tree.max_depth >= (2 if multiple == 4 else 1)
+    assert len(leaves) == -(-len(task.spec["rows"]) // 8) and tree.max_depth >= (2 if multiple == 4 else 1)
     # Each leaf printed its rows' instance texts, each with its letter after it (no date, no user), then
     # wrote their labels by letter.
     for leaf in leaves:
@@ -97,14 +97,14 @@ def test_the_flat_rows_program_reads_every_chunk_in_one_context():
     task = labeled_rows.generate_task(labeled_rows.RowsConfig(**ROWS_PROGRAM, context_multiple=1), "val", 0)
     tree = _roll(task, False, style="program")
     (root,) = tree.nodes
-    assert root.success == 1.0 and root.own_steps == 2 + 2 * -(-len(task.spec["rows"]) // 16)
+    assert root.success == 1.0 and root.own_steps == 2 + 2 * -(-len(task.spec["rows"]) // 8)
     with pytest.raises(ValueError, match="questions"):
         labeled_rows.RowsConfig(questions=("count_label", "weather"))
     other = labeled_rows.generate_task(labeled_rows.RowsConfig(window_tokens=640), "val", 3)   # a user_label question
     with pytest.raises(ValueError, match="answers"):
         make_oracle(other, True, style="program")
     with pytest.raises(ValueError, match="more than one read"):   # a leaf prints its rows with one read
-        make_oracle(task, True, style="program", leaf_rows=20)
+        make_oracle(task, True, style="program", leaf_rows=12)
 
 
 HOP_PROGRAM = chain_hop.HopConfig(shuffle_facts=True, brief_goal=True, filler_sentences=4, max_steps=100)
