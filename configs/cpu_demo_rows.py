@@ -25,8 +25,9 @@ one run labelled 0.62 of the rows right (the same recipe with row-count goal tex
 window of rows), this config's run 0.21 (chance: every leaf wrote one label). That run's evaluation
 before RL (210 tasks, 5.4 minutes): 0.033 success, 1,098 nodes out of window; RL then ran 20 s a step
 with success 0-0.13 a step and was stopped at step 26 of 40. A label skill that tiny models pick up
-abruptly (at about 250 steps in a probe on 8-row leaf demonstrations alone) needs a warm start that
-gets there every time before RL can sharpen the split decision.
+abruptly and unreliably (in a probe on 8-row leaf demonstrations alone: from about step 250 at one
+seed, not by step 400 at another) needs a warm start that gets there every time before RL can sharpen
+the split decision.
 """
 
 from pathlib import Path

@@ -41,8 +41,9 @@ def _show(span: str) -> str:
     line: the instance text only, with the row's letter in the range after it (``Fantastic the app this
     week. = c``). Date and user play no part in a label. The LABEL cell keys each label by that letter:
     one token, the same in every leaf, which a tiny model matches far sooner than a row number of two or
-    three digit tokens (issue 26's probe, a from-scratch model on 8-row leaf demonstrations alone: 0.92
-    of the labels right after 400 steps with letters, still at chance with row numbers)."""
+    three digit tokens (issue 26's probe, a from-scratch model on 8-row leaf demonstrations alone: with
+    letters 0.92 of the labels right after 400 steps at one seed of two, none at the other; with row
+    numbers none at either)."""
     return (f"for n, x in enumerate(read_rows({span}).split('\\n')):\n"
             "    print(x.split(' || ')[-1], '=', chr(97 + n))")
 
