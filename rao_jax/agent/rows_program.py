@@ -91,10 +91,10 @@ class RowsProgramOracle:
                              "(set the labeled_rows knob questions)")
         self.kind = kind
         self.rows = task.spec["rows"]
-        self.max_read = int(task.spec["max_read"])
-        if leaf_rows > self.max_read:
+        max_read = int(task.spec["max_read"])
+        if leaf_rows > max_read:
             raise ValueError(f"task {task.task_id}: leaf_rows {leaf_rows} is more than one read (max_read "
-                             f"{self.max_read}): a leaf prints its rows with one read_rows call")
+                             f"{max_read}): a leaf prints its rows with one read_rows call")
         self.recursive, self.fan_out, self.mistake_rate, self.leaf_rows = recursive, fan_out, mistake_rate, leaf_rows
         self.key = f"{seed}:{task.task_id}"
 
@@ -130,7 +130,7 @@ class RowsProgramOracle:
         steps = view.steps
         start, stop = view.goal.spec.get("rows", (0, len(self.rows)))
         if not steps:
-            return action("Look at my rows.", LOOK.format(max_read=self.max_read, leaf_rows=self.leaf_rows))
+            return action("Look at my rows.", LOOK.format(leaf_rows=self.leaf_rows))
         last = steps[-1].action
         if len(steps) == 1 and stop - start <= self.leaf_rows:   # LOOK printed the rows
             label = LABEL.format(labels=self._labels(start, stop))
@@ -151,7 +151,7 @@ class RowsProgramOracle:
         if len(steps) % 2 == 1:   # after START or a LABEL_NEXT, which printed whether rows are left
             left = steps[-1].observation.strip().endswith("True")
             if left and not (len(steps) > 1 and self._slip(view)):
-                return action("Read the next rows.", READ_NEXT.format(max_read=self.max_read, leaf_rows=self.leaf_rows))
+                return action("Read the next rows.", READ_NEXT.format(leaf_rows=self.leaf_rows))
             return action("Answer.", TALLY + self._finish(view))
         first = (len(steps) // 2 - 1) * self.leaf_rows
         return action("Label the rows.", LABEL_NEXT.format(labels=self._labels(first, first + self.leaf_rows)))
