@@ -59,7 +59,8 @@ def corpus_texts(tasks: Iterable[Task], *, recursive_and_flat: bool = True,
         episode = open_episode(task)
         for recursive in modes:
             yield system_prompt(episode.tool_docs(recursive), recursive)
-        root = NodeView(0, 0, None, 0, episode.root_goal(), task.max_steps, modes[-1], ())
+        root = NodeView(0, 0, None, 0, episode.root_goal(), task.max_steps, modes[-1], (),
+                        counts_in_text=episode.counts_in_text)
         yield user_prompt(root)
         for recursive in modes:
             if max_trees is not None and trees >= max_trees:

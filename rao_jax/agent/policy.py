@@ -88,6 +88,7 @@ class NodeView:
     steps: Sequence[StepRecord]    # earlier steps of this node, oldest first
     tool_docs: str = ""            # its tools, as the system prompt documents them (the runner fills it in)
     max_context: int | None = None  # a window cap of its task's family, in tokens (None: the policy's own)
+    counts_in_text: bool = True    # its first user turn names its budget (``Episode.counts_in_text``)
 
 
 class Policy(Protocol):

@@ -284,25 +284,30 @@ def brief_system_prompt(tool_docs: str, recursive: bool) -> str:
 
 
 def user_prompt(view: NodeView) -> str:
-    """The first user turn of a node: its goal, its parent's context and its budget."""
+    """The first user turn of a node: its goal, its parent's context and its budget (unless the env
+    keeps counts out of the text: ``view.counts_in_text``)."""
     text = view.goal.text.strip()
     if view.goal.context.strip():
         text += "\n\nContext from the agent that launched you:\n" + view.goal.context.strip()
-    return text + f"\n\nYou have {view.budget_left} steps."
+    return text + f"\n\nYou have {view.budget_left} steps." if view.counts_in_text else text
 
 
-def subagent_note(child_id: int, budget: int, used: int, how: str) -> str:
+def subagent_note(child_id: int, budget: int, used: int, how: str, counts: bool = True) -> str:
     """The note a parent's next observation carries about a child that ended (``how``: "finished",
-    "ran out of budget without calling finish", ...)."""
+    "ran out of budget without calling finish", ...); ``counts=False``: without its id and steps."""
+    if not counts:
+        return f"[a subagent {how}]"
     return f"[subagent {child_id} {how}; it used {used} of its {budget} steps]"
 
 
-def subagent_unfinished(child_id: int, budget: int, message: str | None = None) -> str:
+def subagent_unfinished(child_id: int, budget: int, message: str | None = None, counts: bool = True) -> str:
     """What ``launch_subagent`` returns for a child that did not call ``finish`` (``message``: the
-    policy's own reason when it ended the node early)."""
+    policy's own reason when it ended the node early); ``counts=False``: without its id and steps."""
+    who = f"Subagent {child_id}" if counts else "The subagent"
     if message is not None:
-        return f"Subagent {child_id} did not finish: {message}"
-    return f"Subagent {child_id} did not finish: it used all {budget} of its steps without calling finish."
+        return f"{who} did not finish: {message}"
+    steps = f"all {budget} of its steps" if counts else "all of its steps"
+    return f"{who} did not finish: it used {steps} without calling finish."
 
 
 @dataclasses.dataclass(frozen=True)

@@ -232,11 +232,12 @@ class RolloutRunner:
             how = f"ended early ({child.ended_by_policy.reason}) without calling finish"
         else:
             how = "ran out of budget without calling finish"
-        parent.notes.append(subagent_note(child_id, budget, used, how))
+        counts = tree.episode.counts_in_text
+        parent.notes.append(subagent_note(child_id, budget, used, how, counts))
         if child.finished:
             return child.finish_message
         early = child.ended_by_policy
-        return subagent_unfinished(child_id, budget, None if early is None else early.message)
+        return subagent_unfinished(child_id, budget, None if early is None else early.message, counts)
 
     async def _run_node(self, tree: _Tree, node_id: int, parent_id: int | None, goal: Goal, budget: int,
                         depth: int, fork_step: int | None) -> _Node:
@@ -264,7 +265,7 @@ class RolloutRunner:
     async def _step(self, tree: _Tree, node: _Node, sync_tools, async_tools) -> None:
         view = NodeView(tree.tree_id, node.node_id, node.parent_id, node.depth, node.goal,
                         tree.budget.left(node.node_id), self.config.recursive, tuple(node.views),
-                        tree.tool_docs, tree.max_context)
+                        tree.tool_docs, tree.max_context, tree.episode.counts_in_text)
         started = time.time()
         action = await self.policy.act(view)
         policy_seconds = time.time() - started

@@ -115,7 +115,7 @@ class ScriptedRollout:
                 for _ in range(self._rng.randint(1, 3)):
                     await asyncio.sleep(0)
                 view = NodeView(self.tree_id, node_id, parent_id, depth, goal, ledger.left(node_id),
-                                self.recursive, tuple(node.steps))
+                                self.recursive, tuple(node.steps), counts_in_text=self.episode.counts_in_text)
                 ledger.take_step(node_id)
                 text = await self.policy.act(view)
                 text = text if isinstance(text, str) else text.text
@@ -160,8 +160,9 @@ class ScriptedRollout:
             node.in_flight.remove(mark)
             node.parallel += mark[0]
         how = "finished" if child.finished else "ran out of budget without calling finish"
-        node.notes.append(subagent_note(child_id, budget, self.budget.total_used(child_id), how))
-        return child.message if child.finished else subagent_unfinished(child_id, budget)
+        counts = self.episode.counts_in_text
+        node.notes.append(subagent_note(child_id, budget, self.budget.total_used(child_id), how, counts))
+        return child.message if child.finished else subagent_unfinished(child_id, budget, counts=counts)
 
     async def _step(self, node: _Node, text: str, namespace: dict[str, Any]) -> str:
         """One action's observation, as the runtime renders it."""

@@ -51,6 +51,11 @@ class Goal:
 class Episode(abc.ABC):
     """The world state of one delegation tree; all nodes of the tree share it."""
 
+    # Whether a node's text names step counts and child ids (its budget in the first user turn, the
+    # notes on its ended children). An env sets it False so that a node reads the same text at every
+    # input size; the node's ``budget`` variable (``rollout.goal_variables``) still holds its budget.
+    counts_in_text: bool = True
+
     @abc.abstractmethod
     def root_goal(self) -> Goal:
         """The goal of the tree's root node."""

@@ -51,7 +51,7 @@ class RowsConfig:
     max_steps: int | None = None           # None: 60, or steps_per_chunk per read-sized chunk + 20 when larger
     steps_per_chunk: int = 3
     questions: tuple[str, ...] = QUESTIONS  # the question kinds asked, in turn
-    brief_goal: bool = False               # goal texts without row numbers (the spans are in the goal's spec)
+    brief_goal: bool = False               # node texts name no rows, budgets or child ids (counts_in_text)
 
     def __post_init__(self):
         object.__setattr__(self, "questions", tuple(self.questions))
@@ -174,6 +174,7 @@ class RowsEpisode(Episode):
             self.hidden = bool(task.spec["hidden_labels"])
             self.max_read = int(task.spec["max_read"])
             self.brief = bool(task.spec.get("brief_goal", False))
+            self.counts_in_text = not self.brief
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"task {task.task_id}: malformed labeled_rows spec ({err})") from None
         self.task = task

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import re
 
 import pytest
 
 from rao_jax import metrics
 from rao_jax.agent.oracles import make_oracle
+from rao_jax.agent.protocol import user_prompt
 from rao_jax.agent.rollout import RolloutConfig, RolloutRunner
 from rao_jax.agent.sandbox import SandboxLimits, SandboxPool
 from rao_jax.agent.scripted_rollout import run_tree as reference_run
@@ -68,7 +70,7 @@ def test_rows_and_hop_oracles_through_the_runtime():
     assert len(_roll(hop, True).nodes) == 1 + 3 * 2
 
 
-ROWS_PROGRAM = {"window_tokens": 640, "tokens_per_row": 26, "max_read": 8, "steps_per_chunk": 10,
+ROWS_PROGRAM = {"window_tokens": 640, "tokens_per_row": 26, "max_read": 8, "steps_per_chunk": 14,
                 "questions": ["count_label", "most_frequent", "least_frequent", "compare"]}
 
 
@@ -80,31 +82,72 @@ def test_the_rows_program_oracle_through_the_runtime_labels_every_row_it_read(mu
     assert tree.root.success == 1.0 and all(n.success == 1.0 for n in tree.nodes)
     leaves = [n for n in tree.nodes if not n.children]
     assert len(leaves) == -(-len(task.spec["rows"]) // 8) and tree.max_depth >= (2 if multiple == 4 else 1)
-    # Each leaf printed its rows' instance texts, each with its letter after it (no date, no user), then
-    # wrote their labels by letter.
+    # Each leaf printed its rows' instance texts one a turn (no date, no user), each LABEL cell labelling
+    # the text just printed, then counted its labels.
     for leaf in leaves:
-        look, label = leaf.steps
         start, stop = leaf.goal.spec["rows"]
-        lines = look.observation.strip().split("\n")
-        assert [line.rsplit(" = ", 1)[1] for line in lines] == [chr(97 + k) for k in range(stop - start)]
-        assert lines[0].rsplit(" = ", 1)[0] == task.spec["rows"][start]["instance"] and "||" not in look.observation
-        assert "L = list({'a': '" in label.action
+        look, *labels, tally = leaf.steps
+        assert len(labels) == stop - start and "L.count" in tally.action
+        shown = [look.observation] + [step.observation for step in labels]
+        texts = [task.spec["rows"][k]["instance"] for k in range(start, stop)]
+        assert [text.strip() for text in shown] == texts + ["done"]
+        for k, step in enumerate(labels):
+            assert f"\nlabel({labeled_rows.row_label(task.spec['rows'][start + k]['instance'])!r})\n" in step.action
     # A slip reads a range larger than one read: the tree then fails, as the demonstrator means it to.
     assert _roll(task, True, style="program", mistake_rate=0.99).root.success == 0.0
 
 
-def test_the_flat_rows_program_reads_every_chunk_in_one_context():
+def test_the_flat_rows_program_labels_every_row_in_one_context():
     task = labeled_rows.generate_task(labeled_rows.RowsConfig(**ROWS_PROGRAM, context_multiple=1), "val", 0)
     tree = _roll(task, False, style="program")
     (root,) = tree.nodes
-    assert root.success == 1.0 and root.own_steps == 2 + 2 * -(-len(task.spec["rows"]) // 8)
+    assert root.success == 1.0 and root.own_steps == 2 + len(task.spec["rows"])
     with pytest.raises(ValueError, match="questions"):
         labeled_rows.RowsConfig(questions=("count_label", "weather"))
     other = labeled_rows.generate_task(labeled_rows.RowsConfig(window_tokens=640), "val", 3)   # a user_label question
     with pytest.raises(ValueError, match="answers"):
         make_oracle(other, True, style="program")
-    with pytest.raises(ValueError, match="more than one read"):   # a leaf prints its rows with one read
-        make_oracle(task, True, style="program", leaf_rows=12)
+    with pytest.raises(ValueError, match="leaf_rows"):
+        make_oracle(task, True, style="program", leaf_rows=0)
+
+
+def _roll_recording(task):
+    """The recursive rows program through the runtime, with each node's first user turn as it read it."""
+    oracle, prompts = make_oracle(task, True, style="program"), []
+
+    class Recording:
+        async def act(self, view):
+            if not view.steps:
+                prompts.append((view.parent_id is None, user_prompt(view)))
+            return await oracle.act(view)
+
+    async def main():
+        async with SandboxPool(1, SandboxLimits(memory_bytes=512 << 20)) as pool:
+            runner = RolloutRunner(Recording(), pool, RolloutConfig(recursive=True, goal_variables=True))
+            return await runner.run_tree(open_episode(task), task.max_steps, task.task_id)
+    return asyncio.run(asyncio.wait_for(main(), 300)), prompts
+
+
+def test_brief_rows_nodes_read_no_counts_at_any_size():
+    # brief_goal: no node's text (first user turn, notes on its children) names a step budget, a child id or
+    # a row number, so what a child reads at 4x it has read at 1x.
+    child_prompts = {}
+    for multiple in (1, 4):
+        task = labeled_rows.generate_task(
+            labeled_rows.RowsConfig(**ROWS_PROGRAM, brief_goal=True, context_multiple=multiple), "val", 3)
+        tree, prompts = _roll_recording(task)
+        assert tree.root.success == 1.0 and len(tree.nodes) == len(prompts) > 3
+        notes = [s.observation for n in tree.nodes for s in n.steps if "subagent" in s.observation]
+        assert notes and all(o.startswith("(the cell ran and printed nothing)\n[a subagent finished]") for o in notes)
+        texts = [text for _, text in prompts] + notes
+        assert not any(ch.isdigit() for text in texts for ch in text)
+        child_prompts[multiple] = {text for root, text in prompts if not root}
+    assert child_prompts[4] == child_prompts[1]
+    # Without brief_goal the budget and the children's ids and steps are in the text, as for every other family.
+    plain = labeled_rows.generate_task(labeled_rows.RowsConfig(**ROWS_PROGRAM, context_multiple=2), "val", 3)
+    tree = _roll(plain, True, style="program")
+    note = r"\[subagent 1 finished; it used \d+ of its \d+ steps\]"
+    assert any(re.search(note, s.observation) for s in tree.root.steps)
 
 
 HOP_PROGRAM = chain_hop.HopConfig(shuffle_facts=True, brief_goal=True, filler_sentences=4, max_steps=100)
