@@ -50,7 +50,7 @@ def get_config():
     # every input of m windows is 24m rows and splits into whole 8-row leaves; the sampler's window is 640.
     # Goal texts name no size or span (brief_goal) and every root has the same budget (max_steps): what
     # a root reads at 32x is what it read at 1x.
-    config.data.knobs = {"window_tokens": 624, "tokens_per_row": 26, "max_read": 8, "max_steps": 1400,
+    config.data.knobs = {"window_tokens": 624, "tokens_per_row": 26, "max_read": 8, "max_steps": 2000,
                          "brief_goal": True, "questions": list(QUESTIONS), "context_multiples": list(SIZES),
                          "num_tasks": 300}
     config.data.train_difficulties = TRAINED
@@ -58,10 +58,11 @@ def get_config():
     config.engine.max_rows = 64
     config.engine.num_pages = 4096
     config.engine.max_seq_len = 640
-    config.sft.steps = 400
-    config.sft.num_tasks = 600
+    config.sft.steps = 500
+    config.sft.num_tasks = 300
     config.sft.difficulties = TRAINED
-    config.sft.oracle_knobs = {"style": "program", "goal_variables": True, "mistake_rate": 0.3, "leaf_rows": 8}
+    config.sft.oracle_knobs = {"style": "program", "goal_variables": True, "mistake_rate": 0.15, "leaf_rows": 8,
+                               "fan_out": 3}
     config.train.steps = 40
     config.train.eval_every = 40
     config.train.export_hf = False

@@ -3,9 +3,10 @@
     python -m rao_jax.train --config configs/cpu_demo_rows_flat.py --config.workdir=runs/cpu_demo_rows_flat
 
 Same tasks, tokenizer recipe, model, 640-token window, budgets, warm-start and RL settings; the warm
-start imitates the flat program cells (read the next 8 rows, write their labels, repeat; answer),
-whose demonstrator answers early, with rows unread, 3 times in 10. Every row passes through the one
-node's context, so inputs from about the window's size up do not fit.
+start imitates the flat program cells (start the rows, then label each row as it is printed, one a
+turn; count and answer), whose demonstrator answers early, with rows unread, 3 times in 10 after every
+8 rows. Every row passes through the one node's context, about 30 tokens a row with its label cell
+after a prompt of about 200, so even a 1x input (24 rows) does not fit the window.
 """
 
 from pathlib import Path
