@@ -10,24 +10,23 @@ most 8 a call) into its own context. The window is 640 tokens (``engine.max_seq_
 windows holds 24m rows (26 tokens a row with this run's tokenizer, 624 tokens a window of rows).
 
 Policy: the CPU demo's 4-layer, 128-wide Qwen3-shaped model with its own 1024-piece tokenizer. The
-warm start imitates ``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (print my
-rows when they are at most 8, else True; split them among up to 4 sub-agents in one
-``asyncio.gather``, then add up their counts; answer) and one skill only a model has here, writing
-the label of each row it has just read by the row's letter (Python counts them). A leaf prints its 8
-rows with one read, each row's instance text with its letter after it (``Fantastic the app this week.
-= c``). The demonstrator reads instead of splitting 3 times in 10 at every node with more than 8 rows
-(and fails), so RL has a decision to sharpen. RL: 1x and 2x the window; evaluation: 1, 2, 4, 8, 16 and
-32x (35 tasks each). The flat baseline is ``configs/cpu_demo_rows_flat.py``.
+warm start imitates ``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (print True
+when the node has more than 8 rows, else start them; split them among up to 3 sub-agents in one
+``asyncio.gather``, then add up their counts; answer) and one skill only a model has here, labelling
+each row as it is printed, one a turn (``label('praise')`` under the row's text; Python counts). With
+3-way splits every node of every input size (24m rows) has 2 or 3 children, shapes the 1-2x training
+trees hold; a 4-way split, first met at 4x, broke the merge cell of an earlier warm start. Node texts
+name no input size, row span, budget or child id (``brief_goal``), so a node at 32x reads what it read
+at 1x. The demonstrator reads instead of splitting 15 times in 100 at every node with more than 8
+rows (and fails), so RL has a decision to sharpen. RL: 1x and 2x the window; evaluation: 1, 2, 4, 8,
+16 and 32x (35 tasks each). The flat baseline is ``configs/cpu_demo_rows_flat.py``.
 
-Status (issue 26 open): not yet a working demo, the warm start does not reliably teach the labels.
-Measured on 2 CPU cores: the warm start takes 12-14 minutes; greedy on 12 held-out tasks after it,
-one run labelled 0.62 of the rows right (the same recipe with row-count goal texts and a 640-token
-window of rows), this config's run 0.21 (chance: every leaf wrote one label). That run's evaluation
-before RL (210 tasks, 5.4 minutes): 0.033 success, 1,098 nodes out of window; RL then ran 20 s a step
-with success 0-0.13 a step and was stopped at step 26 of 40. A label skill that tiny models pick up
-abruptly and unreliably (in a probe on 8-row leaf demonstrations alone: from about step 250 at one
-seed, not by step 400 at another) needs a warm start that gets there every time before RL can sharpen
-the split decision.
+Status (issue 26 open): the warm start now teaches what it demonstrates, but RL has not been run to
+its end and the run does not fit 30 minutes. Measured on 2 CPU cores: 1,688 node demonstrations from
+300 oracle trees; after the warm start (about 12 minutes), sampled rollouts of 6 held-out tasks of
+1-32x labelled 224 of 224 rows right, with no node out of its window; what fails is the demonstrated
+slip (a node reads instead of splitting) and the parents of failed children. RL runs about 76 s a step (each row is a
+turn of the node that labels it), success 0.44 and 0.69 in its first two steps.
 """
 
 from pathlib import Path
