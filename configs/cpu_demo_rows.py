@@ -47,8 +47,8 @@ def get_config():
     config.data.family = "labeled_rows"
     # The sizes are in windows of 624 tokens (24 rows of 26 tokens: dates and numbers split into digits), so
     # every input of m windows is 24m rows and splits into whole 8-row leaves; the sampler's window is 640.
-    # Goal texts name no size or span (brief_goal) and every root has the same budget (max_steps): what
-    # a root reads at 32x is what it read at 1x.
+    # Node texts name no size, span, budget or child id (brief_goal) and every root has the same budget
+    # (max_steps): what a node reads at 32x is what it read at 1x.
     config.data.knobs = {"window_tokens": 624, "tokens_per_row": 26, "max_read": 8, "max_steps": 2000,
                          "brief_goal": True, "questions": list(QUESTIONS), "context_multiples": list(SIZES),
                          "num_tasks": 300}
