@@ -29,12 +29,21 @@ from tests.agent.test_rollout import check_consistent
 SMALL = {"leaf_crafts": 3, "crafts_per_step": 1, "inline_crafts": 1}   # deep trees in the tiny world
 
 
-def _roll(task, recursive: bool, budget: int | None = None, **knobs):
+def _roll(task, recursive: bool, budget: int | None = None, prompts: list | None = None, **knobs):
+    """One tree of the task's oracle through the runtime; ``prompts`` (a list) collects each node's first
+    user turn as it read it, as (is the root, text)."""
     config = RolloutConfig(recursive=recursive, goal_variables=knobs.get("style") == "program")
+    oracle = make_oracle(task, recursive, **knobs)
+
+    class Recording:
+        async def act(self, view):
+            if prompts is not None and not view.steps:
+                prompts.append((view.parent_id is None, user_prompt(view)))
+            return await oracle.act(view)
 
     async def main():
         async with SandboxPool(1, SandboxLimits(memory_bytes=512 << 20)) as pool:
-            runner = RolloutRunner(make_oracle(task, recursive, **knobs), pool, config)
+            runner = RolloutRunner(Recording(), pool, config)
             return await runner.run_tree(open_episode(task), budget or task.max_steps, task.task_id)
     return asyncio.run(asyncio.wait_for(main(), 300))
 
@@ -111,23 +120,6 @@ def test_the_flat_rows_program_labels_every_row_in_one_context():
         make_oracle(task, True, style="program", leaf_rows=0)
 
 
-def _roll_recording(task):
-    """The recursive rows program through the runtime, with each node's first user turn as it read it."""
-    oracle, prompts = make_oracle(task, True, style="program"), []
-
-    class Recording:
-        async def act(self, view):
-            if not view.steps:
-                prompts.append((view.parent_id is None, user_prompt(view)))
-            return await oracle.act(view)
-
-    async def main():
-        async with SandboxPool(1, SandboxLimits(memory_bytes=512 << 20)) as pool:
-            runner = RolloutRunner(Recording(), pool, RolloutConfig(recursive=True, goal_variables=True))
-            return await runner.run_tree(open_episode(task), task.max_steps, task.task_id)
-    return asyncio.run(asyncio.wait_for(main(), 300)), prompts
-
-
 def test_brief_rows_nodes_read_no_counts_at_any_size():
     # brief_goal: no node's text (first user turn, notes on its children) names a step budget, a child id or
     # a row number, so what a child reads at 4x it has read at 1x.
@@ -135,7 +127,8 @@ def test_brief_rows_nodes_read_no_counts_at_any_size():
     for multiple in (1, 4):
         task = labeled_rows.generate_task(
             labeled_rows.RowsConfig(**ROWS_PROGRAM, brief_goal=True, context_multiple=multiple), "val", 3)
-        tree, prompts = _roll_recording(task)
+        prompts = []
+        tree = _roll(task, True, prompts=prompts, style="program")
         assert tree.root.success == 1.0 and len(tree.nodes) == len(prompts) > 3
         notes = [s.observation for n in tree.nodes for s in n.steps if "subagent" in s.observation]
         assert notes and all(o.startswith("(the cell ran and printed nothing)\n[a subagent finished]") for o in notes)
