@@ -336,6 +336,9 @@ class EvalSection:
             (the scripted expert).
         temperature: of the ``recursive`` and ``flat`` modes (0 decodes greedily).
         difficulties: only these buckets (empty: all).
+        per_difficulty: ``{bucket: n}``, the first ``n`` tasks of each bucket named instead (where
+            larger buckets cost more to roll out); ``num_tasks`` must then be their sum and
+            ``difficulties`` empty.
     """
 
     split: str = "val"
@@ -343,11 +346,20 @@ class EvalSection:
     modes: tuple[str, ...] = ("recursive", "flat")
     temperature: float = 0.0
     difficulties: tuple[str, ...] = ()
+    per_difficulty: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         bad = [m for m in self.modes if m not in EVAL_MODES]
         _need(not bad, f"eval.modes: unknown {bad}; use {', '.join(EVAL_MODES)}")
         _need(self.num_tasks >= 1, "eval.num_tasks must be >= 1")
+        if self.per_difficulty:
+            counts = dict(self.per_difficulty)
+            _need(all(isinstance(n, int) and n >= 1 for n in counts.values()),
+                  f"eval.per_difficulty: every count must be an integer >= 1, got {counts}")
+            _need(not self.difficulties, "eval.per_difficulty names the buckets: leave eval.difficulties empty")
+            _need(sum(counts.values()) == self.num_tasks,
+                  f"eval.per_difficulty adds up to {sum(counts.values())} tasks but eval.num_tasks is "
+                  f"{self.num_tasks}: make them equal")
 
 
 @dataclasses.dataclass(frozen=True)

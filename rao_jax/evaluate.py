@@ -108,7 +108,7 @@ def run(config: TrainConfig, checkpoint: str | None, *, step: int | None = None,
     runtime = Runtime.create(config)
     loaded = _restore_policy(runtime, checkpoint, step) if checkpoint else None
     ev = config.eval
-    tasks = runtime.tasks.tasks(ev.split, num_tasks or ev.num_tasks, ev.difficulties)
+    tasks = runtime.tasks.eval_tasks(ev, num_tasks)
 
 
     async def main():

@@ -9,11 +9,12 @@ mixed by weight (``rao_jax.data.mixture.MixtureStream``, cursor ``{"draws": i, "
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rao_jax.config import RolloutSection, TrainConfig
+from rao_jax.config import EvalSection, RolloutSection, TrainConfig
 from rao_jax.data import datasets
 from rao_jax.data.mixture import FamilySpec, MixtureStream, round_robin, spec_lookup
 from rao_jax.envs.base import Task
@@ -88,6 +89,26 @@ class TaskSet:
                     out.append(task)
             lists.append(out)
         return round_robin(lists, limit)
+
+    def eval_tasks(self, ev: EvalSection, num_tasks: int | None = None) -> list[Task]:
+        """The held-out tasks of ``ev``: the first ``num_tasks`` (default ``ev.num_tasks``) of its buckets,
+        or with ``ev.per_difficulty`` the first ``n`` tasks of each bucket named, in the order ``tasks``
+        gives (``num_tasks`` must then be left out)."""
+        if not ev.per_difficulty:
+            return self.tasks(ev.split, num_tasks or ev.num_tasks, ev.difficulties)
+        if num_tasks is not None:
+            raise ConfigError("eval.per_difficulty fixes the number of held-out tasks: leave num_tasks out")
+        wanted = dict(ev.per_difficulty)
+        taken: collections.Counter[str] = collections.Counter()
+        out = []
+        for task in self.tasks(ev.split, None, tuple(wanted)):
+            if taken[task.difficulty] < wanted[task.difficulty]:
+                taken[task.difficulty] += 1
+                out.append(task)
+        short = {b: f"{taken[b]} of {n}" for b, n in wanted.items() if taken[b] < n}
+        if short:
+            raise ConfigError(f"eval.per_difficulty: the {ev.split} split holds too few tasks in {short}")
+        return out
 
     def budgeted(self, task: Task) -> Task:
         """``task`` with its family's root budget (``budgeted``)."""

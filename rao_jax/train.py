@@ -357,7 +357,7 @@ class Trainer:
     async def _evaluate(self) -> dict[str, Any]:
         ev = self.config.eval
         self.runtime.sync_sampler()
-        tasks = self.runtime.tasks.tasks(ev.split, ev.num_tasks, ev.difficulties)
+        tasks = self.runtime.tasks.eval_tasks(ev)
         summaries, trees = await evaluate(self.runtime, tasks, ev.modes, temperature=ev.temperature,
                                           tag=f"eval{self.global_step}", progress=self.progress)
         if multihost.is_primary():

@@ -149,3 +149,39 @@ def test_every_node_reads_the_tools_of_its_own_family():
     assert "read_rows" in rows_docs and "read_rows" not in hop_docs and "search(query" in hop_docs
     assert rows_docs.endswith(GOAL_VARIABLES_DOC)
     assert "launch_subagent" not in node_tool_docs(open_episode(hop), RolloutConfig(recursive=False))
+
+
+def test_eval_per_difficulty_takes_that_many_of_each_bucket(tmp_path):
+    from rao_jax.tasks import TaskSet
+
+    cfg = default_config()
+    cfg.workdir = str(tmp_path / "run")
+    cfg.data.family = "labeled_rows"
+    cfg.data.knobs = {"num_tasks": 4, "window_tokens": 256, "context_multiples": [1, 2, 4]}
+    cfg.eval.per_difficulty = {"1x": 3, "4x": 1}
+    cfg.eval.num_tasks = 4
+    tasks = TaskSet(from_config_dict(cfg))
+    chosen = tasks.eval_tasks(from_config_dict(cfg).eval)
+    assert Counter(t.difficulty for t in chosen) == {"1x": 3, "4x": 1}
+    in_order = [t.task_id for t in tasks.tasks("val", None, ("1x", "4x"))]
+    assert [t.task_id for t in chosen] == [i for i in in_order if i in {t.task_id for t in chosen}]
+    assert len({t.task_id for t in chosen}) == 4
+    with pytest.raises(ConfigError, match="leave num_tasks out"):
+        tasks.eval_tasks(from_config_dict(cfg).eval, 10)
+    cfg.eval.per_difficulty = {"1x": 5}
+    cfg.eval.num_tasks = 5
+    with pytest.raises(ConfigError, match=r"too few tasks in \{'1x': '4 of 5'\}"):
+        tasks.eval_tasks(from_config_dict(cfg).eval)
+
+
+@pytest.mark.parametrize("per_difficulty, num_tasks, message", [
+    ({"1x": 2, "2x": 2}, 5, "adds up to 4 tasks but eval.num_tasks is 5"),
+    ({"1x": 0}, 1, "every count must be an integer >= 1"),
+])
+def test_bad_eval_per_difficulty_fails_at_start(tmp_path, per_difficulty, num_tasks, message):
+    cfg = default_config()
+    cfg.workdir = str(tmp_path)
+    cfg.eval.per_difficulty = per_difficulty
+    cfg.eval.num_tasks = num_tasks
+    with pytest.raises(ConfigError, match=message):
+        from_config_dict(cfg)
