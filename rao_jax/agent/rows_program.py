@@ -18,8 +18,10 @@ the labels after 400 steps at one seed and none at another; one row a turn, 1.00
 - recursive: LOOK prints ``True`` when the node has more than ``leaf_rows`` rows, else starts them
   (prints the first row); rows -> LABEL, one a row, then TALLY (count the labels; finish); True ->
   SPLIT (up to ``fan_out`` children in one ``asyncio.gather``, each counting an equal share of whole
-  leaves), then MERGE (add up their dicts; finish). A child finishes with its counts, the root with the
-  answer to its question: one short cell per question kind, told apart by its text.
+  leaves; with ``min_fan_out`` each split draws how many from ``min_fan_out..fan_out``, so that no
+  number of children tells a model whether a node is the root or a child), then MERGE (add up their
+  dicts; finish). A child finishes with its counts, the root with the answer to its question: one
+  short cell per question kind, told apart by its text.
 - flat: START (prints the first row), then LABEL for every row of the input in one context, then the
   count and the answer.
 
@@ -73,16 +75,20 @@ START = "r = [0, num_rows()]\n" + _ROWS
 
 
 class RowsProgramOracle:
-    """See the module docstring. ``fan_out``: children per split (>= 2); ``leaf_rows``: the most rows a
-    node labels itself (a leaf's share; a flat agent's slip comes after every ``leaf_rows`` rows)."""
+    """See the module docstring. ``fan_out``: children per split (>= 2); ``min_fan_out``: when given
+    (2..``fan_out``), each split draws its number of children from ``min_fan_out..fan_out``;
+    ``leaf_rows``: the most rows a node labels itself (a leaf's share; a flat agent's slip comes after
+    every ``leaf_rows`` rows)."""
 
     def __init__(self, task: Task, recursive: bool, mistake_rate: float = 0.0, fan_out: int = 4, seed: int = 0,
-                 goal_variables: bool = True, leaf_rows: int = 8):
+                 goal_variables: bool = True, leaf_rows: int = 8, min_fan_out: int | None = None):
         if not goal_variables:
             raise ValueError("the LabeledRows program oracle reads `goal` and `budget`: it needs goal_variables")
         if not 0.0 <= mistake_rate < 1.0 or fan_out < 2 or leaf_rows < 1:
             raise ValueError("mistake_rate must be in [0, 1), fan_out >= 2 and leaf_rows >= 1, got "
                              f"{mistake_rate}, {fan_out}, {leaf_rows}")
+        if min_fan_out is not None and not 2 <= min_fan_out <= fan_out:
+            raise ValueError(f"min_fan_out must be in [2, fan_out={fan_out}], got {min_fan_out}")
         kind = task.spec["question"]["kind"]
         if kind not in ANSWERABLE:
             raise ValueError(f"task {task.task_id}: the program oracle answers {ANSWERABLE}, not {kind!r} "
@@ -90,6 +96,7 @@ class RowsProgramOracle:
         self.kind = kind
         self.rows = task.spec["rows"]
         self.recursive, self.fan_out, self.mistake_rate, self.leaf_rows = recursive, fan_out, mistake_rate, leaf_rows
+        self.min_fan_out = fan_out if min_fan_out is None else min_fan_out
         self.key = f"{seed}:{task.task_id}"
 
     async def act(self, view: NodeView) -> str:
@@ -98,6 +105,11 @@ class RowsProgramOracle:
     def _slip(self, view: NodeView) -> bool:
         draw = random.Random(f"{self.key}:{view.tree_id}:{view.node_id}:{len(view.steps)}").random()
         return draw < self.mistake_rate
+
+    def _children(self, view: NodeView) -> int:
+        """How many children this node's split launches (at most; fewer when it has fewer leaves)."""
+        draw = random.Random(f"{self.key}:{view.tree_id}:{view.node_id}:fan_out")
+        return draw.randint(self.min_fan_out, self.fan_out)
 
     def _finish(self, view: NodeView) -> str:
         """What a node does with its counts ``c``: the root answers its question, a child returns them."""
@@ -131,7 +143,7 @@ class RowsProgramOracle:
             if self._slip(view):
                 return action("Read them.", READ)
             return action("Split them among sub-agents.", SPLIT.format(
-                leaf_rows=self.leaf_rows, span=self.leaf_rows * self.fan_out))
+                leaf_rows=self.leaf_rows, span=self.leaf_rows * self._children(view)))
         if len(steps) == 2 and "launch_subagent(" in steps[-1].action:
             return action("Add up their counts.", MERGE + self._finish(view))
         return action("Something failed.", "finish('failed')")

@@ -106,6 +106,28 @@ def test_the_rows_program_oracle_through_the_runtime_labels_every_row_it_read(mu
     assert _roll(task, True, style="program", mistake_rate=0.99).root.success == 0.0
 
 
+def test_a_varied_fan_out_gives_roots_and_children_both_split_sizes():
+    # With min_fan_out the number of children is drawn per split: in 2x trees the root and the nodes
+    # below it each launch 2 and 3 children somewhere, so no count of children tells a root from a child
+    # (the budget covers the deepest, all-binary, split).
+    seen, solved = set(), []
+    for index in range(8):
+        task = labeled_rows.generate_task(labeled_rows.RowsConfig(**ROWS_PROGRAM, context_multiple=2, max_steps=400),
+                                         "val", index)
+        oracle = make_oracle(task, True, style="program", fan_out=3, min_fan_out=2)
+        nodes = reference_run(open_episode(task), oracle, task.max_steps, True)
+        solved.append(nodes[0].success)
+        for node in nodes:
+            children = sum(1 for other in nodes if other.parent_id == node.node_id)
+            if children:
+                seen.add((node.parent_id is None, children))
+    assert solved == [1.0] * 8
+    assert seen == {(True, 2), (True, 3), (False, 2), (False, 3)}
+    task = labeled_rows.generate_task(labeled_rows.RowsConfig(**ROWS_PROGRAM, context_multiple=2), "val", 0)
+    with pytest.raises(ValueError, match="min_fan_out"):
+        make_oracle(task, True, style="program", fan_out=3, min_fan_out=4)
+
+
 def test_the_flat_rows_program_labels_every_row_in_one_context():
     task = labeled_rows.generate_task(labeled_rows.RowsConfig(**ROWS_PROGRAM, context_multiple=1), "val", 0)
     tree = _roll(task, False, style="program")
