@@ -10,26 +10,23 @@ most 8 a call) into its own context. The window is 640 tokens (``engine.max_seq_
 windows holds 24m rows (26 tokens a row with this run's tokenizer, 624 tokens a window of rows).
 
 Policy: the CPU demo's 4-layer, 128-wide Qwen3-shaped model with its own 1024-piece tokenizer. The
-warm start imitates ``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (print True
-when the node has more than 8 rows, else start them; split them among up to 3 sub-agents in one
-``asyncio.gather``, then add up their counts; answer) and one skill only a model has here, labelling
-each row as it is printed, one a turn (``label('praise')`` under the row's text; Python counts). With
-3-way splits every node of every input size (24m rows) has 2 or 3 children, shapes the 1-2x training
-trees hold; a 4-way split, first met at 4x, broke the merge cell of an earlier warm start. Node texts
-name no input size, row span, budget or child id (``brief_goal``), so a node at 32x reads what it read
-at 1x. The demonstrator reads instead of splitting 15 times in 100 at every node with more than 8
-rows (and fails), so RL has a decision to sharpen. RL: 1x and 2x the window; evaluation: 1, 2, 4, 8,
-16 and 32x (35 tasks each). The flat baseline is ``configs/cpu_demo_rows_flat.py``.
+warm start (400 steps on the node demonstrations of 300 oracle trees at 1-2x) imitates
+``rao_jax.agent.rows_program.RowsProgramOracle``: fixed program cells (print True when the node has
+more than 8 rows, else start them; split them among 2 or 3 sub-agents in one ``asyncio.gather``, then
+add up their counts; answer) and one skill only a model has here, labelling each row as it is
+printed, one a turn (``label('praise')`` under the row's text; Python counts). Each split draws 2 or
+3 children, so in 1-2x trees both the root and the nodes below it merge 2 and 3 children's counts
+and every node of every input size (24m rows) has a shape the training trees hold. Node texts name no
+input size, row span, budget or child id (``brief_goal``), so a node at 32x reads what it read at 1x.
+The demonstrator reads instead of splitting 15 times in 100 at every node with more than 8 rows
+(and fails), so RL has a decision to sharpen. RL: 8 steps of 8 tasks x 4 trees at 1x and 2x the
+window; evaluation before and after RL: 200 held-out tasks, 70 / 60 / 34 / 20 / 10 / 6 at 1 / 2 /
+4 / 8 / 16 / 32x (a 32x tree is about 175 nodes, a 1x tree 4 or 5). The flat baseline is
+``configs/cpu_demo_rows_flat.py``.
 
-Status (issue 26 open): the warm start now teaches what it demonstrates, but RL has not been run to
-its end and the run does not fit 30 minutes. Measured on 2 CPU cores: 1,688 node demonstrations from
-300 oracle trees; after the warm start (about 12 minutes), sampled rollouts of 6 held-out tasks of
-1-32x labelled 224 of 224 rows right, with no node out of its window; what fails is the demonstrated
-slip (a node reads instead of splitting) and the parents of failed children. RL (seed 0, 20 steps of 32 trees at 1-2x,
-rollouts 21-32 s a step): training success 0.44, 0.69, 0.81, 0.97, then 1.00 at every step from 5 to
-20. Not yet measured: held-out success after RL. With one row a turn a fully split 32x tree is about
-172 nodes of up to 10 turns, and the 210-task evaluation of the RL policy had ended 1 tree after 9
-minutes; the evaluation needs to get cheaper before this demo fits its 30 minutes.
+Measured (2-core AMD EPYC VM, each run alone; docs/cpu_demo_rows/README.md): 22 min 42 s (seed 0) and
+22 min 0 s (seed 1) per run; held-out success before -> after RL, all 200 tasks 0.495 -> 0.68 and
+0.46 -> 0.97, 4-32x pooled (70 tasks) 0.43 -> 0.71 and 0.20 -> 0.99.
 """
 
 from pathlib import Path
@@ -52,20 +49,29 @@ def get_config():
     # every input of m windows is 24m rows and splits into whole 8-row leaves; the sampler's window is 640.
     # Node texts name no size, span, budget or child id (brief_goal) and every root has the same budget
     # (max_steps): what a node reads at 32x is what it read at 1x.
-    config.data.knobs = {"window_tokens": 624, "tokens_per_row": 26, "max_read": 8, "max_steps": 2000,
+    config.data.knobs = {"window_tokens": 624, "tokens_per_row": 26, "max_read": 8, "max_steps": 8000,
                          "brief_goal": True, "questions": list(QUESTIONS), "context_multiples": list(SIZES),
                          "num_tasks": 300}
     config.data.train_difficulties = TRAINED
     config.rollout.max_new_tokens = 256
     config.engine.max_rows = 64
-    config.engine.num_pages = 4096
+    # Every node of every tree in flight keeps its KV pages: a larger pool than the TextCraft demo's
+    # means fewer waiting nodes evicted and prefilled again (32 KiB a page, 512 MiB in all).
+    config.engine.num_pages = 16384
     config.engine.max_seq_len = 640
-    config.sft.steps = 500
+    config.sft.steps = 400
     config.sft.num_tasks = 300
     config.sft.difficulties = TRAINED
+    # Each split launches 2 or 3 children (drawn per node): in 1-2x trees the root and the nodes below it
+    # both merge 2 and 3 children's counts, so a node tells from its question, not from how many children
+    # it had, whether it answers or returns counts (with 3 children at the root only, the merge cells of
+    # 3-way nodes below the root, first met at 8x, answered the root's question).
     config.sft.oracle_knobs = {"style": "program", "goal_variables": True, "mistake_rate": 0.15, "leaf_rows": 8,
-                               "fan_out": 3}
-    config.train.steps = 40
-    config.train.eval_every = 40
+                               "fan_out": 3, "min_fan_out": 2}
+    config.train.steps = 8
+    config.train.eval_every = 8
+    # 200 held-out tasks, fewer of the large inputs: a 32x tree is about 175 nodes, a 1x tree 4 or 5.
+    config.eval.per_difficulty = {"1x": 70, "2x": 60, "4x": 34, "8x": 20, "16x": 10, "32x": 6}
+    config.eval.num_tasks = 200
     config.train.export_hf = False
     return config
