@@ -12,14 +12,15 @@ files start from it and change what they need, so a file names only what differs
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from rao_jax.config_parse import build_section
+# config_file and to_dict are re-exported: config files and callers load and write configs through rao_jax.config.
+from rao_jax.config_parse import build_section, to_plain
+from rao_jax.config_parse import config_file as config_file
+from rao_jax.config_parse import to_dict as to_dict
 from rao_jax.errors import ConfigError
 
 
@@ -459,42 +460,9 @@ class TrainConfig:
               "has the sentencepiece template's special tokens, not <|im_start|> / <|im_end|>")
 
 
-def config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
-    """What a config file's ``get_config()`` (``get_config(arg)`` when ``arg`` is given) returns. Config
-    files are not a package: one builds on another by loading it with this, by path.
-
-    Raises:
-        ValueError: the file cannot be loaded.
-    """
-    spec = importlib.util.spec_from_file_location(f"_rao_config_{Path(path).stem}", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot load config file {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config() if arg is None else module.get_config(arg)
-
-
 def default_config() -> ml_collections.ConfigDict:
     """All defaults as a ConfigDict (what config files start from)."""
-    return ml_collections.ConfigDict(_to_plain(TrainConfig()))
-
-
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {k: _to_plain(v) for k, v in value.items()}
-    return value
-
-
-def to_dict(config: TrainConfig) -> dict[str, Any]:
-    """JSON-able form of a config (written next to checkpoints)."""
-    def plain(v):
-        v = _to_plain(v)
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return list(v) if isinstance(v, tuple) else v
-    return plain(config)
+    return ml_collections.ConfigDict(to_plain(TrainConfig()))
 
 
 def from_config_dict(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> TrainConfig:

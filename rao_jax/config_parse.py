@@ -1,12 +1,15 @@
-"""From a config file's nested dicts to the frozen section dataclasses of ``rao_jax.config``: unknown
-keys and values of the wrong type fail with a ``ConfigError`` naming the dotted key."""
+"""From a config file's nested dicts to the frozen section dataclasses of ``rao_jax.config`` (unknown
+keys and values of the wrong type fail with a ``ConfigError`` naming the dotted key), and back; loading
+a config file by path."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -67,3 +70,37 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return list(value) if isinstance(value, tuple) else value
+
+
+def config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """What a config file's ``get_config()`` (``get_config(arg)`` when ``arg`` is given) returns. Config
+    files are not a package: one builds on another by loading it with this, by path.
+
+    Raises:
+        ValueError: the file cannot be loaded.
+    """
+    spec = importlib.util.spec_from_file_location(f"_rao_config_{Path(path).stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load config file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses (nested) as dicts; mappings copied."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
+
+
+def to_dict(config) -> dict[str, Any]:
+    """JSON-able form of a config (written next to checkpoints)."""
+    def plain(v):
+        v = to_plain(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return list(v) if isinstance(v, tuple) else v
+    return plain(config)

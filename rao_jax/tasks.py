@@ -73,27 +73,37 @@ class TaskSet:
                    for s in self.specs}
         return MixtureStream(streams, {s.name: s.weight for s in self.specs}, self.seed, cursor)
 
-    def tasks(self, split: str, limit: int | None = None, difficulties: Sequence[str] = ()) -> list[Task]:
-        """The first ``limit`` tasks of ``split`` (of those in ``difficulties``, when given) in file order:
-        the authors' order for their files; generated families come round-robin over difficulty
-        buckets (``task_sources.iter_tasks``), so a prefix covers every bucket. Several families take
-        turns, one task each (``mixture.round_robin``), so a prefix covers every family evenly."""
+    def tasks(self, split: str, limit: int | None = None, difficulties: Sequence[str] = (),
+              quota: Mapping[str, int] | None = None) -> list[Task]:
+        """The first ``limit`` tasks of ``split`` (of those in ``difficulties``, when given; with ``quota``,
+        ``{bucket: n}``, the first ``n`` of each bucket named, per family) in file order: the authors'
+        order for their files; generated families come round-robin over difficulty buckets
+        (``task_sources.iter_tasks``), so a prefix covers every bucket. Several families take turns, one
+        task each (``mixture.round_robin``), so a prefix covers every family evenly."""
         lists = []
         for spec in self.specs:
             source = datasets.data_source(spec.name, self.data_dir, split, dict(spec.knobs))
             out: list[Task] = []
+            taken: collections.Counter[str] = collections.Counter()
             for task in datasets.task_loader(source, shuffle=False):
                 if limit is not None and len(out) >= limit:
                     break
-                if not difficulties or task.difficulty in difficulties:
+                if quota is None:
+                    keep = not difficulties or task.difficulty in difficulties
+                else:
+                    keep = taken[task.difficulty] < quota.get(task.difficulty, 0)
+                if keep:
                     out.append(task)
+                    taken[task.difficulty] += 1
+                if quota is not None and all(taken[b] >= n for b, n in quota.items()):
+                    break   # every bucket's share is in: the rest of the split is not read
             lists.append(out)
         return round_robin(lists, limit)
 
     def eval_tasks(self, ev: EvalSection, num_tasks: int | None = None) -> list[Task]:
         """The held-out tasks of ``ev``: the first ``num_tasks`` (default ``ev.num_tasks``) of its buckets,
-        or with ``ev.per_difficulty`` the first ``n`` tasks of each bucket named, in the order ``tasks``
-        gives (``num_tasks`` must then be left out)."""
+        or with ``ev.per_difficulty`` the first ``n`` tasks of each bucket named over all families, in the
+        order ``tasks`` gives (``num_tasks`` must then be left out)."""
         if not ev.per_difficulty:
             return self.tasks(ev.split, num_tasks or ev.num_tasks, ev.difficulties)
         if num_tasks is not None:
@@ -101,7 +111,7 @@ class TaskSet:
         wanted = dict(ev.per_difficulty)
         taken: collections.Counter[str] = collections.Counter()
         out = []
-        for task in self.tasks(ev.split, None, tuple(wanted)):
+        for task in self.tasks(ev.split, quota=wanted):   # families take turns: trim to the shares overall
             if taken[task.difficulty] < wanted[task.difficulty]:
                 taken[task.difficulty] += 1
                 out.append(task)
