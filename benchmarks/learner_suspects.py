@@ -44,6 +44,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "concurrency_sched_on": ("--xla_cpu_enable_concurrency_optimized_scheduler=true", {}),
     "dense_attention": ("", {"causal_block": None}),
     "causal_block_64": ("", {"causal_block": 64}),
+    "causal_block_256": ("", {"causal_block": 256}),
     "one_logprob_chunk": ("", {"chunk": 0}),
 }
 

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+import rao_jax  # noqa: F401  (before jax and torch start threads: its host-memory setting, rao_jax.host_memory)
+
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = {"fp32": 1e-3, "bf16": 2e-2}
 MAX_WEIGHT = 5.0  # CISPO's cap on the importance weight (RAO_SPEC section 4)
@@ -203,6 +205,7 @@ def main() -> None:
     import jax.numpy as jnp
     from flax import nnx
 
+    from rao_jax import host_memory
     from rao_jax.checkpoint.hf import load_pretrained
     from rao_jax.models import ModelConfig
     from rao_jax.rl.learner import OptimConfig, batch_arrays, make_optimizer, train_step
@@ -241,7 +244,8 @@ def main() -> None:
 
     print(f"model {Path(args.model_config).name}: {params:,} params; batch {args.rows} rows x {args.row_len} tokens; "
           f"dtype {args.dtype}; attn {args.attn_impl}; jax {jax.__version__} ({jax.default_backend()}: "
-          f"{jax.devices()[0].device_kind}), torch {torch.__version__} ({args.device})")
+          f"{jax.devices()[0].device_kind}), torch {torch.__version__} ({args.device}); host malloc "
+          f"{'reuse' if host_memory.applied else 'glibc default'} (both sides: one process)")
     # First step of each side from identical weights: the compile time and the agreement check.
     start = time.perf_counter()
     jax_out = jax_block(1)
