@@ -14,7 +14,8 @@ Per variant, a fresh process (XLA flags are read once per process) builds the sa
 
 It prints each part's median milliseconds, and per variant the ratio of its step to the baseline's
 (the first variant), which runs again last to show the machine's drift. Variants are XLA:CPU flags
-(dot kernels, threading) and model settings (the causal block of the training attention, the
+(dot kernels, threading), glibc malloc's own defaults instead of ``rao_jax.host_memory``'s reuse
+(``glibc_malloc``), and model settings (the causal block of the training attention, the
 log-prob chunk). Every variant's first-step loss must equal the baseline's to 1e-4 (relative), or it
 is reported as changing the computation.
 """
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # name -> (extra XLA_FLAGS, settings applied in the child before tracing)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "baseline": ("", {}),
+    "glibc_malloc": ("", {"env": {"RAO_HOST_MALLOC": "default"}}),
     "ynn_off": ("--xla_cpu_experimental_ynn_fusion_type=", {}),
     "ynn_all": ("--xla_cpu_experimental_ynn_fusion_type=individual_dot,dot,eltwise,reduce", {}),
     "onednn": ("--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true", {}),
@@ -67,6 +69,9 @@ def parse_args() -> argparse.Namespace:
 
 def child(args: argparse.Namespace) -> dict:
     """Runs in the variant's own process: builds, checks and times; returns the figures."""
+    from rao_jax import host_memory
+
+    host_memory.apply_default()   # the trainer's host malloc setting, unless the variant's env turns it off
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -139,7 +144,8 @@ def main() -> None:
     results = []
     for i, name in enumerate(order):
         flags, _ = VARIANTS[name]
-        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip(),
+        env = {**os.environ, **VARIANTS[name][1].get("env", {}), "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip(),
                "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         cmd = [sys.executable, __file__, "--child", name, "--model-config", args.model_config, "--rows",
                str(args.rows), "--row-len", str(args.row_len), "--repeats", str(args.repeats), "--chunk",

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-import rao_jax  # noqa: F401  (before jax and torch start threads: its host-memory setting, rao_jax.host_memory)
+from rao_jax import host_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = {"fp32": 1e-3, "bf16": 2e-2}
@@ -78,7 +78,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def select_backends(device: str):
-    """Imports jax and torch pinned to ``device``; exits with a clear message if it is missing."""
+    """Imports jax and torch pinned to ``device``; exits with a clear message if it is missing.
+
+    Before either starts a thread: ``host_memory.apply_default`` (the trainer's malloc setting on a
+    CPU-only JAX), which then holds for both sides of the comparison, one process.
+    """
+    if device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    host_memory.apply_default()
     if device == "cuda":
         # Both frameworks share one GPU: keep jax from preallocating the 75% it takes by default.
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
@@ -205,7 +212,6 @@ def main() -> None:
     import jax.numpy as jnp
     from flax import nnx
 
-    from rao_jax import host_memory
     from rao_jax.checkpoint.hf import load_pretrained
     from rao_jax.models import ModelConfig
     from rao_jax.rl.learner import OptimConfig, batch_arrays, make_optimizer, train_step

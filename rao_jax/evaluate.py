@@ -26,7 +26,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from rao_jax import metrics
+from rao_jax import host_memory, metrics
 from rao_jax.agent.sandbox import SandboxError
 from rao_jax.agent.tree import TreeResult
 from rao_jax.config import EVAL_MODES, TrainConfig, from_config_dict
@@ -143,6 +143,7 @@ def _define_flags():
 
 def main(argv: list[str], config_flag) -> None:
     del argv
+    host_memory.apply_default()   # before JAX's backend starts (rao_jax.host_memory)
     FLAGS = flags.FLAGS
     absl_logging.set_verbosity(absl_logging.WARNING)
     multihost.initialize_from_flags()

@@ -12,10 +12,13 @@ faults and a third of a second of kernel time per 8 x 1,024 step on 2 cores
 one, grown with ``brk``), no ``mmap`` for large blocks, no trimming of the heap's top. A program
 then reuses the memory its previous call freed. The cost: the process keeps its peak heap, never
 returning freed memory to the system, which is the right trade where JAX runs on the CPU and the
-same programs run again and again. ``rao_jax`` applies it on import when this process's JAX can
-only run on the CPU (``JAX_PLATFORMS`` names only ``cpu``, or no TPU / GPU plugin is installed);
-set ``RAO_HOST_MALLOC=default`` to keep glibc's defaults. It must run before JAX starts its
-backend: a thread that has already allocated keeps its own arena.
+same programs run again and again (measured: a learner loop at 8 x 1,024 held 4.2 GB instead of
+1.9 GB at its peak). The entry points (``python -m rao_jax.train`` and ``rao_jax.evaluate``, the
+benchmarks, the test suite) call ``apply_default`` first: it sets this when this process's JAX can
+only run on the CPU (``JAX_PLATFORMS`` names only ``cpu``, or no TPU / GPU plugin is installed),
+unless ``RAO_HOST_MALLOC=default``. Call it (or ``keep_freed_memory``) before JAX starts its
+backend, i.e. before the first array or device query: a thread that has already allocated keeps
+its own arena, and its large blocks stay ``mmap``-ed.
 """
 
 from __future__ import annotations
@@ -66,7 +69,11 @@ def keep_freed_memory() -> bool:
 
 
 def apply_default() -> bool:
-    """What ``import rao_jax`` does: ``keep_freed_memory`` when JAX is CPU-only, unless ``RAO_HOST_MALLOC=default``."""
+    """What the entry points do: ``keep_freed_memory`` when JAX is CPU-only, unless ``RAO_HOST_MALLOC=default``.
+
+    Raises:
+        ValueError: ``RAO_HOST_MALLOC`` is neither ``reuse`` nor ``default``.
+    """
     choice = os.environ.get(ENV, "reuse").strip().lower() or "reuse"
     if choice not in ENV_CHOICES:
         raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected one of {ENV_CHOICES}")

@@ -54,7 +54,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from rao_jax import metrics
+from rao_jax import host_memory, metrics
 from rao_jax.agent.sandbox import SandboxError
 from rao_jax.checkpoint.orbax_io import CheckpointStore, restore_into, save_model_checkpoint
 from rao_jax.config import TrainConfig, from_config_dict, to_dict
@@ -462,6 +462,7 @@ def _define_flags():
 
 def main(argv: list[str], config_flag) -> None:
     del argv
+    host_memory.apply_default()   # before JAX's backend starts (rao_jax.host_memory)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every checkpoint step at INFO
     multihost.initialize_from_flags()
