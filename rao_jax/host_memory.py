@@ -5,15 +5,16 @@ and frees it when the program ends: 1.2 GB for a learner step of 8 x 1,024 token
 ``configs/models/tiny_qwen3.json``, 0.4 GB at 16 x 256. With glibc's defaults a block that large is
 always its own ``mmap`` (a worker thread's arena heaps hold at most 64 MiB), unmapped again by
 ``free``, so each call faults its whole temporary buffer back in, page by page: about 305,000 minor
-faults and a third of a second of kernel time per 8 x 1,024 step on 2 cores
-(``benchmarks/train_step_throughput.py``, BENCHMARKS.md).
+faults per 8 x 1,024 step, a third of its CPU time spent in the kernel; the learner step is ~1.45x
+faster without them on 2 cores (``benchmarks/train_step_throughput.py``, BENCHMARKS.md).
 
 ``keep_freed_memory`` sets three ``mallopt`` parameters: one arena for every thread (the main
 one, grown with ``brk``), no ``mmap`` for large blocks, no trimming of the heap's top. A program
-then reuses the memory its previous call freed. The cost: the process keeps its peak heap, never
-returning freed memory to the system, which is the right trade where JAX runs on the CPU and the
-same programs run again and again (measured: a learner loop at 8 x 1,024 held 4.2 GB instead of
-1.9 GB at its peak). The entry points (``python -m rao_jax.train`` and ``rao_jax.evaluate``, the
+then reuses the memory its previous call freed. The cost is resident memory: freed memory never
+goes back to the system, and blocks freed and allocated across threads and calls fragment the one
+heap (a learner loop at 8 x 1,024 held 4.2 GB instead of 1.9 GB at its peak; the CPU demo peaks at
+3.9 GB instead of 2.9 GB). That is the right trade where JAX runs on the CPU and the same programs
+run again and again. The entry points (``python -m rao_jax.train`` and ``rao_jax.evaluate``, the
 benchmarks, the test suite) call ``apply_default`` first: it sets this when this process's JAX can
 only run on the CPU (``JAX_PLATFORMS`` names only ``cpu``, or no TPU / GPU plugin is installed),
 unless ``RAO_HOST_MALLOC=default``. Call it (or ``keep_freed_memory``) before JAX starts its
