@@ -13,9 +13,12 @@ one, grown with ``brk``), no ``mmap`` for large blocks, no trimming of the heap'
 then reuses the memory its previous call freed. The cost is resident memory: freed memory never
 goes back to the system, and blocks freed and allocated across threads and calls fragment the one
 heap (a learner loop at 8 x 1,024 held 4.2 GB instead of 1.9 GB at its peak; the CPU demo peaks at
-3.9 GB instead of 2.9 GB). That is the right trade where JAX runs on the CPU and the same programs
-run again and again. The entry points (``python -m rao_jax.train`` and ``rao_jax.evaluate``, the
-benchmarks, the test suite) call ``apply_default`` first: it sets this when this process's JAX can
+3.9 GB instead of 2.9 GB), and compiling is about 10% slower (every compiler thread takes the one
+arena's lock). That is the right trade where JAX runs on the CPU and the same programs run again
+and again, not where compiling dominates: the test suite, many small programs each run a few times,
+leaves glibc's defaults (588 s against 658 s with this set). The entry points
+(``python -m rao_jax.train`` and ``rao_jax.evaluate``, the benchmarks) call ``apply_default``
+first: it sets this when this process's JAX can
 only run on the CPU (``JAX_PLATFORMS`` names only ``cpu``, or no TPU / GPU plugin is installed),
 unless ``RAO_HOST_MALLOC=default``. Call it (or ``keep_freed_memory``) before JAX starts its
 backend, i.e. before the first array or device query: a thread that has already allocated keeps

@@ -10,10 +10,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
-from rao_jax import host_memory  # noqa: E402
-
-host_memory.apply_default()   # as the trainer does: XLA:CPU's temporaries reused across calls
-
 from tests.hf_utils import make_hf_model  # noqa: E402
 
 
