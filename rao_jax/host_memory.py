@@ -13,7 +13,7 @@ one, grown with ``brk``), no ``mmap`` for large blocks, no trimming of the heap'
 then reuses the memory its previous call freed. The cost is resident memory: freed memory never
 goes back to the system, and blocks freed and allocated across threads and calls fragment the one
 heap (a learner loop at 8 x 1,024 held 4.2 GB instead of 1.9 GB at its peak; the CPU demo peaks at
-3.9 GB instead of 2.9 GB), and compiling is about 10% slower (every compiler thread takes the one
+3.7-4.9 GB instead of 2.7-2.8 GB), and compiling is about 10% slower (every compiler thread takes the one
 arena's lock). That is the right trade where JAX runs on the CPU and the same programs run again
 and again, not where compiling dominates: the test suite, many small programs each run a few times,
 leaves glibc's defaults (588 s against 658 s with this set). The entry points
