@@ -50,7 +50,7 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
     if origin in (Mapping, dict) or kind is Mapping:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{name} must be a dict, got {value!r}")
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: to_plain(v, lists=True) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(kind)
         if value is None and type(None) in options:
@@ -62,14 +62,6 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
     if kind in (int, float, str, bool) and wrong:
         raise ConfigError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
     return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, ml_collections.ConfigDict):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return list(value) if isinstance(value, tuple) else value
 
 
 def config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -87,20 +79,18 @@ def config_file(path: str | Path, arg: str | None = None) -> ml_collections.Conf
     return module.get_config() if arg is None else module.get_config(arg)
 
 
-def to_plain(value: Any) -> Any:
-    """Dataclasses (nested) as dicts; mappings copied."""
+def to_plain(value: Any, *, lists: bool = False) -> Any:
+    """Dataclasses and mappings, nested, as plain dicts (a ConfigDict as its ``to_dict()``); with ``lists``,
+    tuples as lists, the JSON form."""
     if dataclasses.is_dataclass(value):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_plain(getattr(value, f.name), lists=lists) for f in dataclasses.fields(value)}
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
     if isinstance(value, Mapping):
-        return {k: to_plain(v) for k, v in value.items()}
-    return value
+        return {k: to_plain(v, lists=lists) for k, v in value.items()}
+    return list(value) if lists and isinstance(value, tuple) else value
 
 
 def to_dict(config) -> dict[str, Any]:
     """JSON-able form of a config (written next to checkpoints)."""
-    def plain(v):
-        v = to_plain(v)
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return list(v) if isinstance(v, tuple) else v
-    return plain(config)
+    return to_plain(config, lists=True)
